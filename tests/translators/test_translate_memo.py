@@ -1,0 +1,141 @@
+"""The memoization contract of translators.api: unchanged inputs give identical objects."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from translate_cases import load_case, world_of
+
+from translators import Translator, api
+from translators.model import EndpointSlice, Resource, VirtualService
+from translators.world import Proxy, World
+
+
+def _evolve(world: World, *replaced: Resource) -> World:
+    resources = dict(world.resources)
+    resources.update({r.key: r for r in replaced})
+    return world.evolve(MappingProxyType(resources))
+
+
+def _layer(out: dict[str, list[api.Layer]], type_url: str, key: object) -> api.Layer:
+    return next(layer for layer in out[type_url] if layer.key == key)
+
+
+def _setup(case: str = "vs_split") -> tuple[Translator, World, Proxy]:
+    resources, proxy = load_case(case)
+    t = Translator()
+    world = world_of(resources)
+    t.update(world)
+    return t, world, proxy
+
+
+def test_same_world_same_objects() -> None:
+    t, _, proxy = _setup()
+    a, b = t.for_proxy(proxy), t.for_proxy(proxy)
+    for type_url in a:
+        assert [layer.resources for layer in a[type_url]] == [layer.resources for layer in b[type_url]]
+        assert all(x.resources is y.resources for x, y in zip(a[type_url], b[type_url], strict=True))
+
+
+def test_layer_keys() -> None:
+    t, _, proxy = _setup()
+    out = t.for_proxy(proxy)
+    assert [layer.key for layer in out[api.CLUSTER]] == [("clusters", "outbound"), ("clusters-inbound", proxy.key)]
+    assert [layer.key for layer in out[api.ENDPOINT]] == [("endpoints", "outbound")]
+    assert [layer.key for layer in out[api.ROUTE]] == [("routes", "default")]
+    assert [layer.key for layer in out[api.LISTENER]] == [("listeners", proxy.key)]
+
+
+def test_virtual_service_change_touches_routes_only() -> None:
+    t, world, proxy = _setup()
+    before = t.for_proxy(proxy)
+    vs = world.get(VirtualService, "default", "reviews")
+    assert vs is not None
+    spec = vs.spec.model_copy(update={"http": vs.spec.http[1:]})
+    t.update(_evolve(world, vs.model_copy(update={"spec": spec})))
+    after = t.for_proxy(proxy)
+
+    for type_url in (api.CLUSTER, api.ENDPOINT, api.LISTENER):
+        assert all(x.resources is y.resources for x, y in zip(before[type_url], after[type_url], strict=True))
+    assert after[api.ROUTE][0].resources is not before[api.ROUTE][0].resources
+    assert len(after[api.ROUTE][0].resources["9080"].virtual_hosts[0].routes) == 1
+    old_clusters = _layer(before, api.CLUSTER, ("clusters", "outbound")).resources
+    new_clusters = _layer(after, api.CLUSTER, ("clusters", "outbound")).resources
+    assert all(new_clusters[name] is old_clusters[name] for name in old_clusters)
+
+
+def test_endpoint_change_keeps_other_services() -> None:
+    resources, proxy = load_case("vs_split")
+    # a second, unrelated service: basic's reviews, moved to namespace "other"
+    extra = load_case("basic")[0]
+    moved = [r.model_copy(update={"metadata": r.metadata.model_copy(update={"namespace": "other"})}) for r in extra]
+    t = Translator()
+    world = world_of(resources + moved)
+    t.update(world)
+    before = t.for_proxy(proxy)
+
+    slice_ = world.get(EndpointSlice, "default", "reviews-1")
+    assert slice_ is not None
+    t.update(_evolve(world, slice_.model_copy(update={"endpoints": slice_.endpoints[:1]})))
+    after = t.for_proxy(proxy)
+
+    old_eps = before[api.ENDPOINT][0].resources
+    new_eps = after[api.ENDPOINT][0].resources
+    assert new_eps is not old_eps
+    assert new_eps["outbound|9080||reviews.other.svc.cluster.local"] is old_eps["outbound|9080||reviews.other.svc.cluster.local"]
+    assert new_eps["outbound|9080||reviews.default.svc.cluster.local"] is not old_eps["outbound|9080||reviews.default.svc.cluster.local"]
+    # Endpoints do not change EDS clusters, routes or listeners.
+    for type_url in (api.CLUSTER, api.ROUTE, api.LISTENER):
+        assert all(x.resources is y.resources for x, y in zip(before[type_url], after[type_url], strict=True))
+
+
+def test_unrelated_world_version_keeps_everything() -> None:
+    t, world, proxy = _setup()
+    before = t.for_proxy(proxy)
+    t.update(world.evolve(world.resources))  # nothing changed
+    after = t.for_proxy(proxy)
+    for type_url in before:
+        assert all(x.resources is y.resources for x, y in zip(before[type_url], after[type_url], strict=True))
+
+
+def test_skipped_world_version_is_diffed() -> None:
+    t, world, proxy = _setup()
+    vs = world.get(VirtualService, "default", "reviews")
+    assert vs is not None
+    w2 = _evolve(world, vs.model_copy(update={"spec": vs.spec.model_copy(update={"http": vs.spec.http[1:]})}))
+    w3 = w2.evolve(w2.resources)
+    t.update(w3)  # w2 never seen: its change must still be picked up
+    routes = t.for_proxy(proxy)[api.ROUTE][0].resources["9080"]
+    assert len(routes.virtual_hosts[0].routes) == 1
+
+
+def test_removal() -> None:
+    t, world, proxy = _setup("basic")
+    t.update(world.evolve(MappingProxyType({})))
+    out = t.for_proxy(proxy)
+    assert list(out[api.CLUSTER][0].resources) == ["BlackHoleCluster"]
+    assert not out[api.ENDPOINT][0].resources
+    assert not out[api.LISTENER][0].resources
+    assert not out[api.ROUTE][0].resources
+
+
+def test_errors_follow_the_world() -> None:
+    t, world, _ = _setup("missing_subset")
+    assert any(e.severity == "error" for e in t.errors)
+    t.update(world.evolve(MappingProxyType({k: r for k, r in world.resources.items() if k.kind != "VirtualService"})))
+    assert not [e for e in t.errors if e.resource.startswith("VirtualService")]
+
+
+def test_workload_change_rebuilds_inbound_only_for_its_namespace() -> None:
+    t, world, proxy = _setup("inbound")
+    before = t.for_proxy(proxy)
+    pod = next(r for r in world.resources.values() if r.kind == "Pod")
+    meta = pod.metadata.model_copy(update={"annotations": {"sidecar.meshpilot.io/app-address": "127.0.0.3"}})
+    t.update(_evolve(world, pod.model_copy(update={"metadata": meta})))
+    after = t.for_proxy(proxy)
+    inbound = _layer(after, api.CLUSTER, ("clusters-inbound", proxy.key)).resources
+    assert inbound is not _layer(before, api.CLUSTER, ("clusters-inbound", proxy.key)).resources
+    address = inbound["inbound|8080||"].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
+    assert address.socket_address.address == "127.0.0.3"
+    assert after[api.ROUTE][0].resources is before[api.ROUTE][0].resources
+    assert _layer(after, api.CLUSTER, ("clusters", "outbound")) is _layer(before, api.CLUSTER, ("clusters", "outbound"))

@@ -1,0 +1,52 @@
+"""ClusterLoadAssignments: one per EDS cluster, named like it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from envoy.config.core.v3 import address_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2 as ec
+from envoy.config.endpoint.v3 import endpoint_pb2
+
+from translators.names import outbound_cluster
+from translators.policies import DestinationPolicy
+from translators.registry import Endpoint, MeshService
+
+
+def load_assignment(name: str, endpoints: Iterable[Endpoint]) -> endpoint_pb2.ClusterLoadAssignment:
+    lb = [
+        ec.LbEndpoint(
+            endpoint=ec.Endpoint(
+                address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=e.address, port_value=e.port))
+            )
+        )
+        for e in endpoints
+    ]
+    # An empty service still gets an (empty) assignment so the cluster finishes warming.
+    localities = [ec.LocalityLbEndpoints(lb_endpoints=lb)] if lb else []
+    return endpoint_pb2.ClusterLoadAssignment(cluster_name=name, endpoints=localities)
+
+
+def in_subset(subset_labels: tuple[tuple[str, str], ...], endpoint: Endpoint) -> bool:
+    """Endpoints whose labels are a superset of the subset's labels belong to it."""
+    if not subset_labels:
+        return True
+    labels = dict(endpoint.labels)
+    return all(labels.get(k) == v for k, v in subset_labels)
+
+
+def service_assignments(
+    svc: MeshService, policy: DestinationPolicy | None
+) -> list[tuple[str, endpoint_pb2.ClusterLoadAssignment]]:
+    """The assignments of every EDS cluster of ``svc``, its DestinationRule subsets included."""
+    if svc.shape.discovery != "EDS":
+        return []  # DNS clusters carry their endpoints inline
+    out = []
+    subsets = policy.subsets if policy else ()
+    for port, eps in zip(svc.shape.ports, svc.endpoints, strict=True):
+        name = outbound_cluster(port.number, svc.host)
+        out.append((name, load_assignment(name, eps)))
+        for s in subsets:
+            name = outbound_cluster(port.number, svc.host, s.name)
+            out.append((name, load_assignment(name, (e for e in eps if in_subset(s.labels, e)))))
+    return out

@@ -1,0 +1,347 @@
+"""The service registry: Kubernetes Services (+ EndpointSlices, Pods) and ServiceEntries
+(+ WorkloadEntries) folded into one ``MeshService`` per host.
+
+A MeshService splits into a ``shape`` (host, ports, how it is discovered) and its
+``endpoints``. Routes and listeners only read the shape, so a Pod coming and going must
+not look like a change to them: both parts are kept as the *same objects* while their
+values do not change, and everything downstream memoizes on identity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from translators.errors import ConfigError
+from translators.index import ResourceIndex
+from translators.model import (
+    EndpointSlice,
+    Pod,
+    Resource,
+    ResourceKey,
+    Service,
+    ServiceEntry,
+    WorkloadEntry,
+    WorkloadEntrySpec,
+)
+from translators.names import kube_host, port_protocol, selects
+
+#: Kinds whose change can change the registry.
+KINDS = frozenset({Service.KIND, EndpointSlice.KIND, Pod.KIND, ServiceEntry.KIND, WorkloadEntry.KIND})
+
+Labels = tuple[tuple[str, str], ...]
+Discovery = Literal["EDS", "STRICT_DNS", "LOGICAL_DNS"]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    address: str
+    port: int
+    labels: Labels = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MeshPort:
+    number: int
+    name: str
+    protocol: str
+    target: int | str | None = None  # Service targetPort (number or container port name) / SE targetPort
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceShape:
+    host: str
+    namespace: str
+    name: str
+    kubernetes: bool  # Kubernetes hosts also answer to short names
+    ports: tuple[MeshPort, ...]
+    discovery: Discovery = "EDS"
+    selector: Labels | None = None  # Service selector / ServiceEntry workloadSelector, for inbound
+
+
+Endpoints = tuple[tuple[Endpoint, ...], ...]  # aligned with shape.ports
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class MeshService:
+    shape: ServiceShape
+    endpoints: Endpoints
+    resource: Resource
+
+    @property
+    def host(self) -> str:
+        return self.shape.host
+
+
+def _labels(d: dict[str, str]) -> Labels:
+    return tuple(sorted(d.items()))
+
+
+def _error(res: Resource, field: str, message: str, severity: str = "error") -> ConfigError:
+    return ConfigError(res.source, str(res.key), field, message, severity)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- Kubernetes Services
+
+
+def _kube_inputs(
+    svc: Service, slices: Sequence[EndpointSlice], pods: dict[str, Resource], by_label: dict[tuple[str, str], list[Resource]]
+) -> tuple:
+    """Everything a Service's MeshService is built from, for the identity check."""
+    if slices:
+        refs = tuple(
+            pods.get(e.targetRef.name) if e.targetRef and e.targetRef.kind == "Pod" else None
+            for s in slices
+            for e in s.endpoints
+        )
+        return (svc, tuple(slices), refs)
+    if svc.spec.selector:
+        # What the endpoints controller would do: no slice exists (yet), use the Pods.
+        sel = svc.spec.selector
+        # Start from the Pods carrying the rarest selector label, not from every Pod.
+        candidates = min((by_label.get(kv, []) for kv in sel.items()), key=len)
+        return (svc, (), tuple(p for p in candidates if selects(sel, p.metadata.labels)))
+    return (svc, (), ())
+
+
+def _pod_ready(pod: Pod) -> bool:
+    return bool(pod.ips) and pod.status.phase not in ("Succeeded", "Failed")
+
+
+def _target_port(target: int | str | None, port: int, pod: Pod) -> int | None:
+    if target is None or target == "":
+        return port
+    if isinstance(target, int):
+        return target
+    if target.isdigit():
+        return int(target)
+    for c in pod.spec.containers:
+        for cp in c.ports:
+            if cp.name == target:
+                return cp.containerPort
+    return None  # the endpoints controller skips a pod without the named port
+
+
+def _kube_service(inputs: tuple) -> MeshService:
+    svc, slices, pods = inputs
+    ports = tuple(
+        MeshPort(p.port, p.name, port_protocol(p.name, p.appProtocol), p.targetPort)
+        for p in svc.spec.ports
+        if p.protocol == "TCP"  # Istio ignores UDP/SCTP ports
+    )
+    name, ns = svc.metadata.name, svc.metadata.namespace
+    eps: list[tuple[Endpoint, ...]] = []
+    for mp in ports:
+        found: set[Endpoint] = set()
+        if slices:
+            refs = iter(pods)
+            for s in slices:
+                slice_port = next((sp.port for sp in s.ports if sp.name == mp.name), None)
+                for e in s.endpoints:
+                    pod = next(refs)
+                    if slice_port is None or e.conditions.ready is False:
+                        continue
+                    labels = _labels(pod.metadata.labels) if pod is not None else ()
+                    found.update(Endpoint(a, slice_port, labels) for a in e.addresses)
+        else:
+            for pod in pods:
+                tp = _target_port(mp.target, mp.number, pod)
+                if tp is not None and _pod_ready(pod):
+                    found.add(Endpoint(pod.ips[0], tp, _labels(pod.metadata.labels)))
+        eps.append(tuple(sorted(found, key=lambda e: (e.address, e.port))))
+    selector = _labels(svc.spec.selector) if svc.spec.selector else None
+    shape = ServiceShape(kube_host(name, ns), ns, name, True, ports, "EDS", selector)
+    return MeshService(shape, tuple(eps), svc)
+
+
+# ---------------------------------------------------------------- ServiceEntries
+
+_DISCOVERY: dict[str, Discovery] = {
+    "NONE": "EDS",
+    "STATIC": "EDS",
+    "DNS": "STRICT_DNS",
+    "DNS_ROUND_ROBIN": "LOGICAL_DNS",
+}
+
+
+def _se_inputs(se: ServiceEntry, wles: dict[str, Resource], pods: dict[str, Resource]) -> tuple:
+    ws = se.spec.workloadSelector
+    if ws is None:
+        return (se, ())
+    # Like Istio, a workloadSelector selects WorkloadEntries and Pods of the namespace.
+    sel = ws.labels
+    selected = [w for w in wles.values() if selects(sel, w.spec.labels)]  # type: ignore[attr-defined]
+    selected += [p for p in pods.values() if selects(sel, p.metadata.labels) and _pod_ready(p)]  # type: ignore[arg-type]
+    return (se, tuple(selected))
+
+
+def _workloads(selected: Iterable[Resource]) -> list[WorkloadEntrySpec]:
+    out = []
+    for w in selected:
+        if isinstance(w, WorkloadEntry):
+            out.append(w.spec)
+        elif isinstance(w, Pod):
+            out.append(WorkloadEntrySpec(address=w.ips[0], labels=w.metadata.labels))
+    return out
+
+
+def _service_entry(inputs: tuple) -> tuple[list[MeshService], list[ConfigError]]:
+    se, selected = inputs
+    spec = se.spec
+    discovery = _DISCOVERY[spec.resolution]
+    ports = tuple(MeshPort(p.number, p.name, port_protocol(p.name, None, p.protocol), p.targetPort) for p in spec.ports)
+    workloads = _workloads(selected) if spec.workloadSelector else list(spec.endpoints)
+    errors: list[ConfigError] = []
+    if spec.workloadSelector and spec.endpoints:
+        errors.append(_error(se, "spec.endpoints", "ignored: spec.workloadSelector is set", "warning"))
+    eps: list[tuple[Endpoint, ...]] = []
+    for mp in ports:
+        found: set[Endpoint] = set()
+        for w in workloads:
+            if not w.address:
+                continue
+            found.add(Endpoint(w.address, w.ports.get(mp.name) or mp.target or mp.number, _labels(w.labels)))  # type: ignore[arg-type]
+        eps.append(tuple(sorted(found, key=lambda e: (e.address, e.port))))
+    selector = _labels(spec.workloadSelector.labels) if spec.workloadSelector else None
+    out = []
+    for i, host in enumerate(spec.hosts):
+        host_eps = tuple(eps)
+        if discovery != "EDS" and not any(host_eps):
+            if host.startswith("*"):
+                errors.append(_error(se, f"spec.hosts[{i}]", "a wildcard host cannot be resolved by DNS; skipped"))
+                continue
+            # No endpoints: DNS resolves the host itself.
+            host_eps = tuple((Endpoint(host, int(mp.target or mp.number)),) for mp in ports)
+        if discovery == "LOGICAL_DNS" and any(len(e) > 1 for e in host_eps):
+            errors.append(
+                _error(se, "spec.endpoints", "DNS_ROUND_ROBIN uses only the first endpoint", "warning")
+            )
+            host_eps = tuple(e[:1] for e in host_eps)
+        shape = ServiceShape(host, se.metadata.namespace, se.metadata.name, False, ports, discovery, selector)
+        out.append(MeshService(shape, host_eps, se))
+    return out, errors
+
+
+# ---------------------------------------------------------------- the registry
+
+
+class Registry:
+    """host -> MeshService, rebuilt per namespace and memoized per source resource."""
+
+    def __init__(self) -> None:
+        # source resource key -> (inputs, services, errors)
+        self._memo: dict[ResourceKey, tuple[tuple, list[MeshService], list[ConfigError]]] = {}
+        self.services: dict[str, MeshService] = {}  # sorted by host
+        self.by_namespace: dict[str, list[MeshService]] = {}
+        self._order: dict[ResourceKey, None] = {}  # memo keys in precedence order
+        self.shapes_changed = False  # by the last rebuild: routes and listeners only read shapes
+        self.errors: list[ConfigError] = []
+
+    def rebuild(self, index: ResourceIndex, namespaces: Iterable[str]) -> bool:
+        """Re-read the given namespaces; True when any service shape or endpoints changed."""
+        touched = False
+        for ns in namespaces:
+            touched |= self._rebuild_namespace(index, ns)
+        if touched:
+            self._assemble()
+        return touched
+
+    def _rebuild_namespace(self, index: ResourceIndex, ns: str) -> bool:
+        pods = index.in_namespace(Pod.KIND, ns)
+        slices: dict[str, list[EndpointSlice]] = {}
+        for s in index.in_namespace(EndpointSlice.KIND, ns).values():
+            assert isinstance(s, EndpointSlice)
+            if s.service_name:
+                slices.setdefault(s.service_name, []).append(s)
+        for group in slices.values():
+            group.sort(key=lambda s: s.metadata.name)
+        wles = index.in_namespace(WorkloadEntry.KIND, ns)
+        by_label: dict[tuple[str, str], list[Resource]] = {}
+        for pod in pods.values():
+            for kv in pod.metadata.labels.items():
+                by_label.setdefault(kv, []).append(pod)
+
+        touched = False
+        seen: set[ResourceKey] = set()
+        for svc in index.in_namespace(Service.KIND, ns).values():
+            assert isinstance(svc, Service)
+            seen.add(svc.key)
+            inputs = _kube_inputs(svc, slices.get(svc.metadata.name, []), pods, by_label)
+            touched |= self._update(svc.key, inputs, lambda i: ([_kube_service(i)], []))
+        for se in index.in_namespace(ServiceEntry.KIND, ns).values():
+            assert isinstance(se, ServiceEntry)
+            seen.add(se.key)
+            touched |= self._update(se.key, _se_inputs(se, wles, pods), _service_entry)
+        for key in [k for k in self._memo if k.namespace == ns and k not in seen]:
+            del self._memo[key]
+            touched = True
+        return touched
+
+    def _update(self, key: ResourceKey, inputs: tuple, build) -> bool:  # type: ignore[no-untyped-def]
+        old = self._memo.get(key)
+        if old is not None and _same(old[0], inputs):
+            return False
+        services, errors = build(inputs)
+        if old is not None:
+            services = [_keep_unchanged(s, old[1]) for s in services]
+        self._memo[key] = (inputs, services, errors)
+        return True
+
+    def _assemble(self) -> None:
+        # A host defined twice: the Kubernetes Service wins, then the first by namespace/name.
+        if self._order.keys() != self._memo.keys():
+            order = sorted(self._memo, key=lambda k: (k.kind != Service.KIND, k.namespace, k.name))
+            self._order = dict.fromkeys(order)
+        services: dict[str, MeshService] = {}
+        errors: list[ConfigError] = []
+        for key in self._order:
+            _inputs, svcs, errs = self._memo[key]
+            errors.extend(errs)
+            for s in svcs:
+                first = services.get(s.host)
+                if first is None:
+                    services[s.host] = s
+                else:
+                    errors.append(
+                        _error(s.resource, "spec.hosts", f"host {s.host} is already defined by {first.resource.key}; ignored", "warning")
+                    )
+        old = self.services
+        if old.keys() != services.keys():
+            services = dict(sorted(services.items()))
+            self.shapes_changed = True
+        else:
+            services = {h: services[h] for h in old}  # same hosts: keep the sorted order
+            self.shapes_changed = any(old[h].shape is not s.shape for h, s in services.items())
+        self.services = services
+        self.by_namespace = {}
+        for s in self.services.values():
+            self.by_namespace.setdefault(s.shape.namespace, []).append(s)
+        self.errors = errors
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    """Element-wise identity of two (nested) input tuples."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if x is y:
+            continue
+        if isinstance(x, tuple) and isinstance(y, tuple):
+            if not _same(x, y):
+                return False
+        elif x is not y:
+            return False
+    return True
+
+
+def _keep_unchanged(new: MeshService, olds: list[MeshService]) -> MeshService:
+    """Reuse the old shape/endpoints objects when their values did not change."""
+    old = next((o for o in olds if o.host == new.host), None)
+    if old is None:
+        return new
+    shape = old.shape if old.shape == new.shape else new.shape
+    endpoints = old.endpoints if old.endpoints == new.endpoints else new.endpoints
+    if shape is new.shape and endpoints is new.endpoints:
+        return new
+    return MeshService(shape, endpoints, new.resource)

@@ -1,0 +1,392 @@
+"""The Translator: a World (and a Proxy) in, layers of Envoy resources out, incrementally.
+
+Work is split by what it depends on, and each piece remembers its inputs (compared by
+identity: models are frozen and a new World reuses unchanged objects):
+
+* registry     - per Service/ServiceEntry (registry.py);
+* clusters     - per service host: (shape, DNS endpoints, DestinationPolicy);
+* endpoints    - per service host: (shape, endpoints, DestinationPolicy);
+* routes       - per host and HTTP port: (shape, VirtualService, its destinations), then
+                 per namespace and port a RouteConfiguration from the virtual hosts;
+* listeners    - per proxy: (outbound port table, workload, selecting services).
+
+``update`` only reruns the stages the changed kinds can reach; a layer mapping (and each
+proto in it) is replaced only when one of its parts is, so the cache can share bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from envoy.config.listener.v3 import listener_pb2
+from google.protobuf.message import Message
+
+from translators import api, clusters, endpoints, listeners, routes
+from translators.errors import ConfigError
+from translators.index import ResourceIndex
+from translators.model import (
+    DestinationRule,
+    Pod,
+    ResourceKey,
+    VirtualService,
+    WorkloadEntry,
+)
+from translators.names import BLACKHOLE, host_matches, is_http, resolve_host
+from translators.policies import DestinationPolicy, HostIndex, destination_policy
+from translators.registry import KINDS as REGISTRY_KINDS
+from translators.registry import Registry
+from translators.world import Proxy, World
+
+#: Per-proxy results not asked for during this many updates are forgotten.
+PROXY_MEMO_UPDATES = 8
+
+def _same(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
+def _layer(key: object, parts: Iterable[tuple[str, Message]]) -> api.Layer:
+    return api.Layer(key, MappingProxyType(dict(parts)))
+
+
+@dataclass(eq=False)
+class _NamespaceRoutes:
+    table: dict[int, tuple[routes.VirtualHostPart, ...]]
+    configs: dict[int, tuple[tuple[bytes, ...], Message]]  # port -> (encoded virtual hosts, RouteConfiguration)
+    layer: api.Layer
+
+
+@dataclass(eq=False)
+class _ProxyState:
+    epoch: int
+    port_table: dict[int, listeners.OutboundPort]
+    inputs: tuple
+    outbound: dict[int, tuple[listeners.OutboundPort, listener_pb2.Listener]]
+    listeners: api.Layer
+    inbound_clusters: api.Layer
+    errors: tuple[ConfigError, ...]
+    generation: int = field(default=0)
+
+
+class Translator:
+    """Holds memo state across Worlds; one per process."""
+
+    def __init__(self) -> None:
+        self._world: World | None = None
+        self._generation = 0
+        self._index = ResourceIndex()
+        self._registry = Registry()
+        self._ns_epoch: dict[str, int] = {}  # bumped when a registry kind changes in a namespace
+        self._policies: dict[ResourceKey, DestinationPolicy] = {}
+        self._dr_index: HostIndex[DestinationPolicy] = HostIndex(())
+        self._cluster_parts: dict[str, tuple[tuple, list[tuple[str, Message]]]] = {}
+        self._endpoint_parts: dict[str, tuple[tuple, list[tuple[str, Message]]]] = {}
+        self._clusters = _layer(("clusters", "outbound"), [(BLACKHOLE, clusters.blackhole())])
+        self._endpoints = _layer(("endpoints", "outbound"), ())
+        self._mesh_vs: dict[ResourceKey, tuple[VirtualService, tuple[str, ...]]] = {}
+        self._vs_index: HostIndex[VirtualService] = HostIndex(())
+        self._host_parts: dict[str, tuple[tuple, list[routes.VirtualHostPart]]] = {}
+        self._route_table: dict[int, tuple[routes.VirtualHostPart, ...]] = {}
+        self._route_collisions: dict[int, frozenset[str]] = {}
+        self._ns_routes: dict[str, _NamespaceRoutes] = {}
+        self._port_table: dict[int, listeners.OutboundPort] = {}
+        self._proxies: dict[tuple, _ProxyState] = {}
+        self._stage_errors: dict[str, list[ConfigError]] = {}
+        self._errors: tuple[ConfigError, ...] | None = ()
+
+    # ------------------------------------------------------------ the contract
+
+    def update(self, world: World) -> None:
+        """Make ``world`` current; rebuild only what ``world.changed`` can touch."""
+        prev = self._world
+        if world is prev:
+            return
+        if prev is not None and world.version == prev.version + 1:
+            changed: Iterable[ResourceKey] = world.changed
+        else:  # first world, or one we did not see the predecessor of: diff ourselves
+            old = prev.resources if prev is not None else {}
+            changed = {k for k, v in world.resources.items() if old.get(k) is not v}
+            changed.update(k for k in old if k not in world.resources)
+        self._world = world
+        self._generation += 1
+        self._index.apply(world.resources, changed)
+
+        kinds = {k.kind for k in changed}
+        registry_ns = sorted({k.namespace for k in changed if k.kind in REGISTRY_KINDS})
+        for ns in registry_ns:
+            self._ns_epoch[ns] = self._ns_epoch.get(ns, 0) + 1
+        services = self._registry.rebuild(self._index, registry_ns)
+        shapes = services and self._registry.shapes_changed  # else only endpoints moved
+        rules = DestinationRule.KIND in kinds
+        if rules:
+            self._rebuild_policies()
+        if services or rules:
+            self._rebuild_clusters_and_endpoints(rules)
+        touched: set[str] = set()
+        if VirtualService.KIND in kinds:
+            touched = self._rebuild_virtual_services({k for k in changed if k.kind == VirtualService.KIND})
+        if shapes or rules or touched:
+            self._rebuild_route_table(shapes or rules, touched)
+        if shapes:
+            self._rebuild_port_table()
+        self._errors = None
+        self._proxies = {
+            k: s for k, s in self._proxies.items() if s.generation > self._generation - PROXY_MEMO_UPDATES
+        }
+
+    @property
+    def errors(self) -> tuple[ConfigError, ...]:
+        """Translation problems for the current world, sorted; per-proxy ones (listener
+        conflicts) once that proxy has been translated for this world."""
+        if self._errors is None:
+            found = [e for errs in self._stage_errors.values() for e in errs]
+            found += self._registry.errors
+            found += [e for s in self._proxies.values() if s.generation == self._generation for e in s.errors]
+            self._errors = tuple(sorted(set(found), key=lambda e: (e.file, e.resource, e.field, e.message)))
+        return self._errors
+
+    def for_proxy(self, proxy: Proxy) -> dict[str, list[api.Layer]]:
+        out: dict[str, list[api.Layer]] = {
+            api.CLUSTER: [self._clusters],
+            api.ENDPOINT: [self._endpoints],
+        }
+        if proxy.role == "gateway":
+            return out  # Gateway listeners and routes come with Gateway resources
+        state = self._proxy_state(proxy)
+        out[api.CLUSTER].append(state.inbound_clusters)
+        out[api.LISTENER] = [state.listeners]
+        out[api.ROUTE] = [self._routes_for(proxy.namespace)]
+        return out
+
+    # ------------------------------------------------------------ clusters and endpoints
+
+    def _rebuild_policies(self) -> None:
+        policies = {}
+        for dr in self._index.all(DestinationRule.KIND):
+            assert isinstance(dr, DestinationRule)
+            old = self._policies.get(dr.key)
+            policies[dr.key] = old if old is not None and old.resource is dr else destination_policy(dr)
+        self._policies = policies
+        self._dr_index = HostIndex((p.host, p.resource.metadata.namespace, p) for p in policies.values())
+
+    def _policy(self, host: str, namespace: str) -> DestinationPolicy | None:
+        return self._dr_index.lookup(host, namespace)
+
+    def _rebuild_clusters_and_endpoints(self, rules: bool) -> None:
+        cluster_parts: dict[str, tuple[tuple, list[tuple[str, Message]]]] = {}
+        endpoint_parts: dict[str, tuple[tuple, list[tuple[str, Message]]]] = {}
+        for host, svc in self._registry.services.items():
+            old_c, old_e = self._cluster_parts.get(host), self._endpoint_parts.get(host)
+            if not rules and old_c is not None and old_e is not None and old_c[0][0] is svc:
+                cluster_parts[host], endpoint_parts[host] = old_c, old_e  # same service, same rules
+                continue
+            policy = self._policy(host, svc.shape.namespace)
+            dns = svc.endpoints if svc.shape.discovery != "EDS" else None
+            inputs = (svc, svc.shape, dns, policy)
+            cluster_parts[host] = (
+                old_c if old_c is not None and _same(old_c[0][1:], inputs[1:]) else (inputs, clusters.service_clusters(svc, policy))  # type: ignore[arg-type]
+            )
+            inputs = (svc, svc.shape, svc.endpoints, policy)
+            endpoint_parts[host] = (
+                old_e if old_e is not None and _same(old_e[0][1:], inputs[1:]) else (inputs, endpoints.service_assignments(svc, policy))  # type: ignore[arg-type]
+            )
+        if _parts_changed(self._cluster_parts, cluster_parts):
+            blackhole = self._clusters.resources[BLACKHOLE]
+            self._clusters = _layer(
+                ("clusters", "outbound"), [(BLACKHOLE, blackhole), *(c for _, p in cluster_parts.values() for c in p)]
+            )
+        if _parts_changed(self._endpoint_parts, endpoint_parts):
+            self._endpoints = _layer(("endpoints", "outbound"), (e for _, p in endpoint_parts.values() for e in p))
+        self._cluster_parts, self._endpoint_parts = cluster_parts, endpoint_parts
+
+        used = {id(inputs[-1]) for inputs, _ in cluster_parts.values()}
+        errors = [e for p in self._policies.values() for e in p.errors]
+        for p in self._policies.values():
+            if id(p) not in used:
+                dr = p.resource
+                errors.append(ConfigError(dr.source, str(dr.key), "spec.host", f"no service uses this rule: host "
+                                          f"{p.host} is not in the registry, or another DestinationRule takes precedence",
+                                          "warning"))
+        self._stage_errors["destination-rules"] = errors
+
+    # ------------------------------------------------------------ routes
+
+    def _rebuild_virtual_services(self, changed: set[ResourceKey]) -> set[str]:
+        """Patch the mesh VirtualServices; the hosts (patterns) the changed ones named before or now."""
+        touched: set[str] = set()
+        for key in changed:
+            old = self._mesh_vs.pop(key, None)
+            if old is not None:
+                touched.update(old[1])
+            vs = self._world.resources.get(key) if self._world is not None else None
+            if isinstance(vs, VirtualService) and (not vs.spec.gateways or "mesh" in vs.spec.gateways):
+                # (a VirtualService for gateways only is left to the gateway translation)
+                hosts = tuple(resolve_host(h, vs.metadata.namespace) for h in vs.spec.hosts)
+                self._mesh_vs[key] = (vs, hosts)
+                touched.update(hosts)
+        self._mesh_vs = dict(sorted(self._mesh_vs.items()))
+        self._vs_index = HostIndex(
+            (h, key.namespace, vs) for key, (vs, hosts) in self._mesh_vs.items() for h in hosts
+        )
+        return touched
+
+    def _rebuild_route_table(self, everything: bool, touched: set[str]) -> None:
+        """Virtual host parts per host and HTTP port. Unless ``everything`` may have changed
+        (services, rules), only hosts a changed VirtualService names are looked at again."""
+        services = self._registry.services
+        exact = {h for h in touched if not h.startswith("*")}
+        wild = [h for h in touched if h.startswith("*")]
+        host_parts: dict[str, tuple[tuple, list[routes.VirtualHostPart]]] = {}
+        table: dict[int, list[routes.VirtualHostPart]] = {}
+        for host, svc in services.items():
+            old = self._host_parts.get(host)
+            if old is None or everything or host in exact or any(host_matches(w, host) for w in wild):
+                old = self._host_part(svc, old)
+            host_parts[host] = old
+            for part in old[1]:
+                table.setdefault(part.port.number, []).append(part)
+        self._host_parts = host_parts
+        new_table = {}
+        for number in sorted(table):
+            old_row = self._route_table.get(number)
+            row = tuple(table[number])
+            new_table[number] = old_row if old_row is not None and _same(old_row, row) else row
+        if new_table.keys() != self._route_table.keys() or any(
+            new_table[n] is not self._route_table[n] for n in new_table
+        ):
+            self._route_collisions = {
+                n: (self._route_collisions.get(n, frozenset()) if self._route_table.get(n) is row else routes.colliding_domains(row))
+                for n, row in new_table.items()
+            }
+            self._route_table = new_table
+        errors = self._virtual_service_errors()
+        errors += [e for _, parts in host_parts.values() for part in parts for e in part.errors]
+        self._stage_errors["virtual-services"] = errors
+
+    def _host_part(self, svc, old):  # type: ignore[no-untyped-def]
+        """(inputs, parts) of one host: its VirtualService and the destinations that names."""
+        services = self._registry.services
+        vs = self._vs_index.lookup(svc.host, svc.shape.namespace)
+        dests: routes.Destinations = {}
+        if vs is not None:
+            for h in routes.destination_hosts(vs):
+                d = services.get(h)
+                dests[h] = (d.shape, self._policy(h, d.shape.namespace)) if d else (None, None)
+        inputs = (svc.shape, vs, *(x for pair in dests.values() for x in pair))
+        if old is not None and _same(old[0], inputs):
+            return old
+        http_ports = [p for p in svc.shape.ports if is_http(p.protocol)]
+        return inputs, [routes.virtual_host_part(svc.shape, port, vs, dests) for port in http_ports]
+
+    def _virtual_service_errors(self) -> list[ConfigError]:
+        services = self._registry.services
+        errors = []
+        for vs, hosts in self._mesh_vs.values():
+            for i, host in enumerate(hosts):
+                if host in services or (host.startswith("*") and any(host_matches(host, s) for s in services)):
+                    continue
+                errors.append(ConfigError(vs.source, str(vs.key), f"spec.hosts[{i}]",
+                                          f"host {host} matches no service in the registry", "warning"))
+        for host in self._vs_index.contested(services):
+            chosen = self._vs_index.lookup(host, services[host].shape.namespace)
+            for vs in self._vs_index.all_matching(host):
+                if vs is not chosen:
+                    errors.append(ConfigError(vs.source, str(vs.key), "spec.hosts", f"ignored for host {host}: "
+                                              f"{chosen.key if chosen else '?'} routes it", "warning"))
+        return errors
+
+    def _routes_for(self, namespace: str) -> api.Layer:
+        state = self._ns_routes.get(namespace)
+        if state is not None and state.table is self._route_table:
+            return state.layer
+        configs: dict[int, tuple[tuple[bytes, ...], Message]] = {}
+        for number, row in self._route_table.items():
+            encoded = tuple(part.encoded(part.shape.namespace == namespace) for part in row)
+            old = state.configs.get(number) if state is not None else None
+            if old is not None and _same(old[0], encoded):
+                configs[number] = old
+                continue
+            colliding = self._route_collisions.get(number)
+            if colliding:
+                config = routes.route_configuration_deduplicated(number, row, namespace, colliding)
+            else:
+                config = routes.route_configuration(number, encoded)
+            configs[number] = (encoded, config)
+        if state is not None and configs.keys() == state.configs.keys() and all(
+            configs[n] is state.configs[n] for n in configs
+        ):
+            layer = state.layer
+        else:
+            layer = _layer(("routes", namespace), ((str(n), rc) for n, (_, rc) in configs.items()))
+        self._ns_routes[namespace] = _NamespaceRoutes(self._route_table, configs, layer)
+        return layer
+
+    # ------------------------------------------------------------ listeners
+
+    def _rebuild_port_table(self) -> None:
+        table, errors = listeners.outbound_ports(self._registry.services.values())
+        old = self._port_table
+        table = {n: old[n] if n in old and old[n] == p else p for n, p in table.items()}
+        if table.keys() != old.keys() or any(table[n] is not old[n] for n in table):
+            self._port_table = table
+        self._stage_errors["ports"] = errors
+
+    def _proxy_state(self, proxy: Proxy) -> _ProxyState:
+        key = proxy.key
+        state = self._proxies.get(key)
+        epoch = self._ns_epoch.get(proxy.namespace, 0)
+        if state is not None and state.epoch == epoch and state.port_table is self._port_table:
+            if state.generation != self._generation:
+                state.generation = self._generation
+                self._errors = None if state.errors else self._errors
+            return state
+
+        ns = proxy.namespace
+        workload = listeners.find_workload(
+            self._index.in_namespace(Pod.KIND, ns), self._index.in_namespace(WorkloadEntry.KIND, ns), proxy.ip
+        )
+        labels = listeners.workload_labels(workload, proxy.labels)
+        selecting = [s for s in self._registry.by_namespace.get(ns, ()) if listeners.selects_workload(s, labels)]
+        inputs = (self._port_table, workload, *(s.shape for s in selecting))
+        if state is not None and _same(state.inputs, inputs):
+            state.epoch, state.port_table, state.inputs = epoch, self._port_table, inputs
+        else:
+            state = self._build_proxy_state(proxy, state, inputs, workload, selecting)
+            state.epoch = epoch
+        state.generation = self._generation
+        self._proxies[key] = state
+        if state.errors:
+            self._errors = None
+        return state
+
+    def _build_proxy_state(self, proxy, old, inputs, workload, selecting) -> _ProxyState:  # type: ignore[no-untyped-def]
+        inbound, errors = listeners.inbound_ports(selecting, workload)
+        by_target = {p.target: p for p in inbound}
+        outbound: dict[int, tuple[listeners.OutboundPort, listener_pb2.Listener]] = {}
+        for number, port in self._port_table.items():
+            if number in by_target:
+                res = by_target[number].service.resource
+                errors.append(ConfigError(res.source, str(res.key), "spec.ports", f"the inbound listener on "
+                                          f"{proxy.ip}:{number} replaces the outbound one for {', '.join(port.hosts)}",
+                                          "warning"))
+                continue
+            prev = old.outbound.get(number) if old is not None else None
+            outbound[number] = prev if prev is not None and prev[0] is port else (port, listeners.outbound(proxy.ip, port))
+        named = [(lst.name, lst) for _, lst in outbound.values()]
+        named += [(lst.name, lst) for lst in (listeners.inbound(proxy.ip, p) for p in inbound)]
+        address = listeners.app_address(workload)
+        inbound_clusters = [(c.name, c) for c in (clusters.inbound(p.target, address, p.protocol) for p in inbound)]
+        return _ProxyState(
+            epoch=0,
+            port_table=self._port_table,
+            inputs=inputs,
+            outbound=outbound,
+            listeners=_layer(("listeners", proxy.key), sorted(named, key=lambda n: n[0])),
+            inbound_clusters=_layer(("clusters-inbound", proxy.key), inbound_clusters),
+            errors=tuple(errors),
+        )
+
+
+def _parts_changed(old: dict, new: dict) -> bool:
+    return old.keys() != new.keys() or any(old[k] is not v for k, v in new.items())

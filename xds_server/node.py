@@ -1,0 +1,48 @@
+"""Who is on the other end of a stream: the Envoy node, read the way Istio writes it.
+
+``node.id`` is ``<type>~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local`` and
+``node.metadata`` carries NAMESPACE, LABELS, SERVICE_ACCOUNT, INSTANCE_IPS and NAME.
+Metadata wins over what the id says; the id fills the gaps.
+"""
+
+from __future__ import annotations
+
+from envoy.config.core.v3.base_pb2 import Node
+from google.protobuf import json_format
+
+from translators.world import Proxy
+
+
+class NodeError(ValueError):
+    """The node cannot be turned into a proxy; the stream is refused with this message."""
+
+
+def proxy_from_node(node: Node) -> Proxy:
+    if not node.id:
+        raise NodeError("node.id is empty: the bootstrap must set node.id (see `meshpilot bootstrap`)")
+    meta = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
+    parts = node.id.split("~")
+    id_type, id_ip, id_pod, id_ns = "sidecar", "", "", ""
+    if len(parts) == 4:
+        id_type, id_ip, pod_ns, domain = parts
+        id_pod, _, id_ns = pod_ns.partition(".")
+        id_ns = id_ns or domain.split(".", 1)[0]
+    role = str(meta.get("MESHPILOT_ROLE") or ("gateway" if id_type == "router" else "sidecar"))
+    if role not in ("sidecar", "gateway"):
+        raise NodeError(f"node {node.id}: metadata MESHPILOT_ROLE must be sidecar or gateway, not {role!r}")
+    ips = str(meta.get("INSTANCE_IPS") or id_ip).split(",")
+    ip = ips[0].strip()
+    if not ip:
+        raise NodeError(f"node {node.id}: no IP (metadata INSTANCE_IPS, or the second part of the node id)")
+    labels = meta.get("LABELS") or {}
+    if not isinstance(labels, dict):
+        raise NodeError(f"node {node.id}: metadata LABELS must be an object of strings")
+    return Proxy(
+        id=node.id,
+        role=role,  # type: ignore[arg-type]
+        ip=ip,
+        namespace=str(meta.get("NAMESPACE") or id_ns or "default"),
+        labels={str(k): str(v) for k, v in labels.items()},
+        service_account=str(meta.get("SERVICE_ACCOUNT") or "default"),
+        pod_name=str(meta.get("NAME") or id_pod),
+    )

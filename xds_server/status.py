@@ -1,0 +1,82 @@
+"""What each stream has sent, and what its proxy accepted or rejected: the /debug/syncz view."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from prometheus_client import Counter, Gauge, Histogram
+
+from translators.api import SHORT_NAMES
+
+log = structlog.get_logger("xds")
+
+PUSHES = Counter("meshpilot_xds_pushes_total", "xDS responses sent", ["type", "protocol"])
+ACKS = Counter("meshpilot_xds_acks_total", "xDS responses accepted by proxies", ["type"])
+NACKS = Counter("meshpilot_xds_nacks_total", "xDS responses rejected by proxies", ["type"])
+STREAMS = Gauge("meshpilot_xds_streams", "Open xDS streams", ["protocol"])
+PUSH_BYTES = Counter("meshpilot_xds_push_bytes_total", "Bytes of xDS responses sent", ["type"])
+CONFIG_ERRORS = Gauge("meshpilot_config_errors", "Current configuration problems", ["severity"])
+TRANSLATE_SECONDS = Histogram(
+    "meshpilot_translate_seconds",
+    "Time to apply a new config snapshot (translate + cache + notify)",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+def short(type_url: str) -> str:
+    return SHORT_NAMES.get(type_url, type_url.rsplit(".", 1)[-1])
+
+
+@dataclass
+class TypeStatus:
+    sent_version: str = ""
+    sent_nonce: str = ""
+    sent_resources: int = 0
+    acked_version: str = ""
+    acked_nonce: str = ""
+    nack: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v not in ("", None)}
+
+
+@dataclass
+class StreamStatus:
+    proxy_id: str
+    protocol: str  # "sotw" | "delta"
+    connected_at: float = field(default_factory=time.time)
+    types: dict[str, TypeStatus] = field(default_factory=dict)
+
+    def of(self, type_url: str) -> TypeStatus:
+        st = self.types.get(type_url)
+        if st is None:
+            st = self.types[type_url] = TypeStatus()
+        return st
+
+    def sent(self, type_url: str, version: str, nonce: str, count: int, size: int) -> None:
+        st = self.of(type_url)
+        st.sent_version, st.sent_nonce, st.sent_resources = version, nonce, count
+        PUSHES.labels(short(type_url), self.protocol).inc()
+        PUSH_BYTES.labels(short(type_url)).inc(size)
+
+    def acked(self, type_url: str, version: str, nonce: str) -> None:
+        st = self.of(type_url)
+        st.acked_version, st.acked_nonce = version, nonce
+        ACKS.labels(short(type_url)).inc()
+
+    def nacked(self, type_url: str, version: str, nonce: str, message: str) -> None:
+        # The proxy keeps its last accepted config; nothing is re-sent until the config changes.
+        self.of(type_url).nack = {"version": version, "nonce": nonce, "message": message, "at": time.time()}
+        NACKS.labels(short(type_url)).inc()
+        log.warning("config rejected by proxy", proxy=self.proxy_id, type=short(type_url), version=version, error=message)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "proxy": self.proxy_id,
+            "protocol": self.protocol,
+            "connected_at": self.connected_at,
+            "types": {short(t): s.as_dict() for t, s in sorted(self.types.items())},
+        }
