@@ -230,28 +230,41 @@ class XdsCache:
         used: set[object] = set()
         notified = 0
         for watch in list(self._watches.values()):
-            view = self.view(watch.proxy, used)
             old = old_views.get(watch.proxy.key)
-            if old is None or _differs(old, view):
+            view = self.view(watch.proxy, used, old)
+            if old is None or view is not old:
                 watch.listener(view)
                 notified += 1
         # Per-proxy layers of proxies that went away are dropped here.
         self._sets = {k: v for k, v in self._sets.items() if k in used}
         return notified
 
-    def view(self, proxy: Proxy, used: set[object] | None = None) -> ProxyView:
+    def view(self, proxy: Proxy, used: set[object] | None = None, previous: ProxyView | None = None) -> ProxyView:
+        """The config ``proxy`` should have now. Unchanged parts of ``previous`` are reused as
+        they are, so a stream can tell "nothing changed" by identity alone."""
         cached = self._views.get(proxy.key)
         if cached is not None:
             return cached
         types: dict[str, TypeView] = {}
+        changed = previous is None
         for type_url, layers in self.translator.for_proxy(proxy).items():
             sets = []
             for layer in layers:
                 sets.append(self._set_for(layer, type_url))
                 if used is not None:
                     used.add((type_url, layer.key))
-            types[type_url] = TypeView(type_url, tuple(sets))
-        view = ProxyView(self.generation, types)
+            before = previous.types.get(type_url) if previous is not None else None
+            if before is not None and len(before.layers) == len(sets) and all(
+                a is b for a, b in zip(before.layers, sets, strict=True)
+            ):
+                types[type_url] = before
+            else:
+                types[type_url] = TypeView(type_url, tuple(sets))
+                changed = True
+        if previous is not None and not changed and types.keys() == previous.types.keys():
+            view = previous
+        else:
+            view = ProxyView(self.generation, types)
         self._views[proxy.key] = view
         return view
 
@@ -279,14 +292,3 @@ class XdsCache:
         """The proxies with an open stream."""
         return [w.proxy for w in self._watches.values()]
 
-
-def _differs(old: ProxyView, new: ProxyView) -> bool:
-    if old.types.keys() != new.types.keys():
-        return True
-    for type_url, view in new.types.items():
-        before = old.types[type_url]
-        if len(before.layers) != len(view.layers) or any(
-            a is not b for a, b in zip(before.layers, view.layers, strict=True)
-        ):
-            return True
-    return False

@@ -14,13 +14,17 @@ testable exactly:
 * make-before-break: clusters, endpoints, listeners, routes; removals afterwards.
 
 What a client has is tracked as "the view last sent, restricted to what it asked for"
-(``base``) rather than per-name maps, which keeps a thousand streams cheap.
+(``base``) rather than per-name maps, which keeps a thousand streams cheap. Streams in
+the same state (same shared layers before and after, same subscription) get the very
+same encoded response from ``SharedResponses``: a change is diffed and encoded once,
+not once per proxy. Nonces come from one counter, so a shared response's nonce is
+still unique within every stream that sends it.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from envoy.config.core.v3.base_pb2 import ControlPlane
@@ -41,7 +45,12 @@ KNOWN_TYPES = frozenset({CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET})
 REMOVE_ORDER: tuple[str, ...] = (LISTENER, ROUTE, CLUSTER, ENDPOINT)
 CONTROL_PLANE = ControlPlane(identifier="meshpilot")
 
+_nonces = itertools.count(1)
 _interned: dict[frozenset[str], frozenset[str]] = {}
+
+
+def next_nonce() -> str:
+    return str(next(_nonces))
 
 
 def intern_names(names: Iterable[str]) -> frozenset[str]:
@@ -52,14 +61,42 @@ def intern_names(names: Iterable[str]) -> frozenset[str]:
     return _interned.setdefault(fs, fs)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outgoing:
-    """One encoded response, plus what the stream needs to log it."""
+    """One encoded response."""
 
     type_url: str
     nonce: str
+    version: str
     payload: bytes
     count: int
+
+
+class SharedResponses:
+    """Responses computed for one stream, reused by every stream in the same state.
+
+    Keys hold ``id()`` of the objects a response depends on; the entry keeps those
+    objects alive so an id cannot be reused while the entry exists. Entries are right
+    for any generation; they are dropped when a newer one arrives, to bound memory.
+    """
+
+    def __init__(self) -> None:
+        self._generation = -1
+        self._entries: dict[Hashable, tuple[object, object]] = {}
+
+    def get(self, generation: int, key: Hashable, build: Callable[[], object], refs: object) -> object:
+        if generation > self._generation:
+            self._generation, self._entries = generation, {}
+        hit = self._entries.get(key)
+        if hit is not None:
+            return hit[1]
+        value = build()
+        self._entries[key] = (refs, value)
+        return value
+
+
+def _layers_key(view: TypeView | None) -> tuple[int, ...]:
+    return () if view is None else tuple(id(s) for s in view.layers)
 
 
 @dataclass
@@ -69,7 +106,6 @@ class _TypeState:
     #: the view whose (interesting part) the client was last brought to
     base: TypeView | None = None
     nonce: str = ""
-    version: str = ""
     #: delta: nonce -> version label of responses not yet ACKed or NACKed
     pending: dict[str, str] = field(default_factory=dict)
 
@@ -82,21 +118,25 @@ class _TypeState:
         else:
             yield from (n for n in self.names if view.get(n) is not None)
 
+    def key(self, kind: str, type_url: str, tv: TypeView) -> tuple[Hashable, ...]:
+        return (kind, type_url, _layers_key(self.base), _layers_key(tv), id(self.names), self.wildcard)
+
 
 class _Stream:
     protocol = ""
 
-    def __init__(self, status: StreamStatus):
+    def __init__(self, status: StreamStatus, shared: SharedResponses | None = None):
         self.status = status
+        self.shared = shared or SharedResponses()
         self.types: dict[str, _TypeState] = {}
-        self._nonces = itertools.count(1)
-
-    def _nonce(self) -> str:
-        return str(next(self._nonces))
 
     def _order(self, order: tuple[str, ...]) -> list[str]:
         rest = sorted(t for t in self.types if t not in order)
         return [t for t in order if t in self.types] + rest
+
+    def _sent(self, out: Outgoing) -> Outgoing:
+        self.status.sent(out.type_url, out.version, out.nonce, out.count, len(out.payload))
+        return out
 
 
 class SotwStream(_Stream):
@@ -109,7 +149,7 @@ class SotwStream(_Stream):
         if type_url not in KNOWN_TYPES:
             return []
         st = self.types.get(type_url)
-        names = [n for n in req.resource_names]
+        names = list(req.resource_names)
         if st is None:
             st = self.types[type_url] = _TypeState()
         elif req.response_nonce != st.nonce:
@@ -126,12 +166,16 @@ class SotwStream(_Stream):
         st.wildcard, st.names = wildcard, new_names
         tv = view.of(type_url)
         if first:
-            return [self._respond(type_url, st, tv, list(st.interesting(tv)))]
+            st.base = None
+            out = self._shared(view.generation, st.key("sotw-first", type_url, tv), type_url, st, tv,
+                               lambda: list(st.interesting(tv)), push=False)
+            assert out is not None
+            return [self._sent(out)]
         if added and not wildcard:
             # The response moves the client's base to ``tv``: it must carry whatever
             # changed since the old base too, not only the names just added.
             names_out = {n for n in added if tv.get(n) is not None} | set(_pending(st, tv))
-            return [self._respond(type_url, st, tv, list(names_out))]
+            return [self._sent(self._encode(type_url, st, tv, list(names_out)))]
         return []
 
     def on_view(self, view: ProxyView) -> list[Outgoing]:
@@ -140,9 +184,12 @@ class SotwStream(_Stream):
         for type_url in self._order(PUSH_ORDER):
             st = self.types[type_url]
             tv = view.of(type_url)
-            if st.base is tv or not st.nonce:
-                continue
             base = st.base
+            if base is tv or not st.nonce:
+                continue
+            if base is not None and _same_layers(base, tv):
+                st.base = tv
+                continue
             changes = tv.changes_since(base) if base is not None else None
             if type_url in WILDCARD_TYPES:
                 if changes is not None and not changes:
@@ -151,39 +198,67 @@ class SotwStream(_Stream):
                 if type_url == CLUSTER and base is not None:
                     # Keep clusters that are going away until listeners and routes have
                     # moved off them, then send the final list.
-                    current = set(tv.names())
-                    cds_removed = [r for r in base.resources() if r.name not in current]
-                resources = list(tv.names())
+                    cds_removed = [r for r in base.resources() if tv.get(r.name) is None]
+                out.append(self._encode(type_url, st, tv, list(tv.names()), extra=cds_removed))
             else:
-                resources = _pending(st, tv)
-                if not resources:
+                response = self._shared(view.generation, st.key("sotw-push", type_url, tv), type_url, st, tv,
+                                        lambda st=st, tv=tv: _pending(st, tv), push=True)  # type: ignore[misc]
+                if response is None:
                     st.base = tv
                     continue
-            out.append(self._respond(type_url, st, tv, resources, extra=cds_removed if type_url == CLUSTER else ()))
-        if cds_removed and len(out) > 1:
+                out.append(response)
+        if cds_removed:
             st = self.types[CLUSTER]
             assert st.base is not None
-            out.append(self._respond(CLUSTER, st, st.base, list(st.base.names())))
-        elif cds_removed:
-            # Nothing else moved: the removal can go straight away.
-            st = self.types[CLUSTER]
-            assert st.base is not None
-            out[0] = self._respond(CLUSTER, st, st.base, list(st.base.names()))
-        return out
+            final = self._encode(CLUSTER, st, st.base, list(st.base.names()))
+            # When nothing else moved, the removal can go straight away.
+            out = [*out, final] if len(out) > 1 else [final]
+        return [self._sent(o) for o in out]
 
-    def _respond(
-        self, type_url: str, st: _TypeState, tv: TypeView, names: list[str], extra: Iterable[Resource] = ()
+    def _shared(
+        self,
+        generation: int,
+        key: Hashable,
+        type_url: str,
+        st: _TypeState,
+        tv: TypeView,
+        names: Callable[[], list[str]],
+        push: bool,
+    ) -> Outgoing | None:
+        """A first answer, or (``push``) an update that is None when nothing changed."""
+
+        def build() -> Outgoing | None:
+            chosen = names()
+            if not chosen and push:
+                return None
+            return self._encode(type_url, st, tv, chosen, record=False)
+
+        response = self.shared.get(generation, key, build, refs=(st.base, tv, st.names))
+        if response is not None:
+            assert isinstance(response, Outgoing)
+            st.nonce, st.base = response.nonce, tv
+        return response
+
+    def _encode(
+        self,
+        type_url: str,
+        st: _TypeState,
+        tv: TypeView,
+        names: list[str],
+        extra: Iterable[Resource] = (),
+        record: bool = True,
     ) -> Outgoing:
         entries = [r for r in (tv.get(n) for n in sorted(names)) if r is not None]
-        extra = list(extra)
-        version = tv.version + ("+draining" if extra else "")
-        st.nonce, st.version, st.base = self._nonce(), version, tv
+        entries += extra
+        version = tv.version + ("+draining" if len(entries) > len(names) else "")
+        nonce = next_nonce()
+        if record:
+            st.nonce, st.base = nonce, tv
         head = DiscoveryResponse(
-            version_info=version, type_url=type_url, nonce=st.nonce, control_plane=CONTROL_PLANE
+            version_info=version, type_url=type_url, nonce=nonce, control_plane=CONTROL_PLANE
         ).SerializeToString()
-        payload = head + b"".join(r.sotw_entry for r in itertools.chain(entries, extra))
-        self.status.sent(type_url, version, st.nonce, len(entries) + len(extra), len(payload))
-        return Outgoing(type_url, st.nonce, payload, len(entries) + len(extra))
+        payload = b"".join([head, *(r.sotw_entry for r in entries)])
+        return Outgoing(type_url, nonce, version, payload, len(entries))
 
 
 class DeltaStream(_Stream):
@@ -191,15 +266,10 @@ class DeltaStream(_Stream):
 
     protocol = "delta"
 
-    def __init__(self, status: StreamStatus, generation: int = 0):
-        super().__init__(status)
-        self.generation = generation
-
     def on_request(self, req: DeltaDiscoveryRequest, view: ProxyView) -> list[Outgoing]:
         type_url = req.type_url
         if type_url not in KNOWN_TYPES:
             return []
-        self.generation = view.generation
         st = self.types.get(type_url)
         first = st is None
         if st is None:
@@ -215,34 +285,39 @@ class DeltaStream(_Stream):
         unsubscribe = list(req.resource_names_unsubscribe)
         if not subscribe and not unsubscribe and not first:
             return []  # a plain ACK or NACK
-        newly: set[str] = set()
         if first and not subscribe:
-            st.wildcard = True  # legacy wildcard: first request names nothing
+            st.wildcard = True  # legacy wildcard: the first request names nothing
+        newly_wild = "*" in subscribe and not st.wildcard
         if "*" in subscribe:
-            newly_wild = not st.wildcard
             st.wildcard = True
-        else:
-            newly_wild = False
         if "*" in unsubscribe:
             st.wildcard = False
         before = st.names
         names = set(before)
-        for n in subscribe:
-            if n != "*" and n not in names:
-                names.add(n)
-                newly.add(n)
+        newly = {n for n in subscribe if n != "*" and n not in names}
+        names |= newly
         names.difference_update(n for n in unsubscribe if n != "*")
         st.names = intern_names(names)
         tv = view.of(type_url)
-        base = st.base
+        label = str(view.generation)
         if first:
             known = dict(req.initial_resource_versions)
+            if not known:
+                # The common case, a fresh proxy: every proxy like it gets the same answer.
+                parts = self._shared_diff(view.generation, st.key("delta-first", type_url, tv), type_url, st, tv,
+                                          lambda: set(st.interesting(tv)), lambda n: None, label)
+                st.base = tv
+                if not parts:  # nothing to send yet, but Envoy waits for an answer to finish warming
+                    parts = [self._encode(type_url, [], [], label)]
+                    st.pending[parts[0].nonce] = label
+                return [self._sent(p) for p in parts]
             candidates: set[str] = set(st.interesting(tv)) | known.keys()
-            upserts, removed = self._diff(st, tv, candidates, known.get)
+            upserts, removed = _diff(st, tv, candidates, known.get)
         else:
             # The client has ``base`` restricted to what it wanted before this request;
             # names it wants only now are unknown to it. Changes since ``base`` go too,
             # because the response moves the base to ``tv``.
+            base = st.base
             diff = tv.changes_since(base) if base is not None else None
             candidates = set(newly)
             candidates |= diff if diff is not None else set(tv.names()) | set(base.names() if base else ())
@@ -254,59 +329,76 @@ class DeltaStream(_Stream):
                     return None
                 return _version(base, n)
 
-            upserts, removed = self._diff(st, tv, candidates, had)
+            upserts, removed = _diff(st, tv, candidates, had)
         st.base = tv
         if not upserts and not removed and not first:
             return []
-        return [self._respond(type_url, st, upserts, removed)]
+        out = self._encode(type_url, upserts, removed, label)
+        st.pending[out.nonce] = label
+        return [self._sent(out)]
 
     def on_view(self, view: ProxyView) -> list[Outgoing]:
-        self.generation = view.generation
-        changes: dict[str, tuple[list[Resource], list[str]]] = {}
+        label = str(view.generation)
+        upserts: dict[str, Outgoing] = {}
+        removals: dict[str, Outgoing] = {}
         for type_url, st in self.types.items():
             tv = view.of(type_url)
             base = st.base
             if base is tv:
                 continue
-            diff = tv.changes_since(base) if base is not None else None
-            candidates = diff if diff is not None else set(tv.names()) | set(base.names() if base else ())
-            upserts, removed = self._diff(st, tv, candidates, lambda n, b=base: _version(b, n))  # type: ignore[misc]
+            if base is not None and _same_layers(base, tv):
+                st.base = tv
+                continue
+
+            def candidates(base: TypeView | None = base, tv: TypeView = tv) -> set[str]:
+                diff = tv.changes_since(base) if base is not None else None
+                if diff is not None:
+                    return set(diff)
+                return set(tv.names()) | set(base.names() if base else ())
+
+            parts = self._shared_diff(view.generation, st.key("delta-push", type_url, tv), type_url, st, tv,
+                                      candidates, lambda n, b=base: _version(b, n), label)  # type: ignore[misc]
             st.base = tv
-            if upserts or removed:
-                changes[type_url] = (upserts, removed)
-        out = [
-            self._respond(t, self.types[t], changes[t][0], [])
-            for t in self._order(PUSH_ORDER)
-            if t in changes and changes[t][0]
-        ]
-        out += [
-            self._respond(t, self.types[t], [], changes[t][1])
-            for t in self._order(REMOVE_ORDER)
-            if t in changes and changes[t][1]
-        ]
-        return out
+            for part in parts:
+                (removals if part.version.endswith("-") else upserts)[type_url] = part
+        out = [upserts[t] for t in self._order(PUSH_ORDER) if t in upserts]
+        out += [removals[t] for t in self._order(REMOVE_ORDER) if t in removals]
+        return [self._sent(o) for o in out]
+
+    def _shared_diff(
+        self,
+        generation: int,
+        key: Hashable,
+        type_url: str,
+        st: _TypeState,
+        tv: TypeView,
+        candidates: Callable[[], set[str]],
+        client_version: Callable[[str], str | None],
+        label: str,
+    ) -> list[Outgoing]:
+        """The upsert and removal responses for a diff, computed once for all streams in this state."""
+
+        def build() -> list[Outgoing]:
+            upserts, removed = _diff(st, tv, candidates(), client_version)
+            parts = []
+            if upserts:
+                parts.append(self._encode(type_url, upserts, [], label))
+            if removed:
+                # A trailing "-" marks the removal half (the label itself is a number).
+                parts.append(self._encode(type_url, [], removed, label, version=label + "-"))
+            return parts
+
+        parts: list[Outgoing] = self.shared.get(generation, key, build, refs=(st.base, tv, st.names))  # type: ignore[assignment]
+        for part in parts:
+            st.nonce = part.nonce
+            st.pending[part.nonce] = label
+        return parts
 
     @staticmethod
-    def _diff(st: _TypeState, tv: TypeView, candidates: Iterable[str], client_version) -> tuple[list[Resource], list[str]]:  # type: ignore[no-untyped-def]
-        upserts: list[Resource] = []
-        removed: list[str] = []
-        for name in sorted(candidates):
-            if not st.wants(name):
-                continue
-            have = client_version(name)
-            res = tv.get(name)
-            if res is None:
-                if have is not None:
-                    removed.append(name)
-            elif res.version != have:
-                upserts.append(res)
-        return upserts, removed
-
-    def _respond(self, type_url: str, st: _TypeState, upserts: list[Resource], removed: list[str]) -> Outgoing:
-        nonce = self._nonce()
-        label = str(self.generation)
-        st.nonce = nonce
-        st.pending[nonce] = label
+    def _encode(
+        type_url: str, upserts: list[Resource], removed: list[str], label: str, version: str | None = None
+    ) -> Outgoing:
+        nonce = next_nonce()
         head = DeltaDiscoveryResponse(
             system_version_info=label,
             type_url=type_url,
@@ -314,9 +406,30 @@ class DeltaStream(_Stream):
             removed_resources=removed,
             control_plane=CONTROL_PLANE,
         ).SerializeToString()
-        payload = head + b"".join(r.delta_entry for r in upserts)
-        self.status.sent(type_url, label, nonce, len(upserts) + len(removed), len(payload))
-        return Outgoing(type_url, nonce, payload, len(upserts) + len(removed))
+        payload = b"".join([head, *(r.delta_entry for r in upserts)])
+        return Outgoing(type_url, nonce, version or label, payload, len(upserts) + len(removed))
+
+
+def _diff(
+    st: _TypeState, tv: TypeView, candidates: Iterable[str], client_version: Callable[[str], str | None]
+) -> tuple[list[Resource], list[str]]:
+    upserts: list[Resource] = []
+    removed: list[str] = []
+    for name in sorted(candidates):
+        if not st.wants(name):
+            continue
+        have = client_version(name)
+        res = tv.get(name)
+        if res is None:
+            if have is not None:
+                removed.append(name)
+        elif res.version != have:
+            upserts.append(res)
+    return upserts, removed
+
+
+def _same_layers(a: TypeView, b: TypeView) -> bool:
+    return len(a.layers) == len(b.layers) and all(x is y for x, y in zip(a.layers, b.layers, strict=True))
 
 
 def _version(view: TypeView | None, name: str) -> str | None:

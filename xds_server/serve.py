@@ -17,14 +17,12 @@ from typing import Any
 import structlog
 
 from translators.errors import ConfigError
-from translators.translate import Translator
-from translators.world import World
-from xds_server.cache import XdsCache
 from xds_server.debounce import Debouncer
 from xds_server.httpd import HttpServer, Reply, json_reply, text_reply
+from xds_server.pipeline import Pipeline, full_collection
 from xds_server.server import XdsServer, start_grpc
 from xds_server.sources.files import DirectorySource, LoadResult
-from xds_server.status import CONFIG_ERRORS, TRANSLATE_SECONDS, short
+from xds_server.status import CONFIG_ERRORS, short
 
 log = structlog.get_logger("meshpilot")
 
@@ -81,12 +79,11 @@ class ControlPlane:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.source = DirectorySource(args.config_dir, default_namespace=args.namespace)
-        self.translator = Translator()
-        self.cache = XdsCache(self.translator)
+        self.pipeline = Pipeline()
+        self.cache = self.pipeline.cache
         self.xds = XdsServer(self.cache)
-        self.world = World()
-        self.source_errors: tuple[ConfigError, ...] = ()
         self.ready = False
+        self._last_apply = 0.0
         self._reported: set[str] = set()
         self.debouncer: Debouncer[LoadResult] = Debouncer(
             self.apply, quiet=args.debounce_quiet, max_delay=args.debounce_max
@@ -115,7 +112,11 @@ class ControlPlane:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        tasks = [asyncio.create_task(self.debouncer.run()), asyncio.create_task(self.watch())]
+        tasks = [
+            asyncio.create_task(self.debouncer.run()),
+            asyncio.create_task(self.watch()),
+            asyncio.create_task(self.collect_when_quiet()),
+        ]
         await stop.wait()
         log.info("shutting down")
         for t in tasks:
@@ -134,28 +135,37 @@ class ControlPlane:
                 self.debouncer.submit(result)
 
     async def apply(self, result: LoadResult, merged: int) -> None:
-        started = time.perf_counter()
-        world = self.world.evolve(result.resources)
-        streams = self.cache.update(world)
-        self.world = world
-        self.source_errors = result.errors
-        elapsed = time.perf_counter() - started
-        TRANSLATE_SECONDS.observe(elapsed)
+        applied = self.pipeline.apply(result.resources, result.errors)
+        self._last_apply = time.monotonic()
         self._report_errors()
         self.ready = True
         log.info(
             "config applied",
-            version=world.version,
-            resources=len(world.resources),
-            changed=len(world.changed),
+            version=applied.version,
+            resources=applied.resources,
+            changed=applied.changed,
             merged_events=merged,
-            streams_notified=streams,
-            ms=round(elapsed * 1000, 1),
+            streams_notified=applied.streams_notified,
+            ms=round(applied.seconds * 1000, 1),
         )
+
+    async def collect_when_quiet(self, every: float = 600.0) -> None:
+        """Now and then, once config has been still for a minute, run a full garbage collection."""
+        collected_at = time.monotonic()
+        while True:
+            await asyncio.sleep(60)
+            now = time.monotonic()
+            if now - collected_at > every and now - self._last_apply > 60:
+                full_collection()
+                collected_at = now
 
     @property
     def errors(self) -> tuple[ConfigError, ...]:
-        return self.source_errors + tuple(self.translator.errors)
+        return self.pipeline.errors
+
+    @property
+    def world(self):  # type: ignore[no-untyped-def]
+        return self.pipeline.world
 
     def _report_errors(self) -> None:
         """Log each problem once when it appears, and once when it is gone."""

@@ -16,7 +16,7 @@ from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, Disc
 
 from xds_server.cache import XdsCache
 from xds_server.node import NodeError, proxy_from_node
-from xds_server.protocol import DeltaStream, SotwStream
+from xds_server.protocol import DeltaStream, SharedResponses, SotwStream
 from xds_server.status import STREAMS, StreamStatus
 
 log = structlog.get_logger("xds")
@@ -33,6 +33,7 @@ class XdsServer:
     def __init__(self, cache: XdsCache):
         self.cache = cache
         self.streams: dict[int, StreamStatus] = {}
+        self.shared = SharedResponses()
         self._ids = 0
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -72,7 +73,7 @@ class XdsServer:
         self._ids += 1
         sid = self._ids
         status = StreamStatus(proxy.id, protocol)
-        stream = SotwStream(status) if protocol == "sotw" else DeltaStream(status)
+        stream = (SotwStream if protocol == "sotw" else DeltaStream)(status, self.shared)
         queue: asyncio.Queue[Any] = asyncio.Queue()
         view_pending = False
 
@@ -123,6 +124,9 @@ async def start_grpc(server_impl: XdsServer, address: str) -> grpc.aio.Server:
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.max_concurrent_streams", 100_000),
+            # A thousand proxies connecting at once can queue calls for a while; the
+            # default would cancel them after 30 s.
+            ("grpc.server_max_unrequested_time_in_server", 600),
         ]
     )
     server.add_generic_rpc_handlers((server_impl.handler(),))

@@ -6,6 +6,7 @@ way Envoy does: ACK, NACK, stale nonces, subscriptions, reconnects.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 
@@ -127,11 +128,22 @@ def names(resp: DiscoveryResponse | DeltaDiscoveryResponse) -> list[str]:
     return out
 
 
-async def sotw_subscribe(client: AdsClient, type_url: str, resource_names: list[str] | None = None) -> DiscoveryResponse:
+async def acked(m: Mesh, type_url: str, nonce: str) -> None:
+    """Wait until the server has processed the ACK of ``nonce``: a config change applied
+    earlier would make that ACK stale, and the server would rightly ignore it."""
+    for _ in range(200):
+        if any(s.of(type_url).acked_nonce == nonce for s in m.xds.streams.values()):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"server never saw the ACK of {nonce}")
+
+
+async def sotw_subscribe(m: Mesh, client: AdsClient, type_url: str, resource_names: list[str] | None = None) -> DiscoveryResponse:
     await client.send(node=node(PROXY_IP), type_url=type_url, resource_names=resource_names or [])
     resp = await client.recv()
     await client.send(type_url=type_url, version_info=resp.version_info, response_nonce=resp.nonce,
                       resource_names=resource_names or [])
+    await acked(m, type_url, resp.nonce)
     return resp
 
 
@@ -141,7 +153,7 @@ async def sotw_subscribe(client: AdsClient, type_url: str, resource_names: list[
 async def test_sotw_cds_then_ack_is_silent(mesh):
     m, channel = mesh
     client = AdsClient(channel)
-    resp = await sotw_subscribe(client, CLUSTER)
+    resp = await sotw_subscribe(m, client, CLUSTER)
     assert resp.type_url == CLUSTER and resp.nonce and resp.version_info
     assert {cluster("a"), cluster("b")} <= set(names(resp))
     assert await client.silent()
@@ -152,7 +164,7 @@ async def test_sotw_cds_then_ack_is_silent(mesh):
 async def test_sotw_nack_is_recorded_and_not_resent(mesh):
     m, channel = mesh
     client = AdsClient(channel)
-    first = await sotw_subscribe(client, CLUSTER)
+    first = await sotw_subscribe(m, client, CLUSTER)
     m.apply(service("a", "127.0.50.1"), service("b", "127.0.50.2"), subsets("a"))
     pushed = await client.recv()
     assert cluster("a", subset="v2") in names(pushed)
@@ -173,7 +185,7 @@ async def test_sotw_stale_nonce_is_ignored(mesh):
     m, channel = mesh
     client = AdsClient(channel)
     eds_a = [cluster("a")]
-    first = await sotw_subscribe(client, ENDPOINT, eds_a)
+    first = await sotw_subscribe(m, client, ENDPOINT, eds_a)
     m.apply(service("a", "127.0.50.9"), service("b", "127.0.50.2"))  # a's endpoint moves
     pushed = await client.recv()
     assert pushed.nonce != first.nonce
@@ -192,7 +204,7 @@ async def test_sotw_stale_nonce_is_ignored(mesh):
 async def test_sotw_resource_requested_before_it_exists_is_sent_when_it_appears(mesh):
     m, channel = mesh
     client = AdsClient(channel)
-    resp = await sotw_subscribe(client, ROUTE, ["9090"])
+    resp = await sotw_subscribe(m, client, ROUTE, ["9090"])
     assert len(resp.resources) == 0
     m.apply(service("a", "127.0.50.1"), service("b", "127.0.50.2"), service("late", "127.0.50.5", port=9090))
     resp = await client.recv()
@@ -204,9 +216,9 @@ async def test_sotw_nothing_sent_when_nothing_changed_for_the_proxy(mesh):
     m, channel = mesh
     client = AdsClient(channel)
     for type_url in (CLUSTER, LISTENER):
-        await sotw_subscribe(client, type_url)
-    await sotw_subscribe(client, ENDPOINT, [cluster("a"), cluster("b")])
-    await sotw_subscribe(client, ROUTE, ["80"])
+        await sotw_subscribe(m, client, type_url)
+    await sotw_subscribe(m, client, ENDPOINT, [cluster("a"), cluster("b")])
+    await sotw_subscribe(m, client, ROUTE, ["80"])
     # The same manifests parsed again: new objects, same meaning.
     m.apply(service("a", "127.0.50.1"), service("b", "127.0.50.2"))
     assert await client.silent(0.5)
@@ -218,10 +230,10 @@ async def test_sotw_push_order_is_make_before_break(mesh):
     base = [service("a", "127.0.50.1"), service("b", "127.0.50.2"), subsets("a"), split("a", 80)]
     m.apply(*base)
     client = AdsClient(channel)
-    await sotw_subscribe(client, CLUSTER)
-    await sotw_subscribe(client, ENDPOINT, [cluster("a"), cluster("a", subset="v1"), cluster("b")])
-    await sotw_subscribe(client, LISTENER)
-    await sotw_subscribe(client, ROUTE, ["80"])
+    await sotw_subscribe(m, client, CLUSTER)
+    await sotw_subscribe(m, client, ENDPOINT, [cluster("a"), cluster("a", subset="v1"), cluster("b")])
+    await sotw_subscribe(m, client, LISTENER)
+    await sotw_subscribe(m, client, ROUTE, ["80"])
     # One change touching every type, and removing service b (and its cluster).
     m.apply(service("a", "127.0.50.7"), subsets("a"), split("a", 50), service("d", "127.0.50.4", port=9090))
     got = [await client.recv() for _ in range(5)]
@@ -244,17 +256,18 @@ async def test_stream_without_node_id_is_refused(mesh):
 # ------------------------------------------------------------------ delta
 
 
-async def delta_subscribe(client: AdsClient, type_url: str, subscribe: list[str] | None = None, **extra):  # type: ignore[no-untyped-def]
+async def delta_subscribe(m: Mesh, client: AdsClient, type_url: str, subscribe: list[str] | None = None, **extra):  # type: ignore[no-untyped-def]
     await client.send(node=node(PROXY_IP), type_url=type_url, resource_names_subscribe=subscribe or [], **extra)
     resp = await client.recv()
     await client.send(type_url=type_url, response_nonce=resp.nonce)
+    await acked(m, type_url, resp.nonce)
     return resp
 
 
 async def test_delta_wildcard_then_removal(mesh):
     m, channel = mesh
     client = AdsClient(channel, delta=True)
-    resp = await delta_subscribe(client, CLUSTER)
+    resp = await delta_subscribe(m, client, CLUSTER)
     assert {cluster("a"), cluster("b")} <= set(names(resp))
     assert all(r.version for r in resp.resources)
     assert await client.silent()
@@ -267,7 +280,7 @@ async def test_delta_wildcard_then_removal(mesh):
 async def test_delta_reconnect_to_a_restarted_control_plane_sends_only_the_difference(mesh):
     m, channel = mesh
     client = AdsClient(channel, delta=True)
-    first = await delta_subscribe(client, CLUSTER)
+    first = await delta_subscribe(m, client, CLUSTER)
     client.cancel()
     have = {r.name: r.version for r in first.resources}
     have[cluster("a")] = "stale"
@@ -280,7 +293,7 @@ async def test_delta_reconnect_to_a_restarted_control_plane_sends_only_the_diffe
     server = await start_grpc(restarted.xds, address)
     async with grpc.aio.insecure_channel(address) as ch2:
         again = AdsClient(ch2, delta=True)
-        resp = await delta_subscribe(again, CLUSTER, initial_resource_versions=have)
+        resp = await delta_subscribe(restarted, again, CLUSTER, initial_resource_versions=have)
         assert names(resp) == [cluster("a")]
         assert list(resp.removed_resources) == ["outbound|80||gone.default.svc.cluster.local"]
         again.cancel()
@@ -290,7 +303,7 @@ async def test_delta_reconnect_to_a_restarted_control_plane_sends_only_the_diffe
 async def test_delta_named_subscribe_and_unsubscribe(mesh):
     m, channel = mesh
     client = AdsClient(channel, delta=True)
-    resp = await delta_subscribe(client, ENDPOINT, [cluster("a")])
+    resp = await delta_subscribe(m, client, ENDPOINT, [cluster("a")])
     assert names(resp) == [cluster("a")]
     # One request may both subscribe and unsubscribe; its answer shows it was processed.
     await client.send(type_url=ENDPOINT, response_nonce=resp.nonce,
@@ -309,7 +322,7 @@ async def test_delta_named_subscribe_and_unsubscribe(mesh):
 async def test_delta_nack_is_recorded_and_not_resent(mesh):
     m, channel = mesh
     client = AdsClient(channel, delta=True)
-    await delta_subscribe(client, CLUSTER)
+    await delta_subscribe(m, client, CLUSTER)
     m.apply(service("a", "127.0.50.1"), service("b", "127.0.50.2"), service("c", "127.0.50.3"))
     pushed = await client.recv()
     await client.send(type_url=CLUSTER, response_nonce=pushed.nonce, error_detail=nack("no thanks"))
@@ -322,10 +335,10 @@ async def test_both_protocols_push_in_order(mesh):
     m, channel = mesh
     m.apply(service("a", "127.0.50.1"), subsets("a"), split("a", 80))
     client = AdsClient(channel, delta=True)
-    await delta_subscribe(client, CLUSTER)
+    await delta_subscribe(m, client, CLUSTER)
     await client.send(type_url=ENDPOINT, resource_names_subscribe=[cluster("a", subset="v1")])
     await client.send(type_url=ENDPOINT, response_nonce=(await client.recv()).nonce)
-    await delta_subscribe(client, LISTENER)
+    await delta_subscribe(m, client, LISTENER)
     await client.send(type_url=ROUTE, resource_names_subscribe=["80"])
     await client.send(type_url=ROUTE, response_nonce=(await client.recv()).nonce)
     m.apply(service("a", "127.0.50.6"), subsets("a"), split("a", 30), service("e", "127.0.50.5", port=7070))

@@ -1,0 +1,62 @@
+"""World -> translator -> cache: what every config source feeds, and what the benchmark drives."""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from translators.errors import ConfigError
+from translators.model import Resource, ResourceKey
+from translators.translate import Translator
+from translators.world import World
+from xds_server.cache import XdsCache
+from xds_server.status import TRANSLATE_SECONDS
+
+
+@dataclass(frozen=True)
+class Applied:
+    version: int
+    resources: int
+    changed: int
+    streams_notified: int
+    seconds: float
+
+
+class Pipeline:
+    def __init__(self) -> None:
+        self.translator = Translator()
+        self.cache = XdsCache(self.translator)
+        self.world = World()
+        self.source_errors: tuple[ConfigError, ...] = ()
+
+    def apply(self, resources: Mapping[ResourceKey, Resource], source_errors: tuple[ConfigError, ...] = ()) -> Applied:
+        """Make ``resources`` the mesh: translate what changed and tell the streams."""
+        started = time.perf_counter()
+        world = self.world.evolve(resources)
+        notified = self.cache.update(world)
+        self.world = world
+        self.source_errors = source_errors
+        elapsed = time.perf_counter() - started
+        TRANSLATE_SECONDS.observe(elapsed)
+        settle_heap()
+        return Applied(world.version, len(world.resources), len(world.changed), notified, elapsed)
+
+    @property
+    def errors(self) -> tuple[ConfigError, ...]:
+        return self.source_errors + tuple(self.translator.errors)
+
+
+def settle_heap() -> None:
+    """Move what exists now (the config just built: large, long-lived, acyclic) out of the
+    cyclic garbage collector's reach. Without this, full collections that rescan it all
+    stall pushes by hundreds of milliseconds on a large mesh. Refcounting still frees it."""
+    gc.freeze()
+
+
+def full_collection() -> None:
+    """For quiet moments: collect what the frozen generation may hold, then freeze again."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
