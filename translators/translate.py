@@ -154,7 +154,10 @@ class Translator:
         if proxy.role == "gateway":
             return out  # Gateway listeners and routes come with Gateway resources
         state = self._proxy_state(proxy)
-        out[api.CLUSTER].append(state.inbound_clusters)
+        if state.inbound_clusters.resources:
+            # Left out when empty: proxies with no inbound services then have the same
+            # cluster view, and a response to one is a response to all of them.
+            out[api.CLUSTER].append(state.inbound_clusters)
         out[api.LISTENER] = [state.listeners]
         out[api.ROUTE] = [self._routes_for(proxy.namespace)]
         return out

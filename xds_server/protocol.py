@@ -77,22 +77,39 @@ class SharedResponses:
 
     Keys hold ``id()`` of the objects a response depends on; the entry keeps those
     objects alive so an id cannot be reused while the entry exists. Entries are right
-    for any generation; they are dropped when a newer one arrives, to bound memory.
+    for any generation; they are dropped when a newer one arrives, and the oldest go
+    first when they hold more than ``budget`` bytes (a response only one proxy can use,
+    such as its own listeners, would otherwise be kept for nothing).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, budget: int = 64 * 1024 * 1024) -> None:
+        self.budget = budget
         self._generation = -1
-        self._entries: dict[Hashable, tuple[object, object]] = {}
+        self._bytes = 0
+        self._entries: dict[Hashable, tuple[object, object, int]] = {}
 
     def get(self, generation: int, key: Hashable, build: Callable[[], object], refs: object) -> object:
         if generation > self._generation:
-            self._generation, self._entries = generation, {}
+            self._generation, self._entries, self._bytes = generation, {}, 0
         hit = self._entries.get(key)
         if hit is not None:
             return hit[1]
         value = build()
-        self._entries[key] = (refs, value)
+        size = _size(value)
+        self._entries[key] = (refs, value, size)
+        self._bytes += size
+        while self._bytes > self.budget and len(self._entries) > 1:
+            oldest = next(iter(self._entries))
+            self._bytes -= self._entries.pop(oldest)[2]
         return value
+
+
+def _size(value: object) -> int:
+    if isinstance(value, Outgoing):
+        return len(value.payload)
+    if isinstance(value, list):
+        return sum(_size(v) for v in value)
+    return 0
 
 
 def _layers_key(view: TypeView | None) -> tuple[int, ...]:
