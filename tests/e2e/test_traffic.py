@@ -259,3 +259,33 @@ def test_inbound_sidecar_hands_requests_to_its_app(mesh: Mesh, start_upstream: C
     assert body["listener"] == f"{app_ip}:{TARGET}"  # the app answered on its own address
     assert app.requests >= 11
     assert v3.stat(f"listener.{pod_ip}_{TARGET}.downstream_cx_total") >= 1
+
+
+def test_a_config_envoy_rejects_is_recorded_not_resent_and_the_old_one_keeps_serving(mesh: Mesh) -> None:
+    """Envoy NACKs a route whose regex RE2 cannot compile (meshpilot does not check RE2 syntax yet)."""
+    bad = routing(0, 100).replace("uri: {exact: /pinned}", "uri: {regex: '(unclosed'}")
+    mesh.config.write("reviews-routing.yaml", bad)
+
+    def nacked() -> dict[str, Any]:
+        (stream,) = [s for s in mesh.server.get("/debug/syncz")[1] if s["proxy"].startswith(f"sidecar~{mesh.client_ip}~")]
+        nack = stream["types"]["rds"].get("nack")
+        assert nack, stream
+        return dict(nack)
+
+    nack = eventually(nacked, timeout=5)
+    assert "regex" in nack["message"].lower() or "missing )" in nack["message"].lower(), nack
+    pushes = _rds_pushes(mesh)
+    assert pushes >= 2  # the first route config and the rejected one
+    time.sleep(1.0)
+    assert _rds_pushes(mesh) == pushes  # no loop re-sending what was rejected
+    counts = mesh.split(100)  # the accepted 80/20 config still serves
+    assert counts["v1"] + counts["v2"] == 100 and counts["v1"] > counts["v2"], counts
+
+    mesh.config.write("reviews-routing.yaml", routing(0, 100))
+    eventually(lambda: mesh.split(20) == collections.Counter({"v2": 20}), timeout=5)
+
+
+def _rds_pushes(mesh: Mesh) -> float:
+    _, text = mesh.server.get("/metrics")
+    return sum(float(line.rsplit(" ", 1)[1]) for line in str(text).splitlines()
+               if line.startswith('meshpilot_xds_pushes_total{') and 'type="rds"' in line)

@@ -347,3 +347,31 @@ async def test_both_protocols_push_in_order(mesh):
     assert order == sorted(order, key=PUSH_ORDER.index)
     assert set(order) == {CLUSTER, ENDPOINT, LISTENER, ROUTE}
     client.cancel()
+
+
+def test_streams_in_the_same_state_share_one_encoded_response():
+    """Two sidecars in one namespace: a change is diffed and encoded once for both."""
+    from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest
+
+    from xds_server.node import proxy_from_node
+    from xds_server.protocol import DeltaStream, SharedResponses
+    from xds_server.status import StreamStatus
+
+    m = Mesh()
+    m.apply(service("a", "127.0.50.1"), subsets("a"), split("a", 80))
+    shared = SharedResponses()
+    proxies = [proxy_from_node(node(ip)) for ip in ("127.0.61.1", "127.0.61.2")]
+    streams = [DeltaStream(StreamStatus(p.id, "delta"), shared) for p in proxies]
+    first = {}
+    for p, s in zip(proxies, streams, strict=True):
+        for type_url in (CLUSTER, LISTENER):
+            first[(p.ip, type_url)] = s.on_request(DeltaDiscoveryRequest(type_url=type_url), m.cache.view(p))[0]
+        s.on_request(DeltaDiscoveryRequest(type_url=ROUTE, resource_names_subscribe=["80"]), m.cache.view(p))
+    a, b = (p.ip for p in proxies)
+    assert first[(a, CLUSTER)].payload is first[(b, CLUSTER)].payload  # same clusters: one encoding
+    assert first[(a, LISTENER)].payload != first[(b, LISTENER)].payload  # each binds its own IP
+
+    m.apply(service("a", "127.0.50.1"), subsets("a"), split("a", 50))
+    pushed = [s.on_view(m.cache.view(p)) for p, s in zip(proxies, streams, strict=True)]
+    assert [[o.type_url for o in out] for out in pushed] == [[ROUTE], [ROUTE]]
+    assert pushed[0][0].payload is pushed[1][0].payload
