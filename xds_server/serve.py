@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from translators.errors import ConfigError
+from translators.world import World
 from xds_server.debounce import Debouncer
 from xds_server.httpd import HttpServer, Reply, json_reply, text_reply
 from xds_server.pipeline import Pipeline, full_collection
@@ -164,7 +165,7 @@ class ControlPlane:
         return self.pipeline.errors
 
     @property
-    def world(self):  # type: ignore[no-untyped-def]
+    def world(self) -> World:
         return self.pipeline.world
 
     def _report_errors(self) -> None:
