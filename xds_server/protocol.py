@@ -70,6 +70,7 @@ class Outgoing:
     version: str
     payload: bytes
     count: int
+    removal: bool = False  # delta: the half of a change that only removes
 
 
 class SharedResponses:
@@ -377,7 +378,7 @@ class DeltaStream(_Stream):
                                       candidates, lambda n, b=base: _version(b, n), label)  # type: ignore[misc]
             st.base = tv
             for part in parts:
-                (removals if part.version.endswith("-") else upserts)[type_url] = part
+                (removals if part.removal else upserts)[type_url] = part
         out = [upserts[t] for t in self._order(PUSH_ORDER) if t in upserts]
         out += [removals[t] for t in self._order(REMOVE_ORDER) if t in removals]
         return [self._sent(o) for o in out]
@@ -401,8 +402,7 @@ class DeltaStream(_Stream):
             if upserts:
                 parts.append(self._encode(type_url, upserts, [], label))
             if removed:
-                # A trailing "-" marks the removal half (the label itself is a number).
-                parts.append(self._encode(type_url, [], removed, label, version=label + "-"))
+                parts.append(self._encode(type_url, [], removed, label))
             return parts
 
         parts: list[Outgoing] = self.shared.get(generation, key, build, refs=(st.base, tv, st.names))  # type: ignore[assignment]
@@ -412,9 +412,7 @@ class DeltaStream(_Stream):
         return parts
 
     @staticmethod
-    def _encode(
-        type_url: str, upserts: list[Resource], removed: list[str], label: str, version: str | None = None
-    ) -> Outgoing:
+    def _encode(type_url: str, upserts: list[Resource], removed: list[str], label: str) -> Outgoing:
         nonce = next_nonce()
         head = DeltaDiscoveryResponse(
             system_version_info=label,
@@ -424,7 +422,7 @@ class DeltaStream(_Stream):
             control_plane=CONTROL_PLANE,
         ).SerializeToString()
         payload = b"".join([head, *(r.delta_entry for r in upserts)])
-        return Outgoing(type_url, nonce, version or label, payload, len(upserts) + len(removed))
+        return Outgoing(type_url, nonce, label, payload, len(upserts) + len(removed), removal=not upserts and bool(removed))
 
 
 def _diff(

@@ -127,16 +127,27 @@ class ControlPlane:
 
     async def watch(self) -> None:
         first = True
-        async for result in self.source.changes(force_polling=True if self.args.poll else None):
-            if first:
-                # The first config is applied at once: there is nothing to merge it with.
-                first = False
-                await self.apply(result, 1)
-            else:
-                self.debouncer.submit(result)
+        while True:
+            try:
+                async for result in self.source.changes(force_polling=True if self.args.poll else None):
+                    if first:
+                        # The first config is applied at once: there is nothing to merge it with.
+                        first = False
+                        await self.apply(result, 1)
+                    else:
+                        self.debouncer.submit(result)
+            except Exception:
+                log.exception("watching the config directory failed; starting over")
+                await asyncio.sleep(1)
 
     async def apply(self, result: LoadResult, merged: int) -> None:
-        applied = self.pipeline.apply(result.resources, result.errors)
+        try:
+            applied = self.pipeline.apply(result.resources, result.errors)
+        except Exception:
+            # Never expected; if it happens, the proxies keep the last config that applied
+            # and the next change is tried afresh.
+            log.exception("applying the new config failed; the last good config keeps serving")
+            return
         self._last_apply = time.monotonic()
         self._report_errors()
         self.ready = True

@@ -108,6 +108,10 @@ class XdsServer:
                 item = await queue.get()
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
+        except Exception:
+            # A bug, not a protocol event: the proxy reconnects, but the log must say why.
+            log.exception("stream failed", proxy=proxy.id, protocol=protocol)
+            raise
         finally:
             unwatch()
             reader.cancel()
