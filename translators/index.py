@@ -8,20 +8,33 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from translators.model import Resource, ResourceKey
+from translators.model import Pod, Resource, ResourceKey, WorkloadEntry
 
 _NONE: dict[str, Resource] = {}
+
+
+def _ips(res: Resource | None) -> list[str]:
+    if isinstance(res, Pod):
+        return res.ips
+    if isinstance(res, WorkloadEntry) and res.spec.address:
+        return [res.spec.address]
+    return []
 
 
 class ResourceIndex:
     def __init__(self) -> None:
         self._kinds: dict[str, dict[str, dict[str, Resource]]] = {}
+        # (kind, namespace, ip) -> {name: workload}: which Pod or WorkloadEntry a proxy is,
+        # asked once per connecting proxy, so it must not scan every Pod.
+        self._by_ip: dict[tuple[str, str, str], dict[str, Resource]] = {}
 
     def apply(self, resources: Mapping[ResourceKey, Resource], keys: Iterable[ResourceKey]) -> None:
         """Bring the entries for ``keys`` in line with ``resources`` (added, replaced, removed)."""
         for key in keys:
             res = resources.get(key)
             by_ns = self._kinds.setdefault(key.kind, {})
+            if key.kind in (Pod.KIND, WorkloadEntry.KIND):
+                self._index_ips(key, by_ns.get(key.namespace, _NONE).get(key.name), res)
             if res is None:
                 names = by_ns.get(key.namespace)
                 if names is not None:
@@ -30,6 +43,24 @@ class ResourceIndex:
                         del by_ns[key.namespace]
             else:
                 by_ns.setdefault(key.namespace, {})[key.name] = res
+
+    def _index_ips(self, key: ResourceKey, old: Resource | None, new: Resource | None) -> None:
+        for ip in _ips(old):
+            names = self._by_ip.get((key.kind, key.namespace, ip))
+            if names is not None:
+                names.pop(key.name, None)
+                if not names:
+                    del self._by_ip[(key.kind, key.namespace, ip)]
+        for ip in _ips(new):
+            self._by_ip.setdefault((key.kind, key.namespace, ip), {})[key.name] = new  # type: ignore[assignment]
+
+    def workload_at(self, namespace: str, ip: str) -> Pod | WorkloadEntry | None:
+        """The Pod with this IP in ``namespace``, else the WorkloadEntry (the first by name if several)."""
+        for kind in (Pod.KIND, WorkloadEntry.KIND):
+            names = self._by_ip.get((kind, namespace, ip))
+            if names:
+                return names[min(names)]  # type: ignore[return-value]
+        return None
 
     def in_namespace(self, kind: str, namespace: str) -> dict[str, Resource]:
         return self._kinds.get(kind, {}).get(namespace, _NONE)

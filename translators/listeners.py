@@ -130,17 +130,6 @@ class InboundPort:
     service: MeshService
 
 
-def find_workload(pods: Mapping[str, Resource], wles: Mapping[str, Resource], ip: str) -> Pod | WorkloadEntry | None:
-    """The proxy's own workload: the Pod, else the WorkloadEntry, with the proxy's IP."""
-    for pod in pods.values():
-        if isinstance(pod, Pod) and ip in pod.ips:
-            return pod
-    for we in wles.values():
-        if isinstance(we, WorkloadEntry) and we.spec.address == ip:
-            return we
-    return None
-
-
 def workload_labels(workload: Pod | WorkloadEntry | None, proxy_labels: Mapping[str, str]) -> dict[str, str]:
     labels = dict(workload.spec.labels if isinstance(workload, WorkloadEntry) else workload.metadata.labels) if workload else {}
     labels.update(proxy_labels)  # what the proxy says about itself wins

@@ -9,7 +9,7 @@ values do not change, and everything downstream memoizes on identity.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -234,6 +234,7 @@ class Registry:
         self._memo: dict[ResourceKey, tuple[tuple, list[MeshService], list[ConfigError]]] = {}
         self.services: dict[str, MeshService] = {}  # sorted by host
         self.by_namespace: dict[str, list[MeshService]] = {}
+        self._by_selector: dict[str, dict[tuple[str, str], list[tuple[int, MeshService]]]] = {}
         self._order: dict[ResourceKey, None] = {}  # memo keys in precedence order
         self.shapes_changed = False  # by the last rebuild: routes and listeners only read shapes
         self.errors: list[ConfigError] = []
@@ -317,7 +318,24 @@ class Registry:
         self.by_namespace = {}
         for s in self.services.values():
             self.by_namespace.setdefault(s.shape.namespace, []).append(s)
+        # Services by the first pair of their selector, so finding the services that select
+        # a workload looks at a few candidates instead of every service in the namespace.
+        self._by_selector = {}
+        for ns, in_ns in self.by_namespace.items():
+            buckets = self._by_selector.setdefault(ns, {})
+            for pos, s in enumerate(in_ns):
+                if s.shape.selector:
+                    buckets.setdefault(s.shape.selector[0], []).append((pos, s))
         self.errors = errors
+
+    def selecting(self, namespace: str, labels: Mapping[str, str]) -> list[MeshService]:
+        """The services of ``namespace`` whose selector ``labels`` satisfy, in host order."""
+        buckets = self._by_selector.get(namespace)
+        if not buckets:
+            return []
+        found = [c for item in labels.items() for c in buckets.get(item, ())]
+        found.sort(key=lambda c: c[0])
+        return [s for _, s in found if all(labels.get(k) == v for k, v in s.shape.selector or ())]
 
 
 def _same(a: tuple, b: tuple) -> bool:

@@ -28,10 +28,8 @@ from translators.errors import ConfigError
 from translators.index import ResourceIndex
 from translators.model import (
     DestinationRule,
-    Pod,
     ResourceKey,
     VirtualService,
-    WorkloadEntry,
 )
 from translators.names import BLACKHOLE, host_matches, is_http, resolve_host
 from translators.policies import DestinationPolicy, HostIndex, destination_policy
@@ -346,11 +344,9 @@ class Translator:
             return state
 
         ns = proxy.namespace
-        workload = listeners.find_workload(
-            self._index.in_namespace(Pod.KIND, ns), self._index.in_namespace(WorkloadEntry.KIND, ns), proxy.ip
-        )
+        workload = self._index.workload_at(ns, proxy.ip)
         labels = listeners.workload_labels(workload, proxy.labels)
-        selecting = [s for s in self._registry.by_namespace.get(ns, ()) if listeners.selects_workload(s, labels)]
+        selecting = self._registry.selecting(ns, labels)
         inputs = (self._port_table, workload, *(s.shape for s in selecting))
         if state is not None and _same(state.inputs, inputs):
             state.epoch, state.port_table, state.inputs = epoch, self._port_table, inputs
