@@ -197,7 +197,7 @@ class SotwStream(_Stream):
         return []
 
     def on_view(self, view: ProxyView) -> list[Outgoing]:
-        out: list[Outgoing] = []
+        out: list[Outgoing | None] = []  # None: the CDS response, encoded once we know what else moves
         cds_removed: list[Resource] = []
         for type_url in self._order(PUSH_ORDER):
             st = self.types[type_url]
@@ -213,11 +213,12 @@ class SotwStream(_Stream):
                 if changes is not None and not changes:
                     st.base = tv
                     continue
-                if type_url == CLUSTER and base is not None:
-                    # Keep clusters that are going away until listeners and routes have
-                    # moved off them, then send the final list.
-                    cds_removed = [r for r in base.resources() if tv.get(r.name) is None]
-                out.append(self._encode(type_url, st, tv, list(tv.names()), extra=cds_removed))
+                if type_url == CLUSTER:
+                    if base is not None:
+                        cds_removed = [r for r in base.resources() if tv.get(r.name) is None]
+                    out.append(None)
+                    continue
+                out.append(self._encode(type_url, st, tv, list(tv.names())))
             else:
                 response = self._shared(view.generation, st.key("sotw-push", type_url, tv), type_url, st, tv,
                                         lambda st=st, tv=tv: _pending(st, tv), push=True)  # type: ignore[misc]
@@ -225,13 +226,18 @@ class SotwStream(_Stream):
                     st.base = tv
                     continue
                 out.append(response)
-        if cds_removed:
-            st = self.types[CLUSTER]
-            assert st.base is not None
-            final = self._encode(CLUSTER, st, st.base, list(st.base.names()))
-            # When nothing else moved, the removal can go straight away.
-            out = [*out, final] if len(out) > 1 else [final]
-        return [self._sent(o) for o in out]
+        if None in out:
+            at = out.index(None)
+            st, tv = self.types[CLUSTER], view.of(CLUSTER)
+            names = list(tv.names())
+            if cds_removed and len(out) > 1:
+                # Keep clusters that are going away until listeners and routes have moved
+                # off them, then send the final list.
+                out[at] = self._encode(CLUSTER, st, tv, names, draining=cds_removed)
+                out.append(self._encode(CLUSTER, st, tv, names))
+            else:
+                out[at] = self._encode(CLUSTER, st, tv, names)
+        return [self._sent(o) for o in out if o is not None]
 
     def _shared(
         self,
@@ -263,12 +269,15 @@ class SotwStream(_Stream):
         st: _TypeState,
         tv: TypeView,
         names: list[str],
-        extra: Iterable[Resource] = (),
+        draining: list[Resource] | None = None,
         record: bool = True,
     ) -> Outgoing:
+        """``draining``: resources already gone from ``tv`` that this response still carries."""
         entries = [r for r in (tv.get(n) for n in sorted(names)) if r is not None]
-        entries += extra
-        version = tv.version + ("+draining" if len(entries) > len(names) else "")
+        version = tv.version
+        if draining:
+            entries += draining
+            version += "+draining"
         nonce = next_nonce()
         if record:
             st.nonce, st.base = nonce, tv

@@ -7,13 +7,13 @@ way Envoy does: ACK, NACK, stale nonces, subscriptions, reconnects.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryResponse, DiscoveryResponse
+from harness import free_port
 
 from tests.xds_server.adsclient import AdsClient, nack, node
 from translators.api import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE
@@ -96,17 +96,11 @@ class Mesh:
         return stream.of(type_url)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 async def mesh() -> AsyncIterator[tuple[Mesh, grpc.aio.Channel]]:
     m = Mesh()
     m.apply(service("a", "127.0.50.1"), service("b", "127.0.50.2"))
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     server = await start_grpc(m.xds, address)
     channel = grpc.aio.insecure_channel(address)
     yield m, channel
@@ -289,7 +283,7 @@ async def test_delta_reconnect_to_a_restarted_control_plane_sends_only_the_diffe
     # A new control plane process: versions are content hashes, so they still match.
     restarted = Mesh()
     restarted.apply(service("a", "127.0.50.1"), service("b", "127.0.50.2"))
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     server = await start_grpc(restarted.xds, address)
     async with grpc.aio.insecure_channel(address) as ch2:
         again = AdsClient(ch2, delta=True)
