@@ -39,15 +39,15 @@ import bench_report as report
 import structlog
 from bench_clients import client_ip, vm_status
 
-import xds_server.server
+import xds_server.xds.server
 from translators.api import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT_NAMES
 from translators.model import ResourceKey
 from translators.world import Proxy, World
-from xds_server.cache import ProxyView
-from xds_server.pipeline import Pipeline, settle_heap
-from xds_server.serve import configure_logging
-from xds_server.server import XdsServer, start_grpc
-from xds_server.status import StreamStatus
+from xds_server.app.pipeline import Pipeline, settle_heap
+from xds_server.app.serve import configure_logging
+from xds_server.xds.cache import ProxyView
+from xds_server.xds.server import XdsServer, start_grpc
+from xds_server.xds.status import StreamStatus
 
 HERE = Path(__file__).resolve().parent
 SYNC_TIMEOUT = 240.0
@@ -347,8 +347,8 @@ async def push(bench: Bench, profiler: Profiler) -> None:
     k = args.clients
     p: dict[str, Any] = {"reps": 0}
     r["push"] = p
-    original_status = xds_server.server.StreamStatus
-    xds_server.server.StreamStatus = TimedStreamStatus  # type: ignore[misc]
+    original_status = xds_server.xds.server.StreamStatus
+    xds_server.xds.server.StreamStatus = TimedStreamStatus  # type: ignore[misc]
     xds = XdsServer(bench.cache)
     address = f"127.0.0.1:{free_port()}"
     server = await start_grpc(xds, address)
@@ -436,7 +436,7 @@ async def push(bench: Bench, profiler: Profiler) -> None:
         await clients.stop()
         stderr.close()
         await server.stop(grace=None)
-        xds_server.server.StreamStatus = original_status  # type: ignore[misc]
+        xds_server.xds.server.StreamStatus = original_status  # type: ignore[misc]
 
 
 # ------------------------------------------------------------------ main

@@ -27,7 +27,7 @@ from harness import (  # noqa: E402
 )
 from harness.envoy import Wait  # noqa: E402
 
-from xds_server.envoy_binary import EnvoyNotFound, find_envoy  # noqa: E402
+from xds_server.local.envoy_binary import EnvoyNotFound, find_envoy  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_MESH = REPO_ROOT / "examples" / "mesh"

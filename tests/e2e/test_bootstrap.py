@@ -17,8 +17,8 @@ from envoy.config.core.v3.base_pb2 import Node
 from google.protobuf import json_format
 from harness import EnvoyProcess, eventually, free_port, validate_bootstrap
 
-from xds_server import bootstrap
-from xds_server.bootstrap import build_bootstrap
+from xds_server.local import bootstrap
+from xds_server.local.bootstrap import build_bootstrap
 
 
 def _cli(*argv: str) -> dict[str, Any]:
@@ -89,8 +89,8 @@ def test_bad_input_is_refused(bad: dict[str, Any]) -> None:
 
 
 def test_the_server_reads_the_node_back() -> None:
-    """The seam with xds_server/node.py: what the bootstrap writes is the Proxy the server sees."""
-    node_module = pytest.importorskip("xds_server.node")
+    """The seam with xds_server/app/node.py: what the bootstrap writes is the Proxy the server sees."""
+    node_module = pytest.importorskip("xds_server.app.node")
     b = build_bootstrap(xds_address="127.0.0.1:15010", proxy_ip="127.0.10.4", namespace="shop", pod="reviews-v2",
                         service_account="reviews", labels={"app": "reviews", "version": "v2"})
     node = json_format.ParseDict(b["node"], Node())

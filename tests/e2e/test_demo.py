@@ -27,7 +27,7 @@ def test_demo_check_passes(envoy_binary: str, loopback: LoopbackAllocator, tmp_p
         (mesh / f.name).write_text(text.replace("127.0.20.", f"127.{loopback.octet}.220."))
 
     result = subprocess.run(
-        [sys.executable, "-m", "xds_server.cli", "demo", "--check", "--config-dir", str(mesh),
+        [sys.executable, "-m", "xds_server.app.cli", "demo", "--check", "--config-dir", str(mesh),
          "--log-dir", str(tmp_path / "logs"), "--startup-timeout", "60"],
         capture_output=True, text=True, timeout=170, check=False, cwd=REPO_ROOT,
         env={**os.environ, "MESHPILOT_ENVOY": envoy_binary},

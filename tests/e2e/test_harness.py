@@ -16,7 +16,7 @@ from harness import (
     request_full,
 )
 
-from xds_server.bootstrap import build_bootstrap
+from xds_server.local.bootstrap import build_bootstrap
 
 
 def test_loopback_addresses_are_unique_and_clear_of_the_demo() -> None:

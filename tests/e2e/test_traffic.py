@@ -22,7 +22,7 @@ from harness import (
     request,
 )
 
-from xds_server.bootstrap import build_bootstrap
+from xds_server.local.bootstrap import build_bootstrap
 
 PORT = 9080  # the service port clients call
 TARGET = 8080  # where the pods answer

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
-from xds_server.local_processes import ChildProcess, envoy_argv, http_request
+from xds_server.local.processes import ChildProcess, envoy_argv, http_request
 
 Wait = Literal["admin", "live", "none"]
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xds_server.local_processes import ChildProcess, free_port, http_request
+from xds_server.local.processes import ChildProcess, free_port, http_request
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,7 +19,7 @@ class MeshpilotError(AssertionError):
 
 
 class MeshpilotServer:
-    """``python -m xds_server.cli serve --config-dir DIR --xds-address ... --http-address ...``.
+    """``python -m xds_server.app.cli serve --config-dir DIR --xds-address ... --http-address ...``.
 
     Ports are chosen once, so ``restart()`` comes back on the same addresses (what a
     proxy reconnecting to its control plane expects).
@@ -44,7 +44,7 @@ class MeshpilotServer:
         self.name = name
         self.log_path = workdir / f"{name}.log"
         argv = [
-            sys.executable, "-m", "xds_server.cli", "serve",
+            sys.executable, "-m", "xds_server.app.cli", "serve",
             "--config-dir", str(config_dir),
             "--xds-address", self.xds_address,
             "--http-address", self.http_address,

@@ -12,7 +12,7 @@ import itertools
 import os
 import threading
 
-from xds_server.local_processes import can_bind, free_port, port_is_free
+from xds_server.local.processes import can_bind, free_port, port_is_free
 
 __all__ = ["LoopbackAllocator", "can_bind", "free_port", "port_is_free", "privileged_ports_allowed", "session_octet"]
 

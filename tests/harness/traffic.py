@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from xds_server.local_processes import http_request
+from xds_server.local.processes import http_request
 
 T = TypeVar("T")
 

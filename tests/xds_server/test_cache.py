@@ -6,7 +6,7 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryResponse, DiscoveryResponse
 
 from translators.api import CLUSTER, Layer
-from xds_server.cache import ResourceSet, TypeView
+from xds_server.xds.cache import ResourceSet, TypeView
 
 
 def clusters(*names: str, timeout: int = 1) -> dict[str, Cluster]:

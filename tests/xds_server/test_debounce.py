@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from xds_server.debounce import Debouncer
+from xds_server.app.debounce import Debouncer
 
 
 class FakeClock:

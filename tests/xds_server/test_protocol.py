@@ -19,9 +19,9 @@ from tests.xds_server.adsclient import AdsClient, nack, node
 from translators.api import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE
 from translators.translate import Translator
 from translators.world import World
-from xds_server.cache import XdsCache
-from xds_server.server import XdsServer, start_grpc
 from xds_server.sources.parse import parse_text
+from xds_server.xds.cache import XdsCache
+from xds_server.xds.server import XdsServer, start_grpc
 
 PROXY_IP = "127.0.60.1"
 
@@ -347,9 +347,9 @@ def test_streams_in_the_same_state_share_one_encoded_response():
     """Two sidecars in one namespace: a change is diffed and encoded once for both."""
     from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest
 
-    from xds_server.node import proxy_from_node
-    from xds_server.protocol import DeltaStream, SharedResponses
-    from xds_server.status import StreamStatus
+    from xds_server.app.node import proxy_from_node
+    from xds_server.xds.protocol import DeltaStream, SharedResponses
+    from xds_server.xds.status import StreamStatus
 
     m = Mesh()
     m.apply(service("a", "127.0.50.1"), subsets("a"), split("a", 80))

@@ -18,12 +18,12 @@ import structlog
 
 from translators.errors import ConfigError
 from translators.world import World
-from xds_server.debounce import Debouncer
-from xds_server.httpd import HttpServer, Reply, json_reply, text_reply
-from xds_server.pipeline import Pipeline, full_collection
-from xds_server.server import XdsServer, start_grpc
+from xds_server.app.debounce import Debouncer
+from xds_server.app.httpd import HttpServer, Reply, json_reply, text_reply
+from xds_server.app.pipeline import Pipeline, full_collection
 from xds_server.sources.files import DirectorySource, LoadResult
-from xds_server.status import CONFIG_ERRORS, short
+from xds_server.xds.server import XdsServer, start_grpc
+from xds_server.xds.status import CONFIG_ERRORS, short
 
 log = structlog.get_logger("meshpilot")
 

@@ -14,10 +14,10 @@ import grpc
 import structlog
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
 
-from xds_server.cache import XdsCache
-from xds_server.node import NodeError, proxy_from_node
-from xds_server.protocol import DeltaStream, SharedResponses, SotwStream
-from xds_server.status import STREAMS, StreamStatus
+from xds_server.app.node import NodeError, proxy_from_node
+from xds_server.xds.cache import XdsCache
+from xds_server.xds.protocol import DeltaStream, SharedResponses, SotwStream
+from xds_server.xds.status import STREAMS, StreamStatus
 
 log = structlog.get_logger("xds")
 

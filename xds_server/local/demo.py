@@ -29,9 +29,9 @@ from typing import Any
 
 import yaml
 
-from xds_server.bootstrap import build_bootstrap
-from xds_server.envoy_binary import EnvoyNotFound, find_envoy
-from xds_server.local_processes import (
+from xds_server.local.bootstrap import build_bootstrap
+from xds_server.local.envoy_binary import EnvoyNotFound, find_envoy
+from xds_server.local.processes import (
     ChildProcess,
     can_bind,
     envoy_argv,
@@ -42,7 +42,7 @@ from xds_server.local_processes import (
 
 APP_ADDRESS_ANNOTATION = "sidecar.meshpilot.io/app-address"
 INJECT_ANNOTATION = "sidecar.meshpilot.io/inject"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 ECHO_APP = REPO_ROOT / "examples" / "apps" / "echo.py"
 DEFAULT_CONFIG_DIR = "examples/mesh"
 ADMIN_PORT = 15000
@@ -259,7 +259,7 @@ class DemoMesh:
                 self._spawn(f"app {w.name}", argv, f"app-{w.name}.log")
 
         self.server = self._spawn("meshpilot serve", [
-            sys.executable, "-m", "xds_server.cli", "serve",
+            sys.executable, "-m", "xds_server.app.cli", "serve",
             "--config-dir", str(self.config_dir),
             "--xds-address", f"127.0.0.1:{self.xds_port}",
             "--http-address", f"127.0.0.1:{self.http_port}",

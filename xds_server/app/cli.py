@@ -7,7 +7,8 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from xds_server import bootstrap, demo, serve
+    from xds_server.app import serve
+    from xds_server.local import bootstrap, demo
 
     parser = argparse.ArgumentParser(prog="meshpilot", description="A service-mesh control plane for Envoy.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -1,7 +1,7 @@
 """``meshpilot bootstrap``: the Envoy bootstrap that points a sidecar or gateway at meshpilot.
 
 The node is written the way Istio writes it, so the server reads it back the same way
-(see ``xds_server/node.py``)::
+(see ``xds_server/app/node.py``)::
 
     id        <sidecar|router>~<ip>~<pod>.<ns>~<ns>.svc.cluster.local
     cluster   <app label or pod>.<ns>

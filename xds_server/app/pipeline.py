@@ -11,8 +11,8 @@ from translators.errors import ConfigError
 from translators.model import Resource, ResourceKey
 from translators.translate import Translator
 from translators.world import World
-from xds_server.cache import XdsCache
-from xds_server.status import TRANSLATE_SECONDS
+from xds_server.xds.cache import XdsCache
+from xds_server.xds.status import TRANSLATE_SECONDS
 
 
 @dataclass(frozen=True)

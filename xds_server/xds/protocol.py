@@ -36,8 +36,8 @@ from envoy.service.discovery.v3.discovery_pb2 import (
 )
 
 from translators.api import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SECRET
-from xds_server.cache import ProxyView, Resource, TypeView
-from xds_server.status import StreamStatus
+from xds_server.xds.cache import ProxyView, Resource, TypeView
+from xds_server.xds.status import StreamStatus
 
 WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
 KNOWN_TYPES = frozenset({CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET})

@@ -1,0 +1,1 @@
+"""Running a mesh on one machine: bootstrap, demo, local processes, finding Envoy."""

@@ -1,0 +1,1 @@
+"""The xDS core: protocol state machines, gRPC server, versioned cache, stream status."""
