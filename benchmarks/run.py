@@ -42,7 +42,7 @@ from bench_clients import client_ip, vm_status
 import xds_server.xds.server
 from translators.api import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT_NAMES
 from translators.model import ResourceKey
-from translators.world import Proxy, World
+from translators.model.world import Proxy, World
 from xds_server.app.pipeline import Pipeline, settle_heap
 from xds_server.app.serve import configure_logging
 from xds_server.xds.cache import ProxyView

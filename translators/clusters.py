@@ -1,44 +1,49 @@
 """Clusters: ``outbound|<port>|<subset>|<host>`` per service port (and DestinationRule
-subset), ``inbound|<port>||`` per port of the proxy's own workload, and BlackHoleCluster."""
+subset), ``inbound|<port>||`` per port of the proxy's own workload, and BlackHoleCluster.
+
+Each outbound cluster gets the DestinationRule policy effective for its port and subset
+(features.traffic_policy), applied by one feature module per part.
+"""
 
 from __future__ import annotations
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import config_source_pb2, protocol_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
-from google.protobuf import any_pb2, duration_pb2
 
 from translators.endpoints import in_subset, load_assignment
-from translators.names import BLACKHOLE, HTTP2_UPSTREAM, inbound_cluster, outbound_cluster
-from translators.policies import DEFAULT_LB, DestinationPolicy, LbPolicy
-from translators.registry import Endpoint, MeshPort, MeshService
+from translators.features._proto import to_any
+from translators.features.connection_pool import (
+    CONNECT_TIMEOUT,
+    HTTP_OPTIONS,
+    apply_connection_pool,
+    http2_upstream,
+)
+from translators.features.load_balancer import apply_load_balancer
+from translators.features.outlier import apply_outlier_detection
+from translators.features.tls import apply_tls
+from translators.features.traffic_policy import NO_POLICY, ClusterPolicy
+from translators.model.names import BLACKHOLE, HTTP2_UPSTREAM, inbound_cluster, is_http, outbound_cluster
+from translators.model.registry import Endpoint, MeshPort, MeshService
+from translators.policies import DestinationPolicy
 
 Cluster = cluster_pb2.Cluster  # (a value here; annotations spell cluster_pb2.Cluster)
 
-CONNECT_TIMEOUT = duration_pb2.Duration(seconds=10)  # Istio's default
 ADS = config_source_pb2.ConfigSource(
     ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3
 )
-_HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
-def _http2_options() -> dict[str, any_pb2.Any]:
-    opts = any_pb2.Any()
-    opts.Pack(
-        hpo.HttpProtocolOptions(
-            explicit_http_config=hpo.HttpProtocolOptions.ExplicitHttpConfig(
-                http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
-            )
-        )
-    )
-    return {_HTTP_OPTIONS: opts}
+def _attach_protocol_options(c: cluster_pb2.Cluster, options: hpo.HttpProtocolOptions) -> None:
+    if not options.ListFields():
+        return  # nothing to say: Envoy's default, HTTP/1.1
+    if options.WhichOneof("upstream_protocol_options") is None:  # Envoy requires one
+        options.explicit_http_config.http_protocol_options.SetInParent()
+    c.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(to_any(options))
 
 
-_HTTP2 = _http2_options()
-
-
-def _cluster(name: str, port: MeshPort, svc: MeshService, lb: LbPolicy, endpoints: tuple[Endpoint, ...]) -> cluster_pb2.Cluster:
-    c = Cluster(name=name, connect_timeout=CONNECT_TIMEOUT, lb_policy=lb)  # type: ignore[arg-type]
+def _cluster(name: str, port: MeshPort, svc: MeshService, policy: ClusterPolicy, endpoints: tuple[Endpoint, ...]) -> cluster_pb2.Cluster:
+    c = Cluster(name=name)
     discovery = svc.shape.discovery
     if discovery == "EDS":
         c.type = Cluster.EDS
@@ -48,24 +53,33 @@ def _cluster(name: str, port: MeshPort, svc: MeshService, lb: LbPolicy, endpoint
         c.type = Cluster.STRICT_DNS if discovery == "STRICT_DNS" else Cluster.LOGICAL_DNS
         c.dns_lookup_family = Cluster.V4_ONLY  # as Istio, without dual-stack
         c.load_assignment.CopyFrom(load_assignment(name, endpoints))
-    if port.protocol in HTTP2_UPSTREAM:
-        for key, value in _HTTP2.items():
-            c.typed_extension_protocol_options[key].CopyFrom(value)
+    options = hpo.HttpProtocolOptions()
+    if is_http(port.protocol):
+        h2 = http2_upstream(policy.connection_pool, port.protocol in HTTP2_UPSTREAM)
+        if h2 is None:
+            options.use_downstream_protocol_config.SetInParent()
+        elif h2:
+            options.explicit_http_config.http2_protocol_options.SetInParent()
+    apply_connection_pool(c, policy.connection_pool, options)
+    apply_outlier_detection(c, policy.outlier_detection)
+    apply_load_balancer(c, policy.load_balancer)
+    apply_tls(c, policy.tls)
+    if is_http(port.protocol):
+        _attach_protocol_options(c, options)
     return c
 
 
 def service_clusters(svc: MeshService, policy: DestinationPolicy | None) -> list[tuple[str, cluster_pb2.Cluster]]:
     """Every outbound cluster of ``svc``: one per port, plus one per port and subset."""
     out = []
-    lb = policy.lb if policy else DEFAULT_LB
     subsets = policy.subsets if policy else ()
     for port, eps in zip(svc.shape.ports, svc.endpoints, strict=True):
         name = outbound_cluster(port.number, svc.host)
-        out.append((name, _cluster(name, port, svc, lb, eps)))
+        out.append((name, _cluster(name, port, svc, policy.cluster_policy(port.number) if policy else NO_POLICY, eps)))
         for s in subsets:
             name = outbound_cluster(port.number, svc.host, s.name)
             subset_eps = tuple(e for e in eps if in_subset(s.labels, e))
-            out.append((name, _cluster(name, port, svc, s.lb, subset_eps)))
+            out.append((name, _cluster(name, port, svc, policy.cluster_policy(port.number, s.name), subset_eps)))  # type: ignore[union-attr]
     return out
 
 
@@ -88,6 +102,7 @@ def inbound(port: int, app_address: str, protocol: str) -> cluster_pb2.Cluster:
         load_assignment=load_assignment(name, (Endpoint(app_address, port),)),
     )
     if protocol in HTTP2_UPSTREAM:
-        for key, value in _HTTP2.items():
-            c.typed_extension_protocol_options[key].CopyFrom(value)
+        options = hpo.HttpProtocolOptions()
+        options.explicit_http_config.http2_protocol_options.CopyFrom(protocol_pb2.Http2ProtocolOptions())
+        c.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(to_any(options))
     return c

@@ -8,9 +8,9 @@ from envoy.config.core.v3 import address_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2 as ec
 from envoy.config.endpoint.v3 import endpoint_pb2
 
-from translators.names import outbound_cluster
+from translators.model.names import outbound_cluster
+from translators.model.registry import Endpoint, MeshService
 from translators.policies import DestinationPolicy
-from translators.registry import Endpoint, MeshService
 
 
 def load_assignment(name: str, endpoints: Iterable[Endpoint]) -> endpoint_pb2.ClusterLoadAssignment:

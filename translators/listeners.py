@@ -22,13 +22,15 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from translators.clusters import ADS
 from translators.errors import ConfigError
+from translators.features import cors, fault
+from translators.features._proto import to_any
+from translators.features.timeout import NO_TIMEOUT
 from translators.model import Pod, Resource, WorkloadEntry
-from translators.names import (
+from translators.model.names import (
     BLACKHOLE,
     inbound_cluster,
     inbound_listener,
@@ -36,19 +38,18 @@ from translators.names import (
     outbound_cluster,
     outbound_listener,
 )
-from translators.registry import MeshService
-from translators.routes import NO_TIMEOUT
+from translators.model.registry import MeshService
 
 APP_ADDRESS_ANNOTATION = "sidecar.meshpilot.io/app-address"
 
 
-def _any(msg: Message) -> any_pb2.Any:
-    a = any_pb2.Any()
-    a.Pack(msg)
-    return a
-
-
-_ROUTER = hcm.HttpFilter(name="envoy.filters.http.router", typed_config=_any(router_pb2.Router()))
+#: The HTTP filters of every HTTP listener, in Istio's order: CORS and fault injection
+#: stay inert until a route's typed_per_filter_config turns them on.
+_HTTP_FILTERS = (
+    hcm.HttpFilter(name=cors.FILTER, typed_config=to_any(cors.filter_config())),
+    hcm.HttpFilter(name=fault.FILTER, typed_config=to_any(fault.filter_config())),
+    hcm.HttpFilter(name="envoy.filters.http.router", typed_config=to_any(router_pb2.Router())),
+)
 
 
 def _listener(name: str, ip: str, port: int, direction: int, network_filter: Message, filter_name: str) -> listener_pb2.Listener:
@@ -56,12 +57,17 @@ def _listener(name: str, ip: str, port: int, direction: int, network_filter: Mes
         name=name,
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=ip, port_value=port)),
         traffic_direction=direction,  # type: ignore[arg-type]
-        filter_chains=[lc.FilterChain(filters=[lc.Filter(name=filter_name, typed_config=_any(network_filter))])],
+        filter_chains=[lc.FilterChain(filters=[lc.Filter(name=filter_name, typed_config=to_any(network_filter))])],
     )
 
 
+def _stat_prefix(direction: int, port: int) -> str:
+    # Istio's names (its listeners bind 0.0.0.0), so dashboards built for Istio's stats work.
+    return f"{'inbound' if direction == base_pb2.INBOUND else 'outbound'}_0.0.0.0_{port}"
+
+
 def _http(name: str, ip: str, port: int, direction: int, **route: Message | str) -> listener_pb2.Listener:
-    manager = hcm.HttpConnectionManager(stat_prefix=name, http_filters=[_ROUTER], **route)  # type: ignore[arg-type]
+    manager = hcm.HttpConnectionManager(stat_prefix=_stat_prefix(direction, port), http_filters=_HTTP_FILTERS, **route)  # type: ignore[arg-type]
     return _listener(name, ip, port, direction, manager, "envoy.filters.network.http_connection_manager")
 
 

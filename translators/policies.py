@@ -1,34 +1,23 @@
 """DestinationRules and VirtualServices as looked up by host.
 
 ``HostIndex`` answers "which rule applies to this host" with Istio's precedence;
-``DestinationPolicy`` is a DestinationRule reduced to what the cluster builder uses
-(subsets and load-balancing policy), with warnings for the fields we ignore.
+``DestinationPolicy`` is a DestinationRule as the builders read it: its traffic policy,
+subsets, and warnings for the fields not (fully) applied.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
-
-from envoy.config.cluster.v3 import cluster_pb2
+from typing import Generic, TypeVar
 
 from translators.errors import ConfigError
-from translators.model import DestinationRule
-from translators.names import host_matches, resolve_host
+from translators.features.traffic_policy import NO_POLICY, ClusterPolicy, cluster_policy
+from translators.model import DestinationRule, TrafficPolicy
+from translators.model.names import host_matches, resolve_host
 
 T = TypeVar("T")
 
-LbPolicy = int  # cluster_pb2.Cluster.LbPolicy value
-_LB: dict[str, LbPolicy | None] = {
-    "ROUND_ROBIN": cluster_pb2.Cluster.ROUND_ROBIN,
-    "LEAST_REQUEST": cluster_pb2.Cluster.LEAST_REQUEST,
-    "LEAST_CONN": cluster_pb2.Cluster.LEAST_REQUEST,  # Istio's deprecated alias
-    "RANDOM": cluster_pb2.Cluster.RANDOM,
-    "UNSPECIFIED": None,
-}
-#: Istio's default since 1.14.
-DEFAULT_LB: LbPolicy = cluster_pb2.Cluster.LEAST_REQUEST
 
 
 class HostIndex(Generic[T]):
@@ -76,19 +65,30 @@ class HostIndex(Generic[T]):
 class SubsetPolicy:
     name: str
     labels: tuple[tuple[str, str], ...]
-    lb: LbPolicy
+    traffic_policy: TrafficPolicy | None
 
 
 @dataclass(frozen=True, eq=False, slots=True)
 class DestinationPolicy:
+    """A DestinationRule as the cluster and route builders read it."""
+
     resource: DestinationRule
     host: str  # resolved against the rule's namespace
-    lb: LbPolicy
+    traffic_policy: TrafficPolicy | None
     subsets: tuple[SubsetPolicy, ...]
     errors: tuple[ConfigError, ...]
 
     def subset(self, name: str) -> SubsetPolicy | None:
         return next((s for s in self.subsets if s.name == name), None)
+
+    def cluster_policy(self, port: int, subset: str = "") -> ClusterPolicy:
+        """The effective policy of ``outbound|port|subset|host`` (see features.traffic_policy)."""
+        s = self.subset(subset) if subset else None
+        return cluster_policy(self.traffic_policy, s.traffic_policy if s is not None else None, port)
+
+
+def cluster_policy_of(policy: DestinationPolicy | None, port: int, subset: str = "") -> ClusterPolicy:
+    return policy.cluster_policy(port, subset) if policy is not None else NO_POLICY
 
 
 def destination_policy(dr: DestinationRule) -> DestinationPolicy:
@@ -97,32 +97,33 @@ def destination_policy(dr: DestinationRule) -> DestinationPolicy:
     def warn(field: str, message: str) -> None:
         errors.append(ConfigError(dr.source, str(dr.key), field, message, "warning"))
 
-    lb = _traffic_policy(dr.spec.trafficPolicy, "spec.trafficPolicy", DEFAULT_LB, warn)
-    subsets = tuple(
-        SubsetPolicy(s.name, tuple(sorted(s.labels.items())), _traffic_policy(s.trafficPolicy, f"spec.subsets[{i}].trafficPolicy", lb, warn))
-        for i, s in enumerate(dr.spec.subsets)
-    )
+    _check(dr.spec.trafficPolicy, "spec.trafficPolicy", warn)
+    for i, s in enumerate(dr.spec.subsets):
+        _check(s.trafficPolicy, f"spec.subsets[{i}].trafficPolicy", warn)
+    if dr.spec.workloadSelector is not None:
+        warn("spec.workloadSelector", "not supported yet (it applies to inbound traffic of the selected workloads); ignored")
+    subsets = tuple(SubsetPolicy(s.name, tuple(sorted(s.labels.items())), s.trafficPolicy) for s in dr.spec.subsets)
     host = resolve_host(dr.spec.host, dr.metadata.namespace)
-    return DestinationPolicy(dr, host, lb, subsets, tuple(errors))
+    return DestinationPolicy(dr, host, dr.spec.trafficPolicy, subsets, tuple(errors))
 
 
-def _traffic_policy(policy: dict[str, Any] | None, field: str, default: LbPolicy, warn) -> LbPolicy:  # type: ignore[no-untyped-def]
-    """The load-balancing policy out of an Istio TrafficPolicy; everything else is warned about."""
-    if not policy:
-        return default
-    lb = default
-    for key, value in sorted(policy.items()):
-        if key != "loadBalancer" or not isinstance(value, dict):
-            warn(f"{field}.{key}", "not supported yet; ignored")
-            continue
-        for lb_key, lb_value in sorted(value.items()):
-            if lb_key != "simple":
-                warn(f"{field}.loadBalancer.{lb_key}", "not supported yet; ignored")
-            elif lb_value == "PASSTHROUGH":
-                warn(f"{field}.loadBalancer.simple", "PASSTHROUGH needs traffic capture; ignored")
-            elif lb_value not in _LB:
-                warn(f"{field}.loadBalancer.simple", f"unknown load balancer {lb_value!r}; ignored")
-            else:
-                chosen = _LB[lb_value]
-                lb = default if chosen is None else chosen
-    return lb
+def _check(policy: TrafficPolicy | None, field: str, warn) -> None:  # type: ignore[no-untyped-def]
+    """Warnings for the parts of a TrafficPolicy that are accepted but not (fully) applied."""
+    if policy is None:
+        return
+    parts = [(field, policy.loadBalancer, policy.tls)]
+    parts += [(f"{field}.portLevelSettings[{i}]", p.loadBalancer, p.tls) for i, p in enumerate(policy.portLevelSettings)]
+    for where, lb, tls in parts:
+        if lb is not None:
+            if lb.simple == "PASSTHROUGH":
+                warn(f"{where}.loadBalancer.simple", "PASSTHROUGH needs traffic capture (original destination); "
+                     "the default LEAST_REQUEST is used")
+            if lb.localityLbSetting is not None and lb.localityLbSetting.enabled is not False:
+                warn(f"{where}.loadBalancer.localityLbSetting", "not supported yet: proxies carry no locality; "
+                     "endpoints are balanced without locality preference")
+        if tls is not None:
+            if tls.mode == "ISTIO_MUTUAL":
+                warn(f"{where}.tls.mode", "ISTIO_MUTUAL needs the mesh CA (not built yet); plaintext is used")
+            elif tls.credentialName:
+                warn(f"{where}.tls.credentialName", "credentialName is for gateways (SDS); sidecars read "
+                     "clientCertificate, privateKey and caCertificates from files")

@@ -9,61 +9,104 @@ the per-namespace work is picking the right VirtualHost variant.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
-from envoy.type.matcher.v3 import regex_pb2, string_pb2
-from google.protobuf import duration_pb2, wrappers_pb2
+from google.protobuf import wrappers_pb2
 
 from translators.errors import ConfigError
-from translators.model import HTTPMatchRequest, HTTPRoute, StringMatch, VirtualService
-from translators.names import outbound_cluster, resolve_host
+from translators.features._proto import to_any
+from translators.features.cors import FILTER as CORS_FILTER
+from translators.features.cors import cors_policy
+from translators.features.fault import FILTER as FAULT_FILTER
+from translators.features.fault import http_fault
+from translators.features.headers import apply_edits, header_edits
+from translators.features.load_balancer import hash_policy
+from translators.features.match import is_catch_all, route_match
+from translators.features.mirror import mirror_policies
+from translators.features.retries import retry_policy
+from translators.features.rewrite import apply_rewrite, direct_response, redirect_action
+from translators.features.timeout import apply_timeout
+from translators.model import Destination, HTTPRoute, VirtualService
+from translators.model.names import outbound_cluster, resolve_host
+from translators.model.registry import MeshPort, ServiceShape
 from translators.policies import DestinationPolicy
-from translators.registry import MeshPort, ServiceShape
-
-#: Istio disables the route timeout by default.
-NO_TIMEOUT = duration_pb2.Duration(seconds=0)
 
 #: host -> (its service shape or None, its DestinationPolicy or None)
 Destinations = dict[str, tuple[ServiceShape | None, DestinationPolicy | None]]
 
 
+@dataclass(frozen=True, slots=True)
+class SourceCondition:
+    """A match's ``sourceLabels``/``sourceNamespace``: which proxies get the route."""
+
+    labels: tuple[tuple[str, str], ...]
+    namespace: str | None
+
+    def holds(self, labels: Mapping[str, str], namespace: str) -> bool:
+        return all(labels.get(k) == v for k, v in self.labels) and self.namespace in (None, namespace)
+
+
 def destination_hosts(vs: VirtualService) -> list[str]:
-    """Every destination host of ``vs``, resolved against its namespace, in order, once."""
+    """Every destination host of ``vs`` (routes and mirrors), resolved against its namespace, once."""
     ns = vs.metadata.namespace
-    return list(dict.fromkeys(resolve_host(d.destination.host, ns) for h in vs.spec.http for d in h.route))
+    hosts = []
+    for h in vs.spec.http:
+        hosts += [d.destination.host for d in h.route]
+        hosts += [m.destination.host for m in h.mirrors]
+        if h.mirror is not None:
+            hosts.append(h.mirror.host)
+    return list(dict.fromkeys(resolve_host(host, ns) for host in hosts))
 
 
 @dataclass(eq=False)
 class VirtualHostPart:
-    """The routes of one host on one port, and the VirtualHost protos made from them."""
+    """The routes of one host on one port, and the VirtualHost protos made from them.
+
+    ``conditions[i]`` says which proxies get ``routes[i]`` (None: all of them); a variant
+    of the virtual host is made per set of conditions a proxy satisfies.
+    """
 
     shape: ServiceShape
     port: MeshPort
     routes: tuple[rc.Route, ...]
     errors: tuple[ConfigError, ...]
-    _variants: dict[bool, rc.VirtualHost] = field(default_factory=dict)
-    _encoded: dict[bool, bytes] = field(default_factory=dict)
+    conditions: tuple[SourceCondition | None, ...] = ()
+    _variants: dict[tuple, rc.VirtualHost] = field(default_factory=dict)
+    _encoded: dict[tuple, bytes] = field(default_factory=dict)
 
-    def virtual_host(self, local: bool) -> rc.VirtualHost:
-        """``local``: the proxy is in the service's namespace, so the bare name is a domain too."""
+    @property
+    def source_dependent(self) -> bool:
+        return any(c is not None for c in self.conditions)
+
+    def distinct_conditions(self) -> tuple[SourceCondition, ...]:
+        return tuple(dict.fromkeys(c for c in self.conditions if c is not None))
+
+    def virtual_host(self, local: bool, satisfied: frozenset[SourceCondition] = frozenset()) -> rc.VirtualHost:
+        """``local``: the proxy is in the service's namespace, so the bare name is a domain too;
+        ``satisfied``: the source conditions the proxy meets."""
         local = local and self.shape.kubernetes
-        vh = self._variants.get(local)
+        key = (local, satisfied)
+        vh = self._variants.get(key)
         if vh is None:
-            vh = rc.VirtualHost(name=f"{self.shape.host}:{self.port.number}", domains=self.domains(local), routes=self.routes)
-            self._variants[local] = vh
+            chosen = self.routes
+            if self.source_dependent:
+                chosen = tuple(r for r, c in zip(self.routes, self.conditions, strict=True) if c is None or c in satisfied)
+            vh = rc.VirtualHost(name=f"{self.shape.host}:{self.port.number}", domains=self.domains(local), routes=chosen)
+            self._variants[key] = vh
         return vh
 
-    def encoded(self, local: bool) -> bytes:
+    def encoded(self, local: bool, satisfied: frozenset[SourceCondition] = frozenset()) -> bytes:
         """The VirtualHost as it sits serialized inside a RouteConfiguration (field and length
         included): assembling a RouteConfiguration from these is one parse, not a deep copy."""
-        local = local and self.shape.kubernetes
-        data = self._encoded.get(local)
+        key = (local and self.shape.kubernetes, satisfied)
+        data = self._encoded.get(key)
         if data is None:
-            data = route_pb2.RouteConfiguration(virtual_hosts=[self.virtual_host(local)]).SerializeToString(deterministic=True)
-            self._encoded[local] = data
+            vh = self.virtual_host(local, satisfied)
+            data = route_pb2.RouteConfiguration(virtual_hosts=[vh]).SerializeToString(deterministic=True)
+            self._encoded[key] = data
         return data
 
     def domains(self, local: bool) -> list[str]:
@@ -76,112 +119,179 @@ class VirtualHostPart:
         return [d for n in names for d in (n, f"{n}:{self.port.number}")]
 
 
+def default_route(shape: ServiceShape, port: MeshPort) -> rc.Route:
+    """Istio's route for a service no VirtualService routes: everything to the service,
+    no timeout, the default retries."""
+    action = rc.RouteAction(cluster=outbound_cluster(port.number, shape.host))
+    apply_timeout(action, None)
+    action.retry_policy.CopyFrom(retry_policy(None))
+    return rc.Route(name="default", match=route_match(None), route=action)
+
+
 def virtual_host_part(
-    shape: ServiceShape, port: MeshPort, vs: VirtualService | None, dests: Destinations
+    shape: ServiceShape, port: MeshPort, vs: VirtualService | None, dests: Destinations,
+    http_routes: Sequence[OwnedRoute] | None = None,
 ) -> VirtualHostPart:
-    if vs is None or not vs.spec.http:
-        default = rc.Route(
-            name="default",
-            match=rc.RouteMatch(prefix="/"),
-            route=rc.RouteAction(cluster=outbound_cluster(port.number, shape.host), timeout=NO_TIMEOUT),
-        )
-        return VirtualHostPart(shape, port, (default,), ())
+    """``http_routes``: the VirtualService's http entries with delegates already merged in."""
+    if vs is None or not (http_routes or vs.spec.http):
+        return VirtualHostPart(shape, port, (default_route(shape, port),), ())
+    entries = http_routes if http_routes is not None else [OwnedRoute(vs, f"spec.http[{i}]", h) for i, h in enumerate(vs.spec.http)]
     errors: list[ConfigError] = []
-    routes: list[rc.Route] = []
-    for i, http in enumerate(vs.spec.http):
-        routes.extend(_http_routes(vs, i, http, port, dests, errors))
-    return VirtualHostPart(shape, port, tuple(routes), tuple(errors))
+    out: list[tuple[rc.Route, SourceCondition | None]] = []
+    catch_all: str | None = None
+    for entry in entries:
+        if catch_all is not None:
+            errors.append(entry.error("", f"unreachable: {catch_all} before it matches every request", "warning"))
+            continue
+        built = _http_routes(entry, port, dests, errors)
+        out.extend(built)
+        for r, cond in built:
+            if cond is None and is_catch_all(r.match):
+                catch_all = f"{entry.field}" + (f" ({r.name})" if r.name else "")
+                break
+    if not out:
+        # Istio: a VirtualService with no route for this port leaves the host unrouted here.
+        errors.append(ConfigError(vs.source, str(vs.key), "spec.http", f"no route applies to port {port.number} "
+                                  f"of {shape.host}; requests to it get 404", "warning"))
+    return VirtualHostPart(shape, port, tuple(r for r, _ in out), tuple(errors), tuple(c for _, c in out))
+
+
+@dataclass(frozen=True)
+class OwnedRoute:
+    """One http entry with the VirtualService it came from (a delegate's own entries keep
+    their delegate, so errors and short host names refer to it)."""
+
+    vs: VirtualService
+    field: str
+    http: HTTPRoute
+
+    def error(self, f: str, message: str, severity: str = "error") -> ConfigError:
+        return ConfigError(self.vs.source, str(self.vs.key), f"{self.field}{f}", message, severity)  # type: ignore[arg-type]
 
 
 def _http_routes(
-    vs: VirtualService, i: int, http: HTTPRoute, port: MeshPort, dests: Destinations, errors: list[ConfigError]
-) -> list[rc.Route]:
-    def error(f: str, message: str, severity: str = "error") -> None:
-        errors.append(ConfigError(vs.source, str(vs.key), f"spec.http[{i}]{f}", message, severity))  # type: ignore[arg-type]
-
-    if not http.route:
-        error("", "only 'route' destinations are supported yet; this entry is skipped", "warning")
-        return []
-    action = _action(vs, i, http, port, dests, error)
-    base_name = http.name or f"{vs.metadata.namespace}/{vs.metadata.name}.http[{i}]"
-    if not http.match:
-        return [rc.Route(name=base_name, match=rc.RouteMatch(prefix="/"), route=action)]
+    entry: OwnedRoute, port: MeshPort, dests: Destinations, errors: list[ConfigError]
+) -> list[tuple[rc.Route, SourceCondition | None]]:
+    vs, http = entry.vs, entry.http
+    base_name = http.name or f"{vs.metadata.namespace}/{vs.metadata.name}.{entry.field.removeprefix('spec.')}"
     out = []
-    for j, m in enumerate(http.match):
-        if m.port is not None and m.port != port.number:
+    for j, m in enumerate(http.match or [None]):  # type: ignore[list-item]
+        if m is not None and m.port is not None and m.port != port.number:
             continue  # the match is for another port of the host
-        if m.sourceLabels or m.sourceNamespace:
-            # Per-source matches cannot be expressed in routes shared by a namespace;
-            # dropping the match (rather than the condition) keeps the route from widening.
-            error(f".match[{j}]", "sourceLabels/sourceNamespace are not supported yet; this match is skipped", "warning")
-            continue
-        name = f"{base_name}.{m.name}" if m.name else base_name
-        out.append(rc.Route(name=name, match=_match(m), route=action))
+        if m is not None and m.gateways and "mesh" not in m.gateways:
+            continue  # for gateways only
+        cond = SourceCondition(tuple(sorted(m.sourceLabels.items())), m.sourceNamespace) \
+            if m is not None and (m.sourceLabels or m.sourceNamespace) else None
+        name = f"{base_name}.{m.name}" if m is not None and m.name else base_name
+        route = rc.Route(name=name, match=route_match(m))
+        if m is not None and m.statPrefix:
+            route.stat_prefix = m.statPrefix
+        _apply_http(route, entry, port, dests, errors, f".match[{j}]" if m is not None else "")
+        out.append((route, cond))
     return out
 
 
-def _action(vs: VirtualService, i: int, http: HTTPRoute, port: MeshPort, dests: Destinations, error) -> rc.RouteAction:  # type: ignore[no-untyped-def]
-    weighted: list[tuple[str, int]] = []
+def _apply_http(route: rc.Route, entry: OwnedRoute, port: MeshPort, dests: Destinations,
+                errors: list[ConfigError], _match_field: str) -> None:
+    """Everything an http entry says, onto ``route`` (the match is already there)."""
+    http = entry.http
+
+    def cluster_of(d: Destination, f: str) -> str:
+        return _cluster_name(entry, d, port, dests, f, errors)
+
+    edits = header_edits(http.headers)
+    apply_edits(route, edits)
+    if http.redirect is not None:
+        route.redirect.CopyFrom(redirect_action(http.redirect, port.number))
+    elif http.directResponse is not None:
+        route.direct_response.CopyFrom(direct_response(http.directResponse))
+    else:
+        action = route.route
+        apply_timeout(action, http.timeout)
+        authority = apply_rewrite(action, http.rewrite) or edits.authority
+        if authority:
+            action.host_rewrite_literal = authority
+        action.request_mirror_policies.extend(mirror_policies(http, cluster_of))
+        hashed = _destinations(route, action, entry, port, dests, cluster_of)
+        policy = retry_policy(http.retries, consistent_hash=hashed)
+        if policy is not None:
+            action.retry_policy.CopyFrom(policy)
+    if http.fault is not None:
+        fault = http_fault(http.fault)
+        if fault is not None:
+            route.typed_per_filter_config[FAULT_FILTER].CopyFrom(to_any(fault))
+        if http.fault.abort is not None and http.fault.abort.http2Error is not None:
+            errors.append(entry.error(".fault.abort.http2Error", "Envoy cannot inject HTTP/2 errors; ignored", "warning"))
+        if http.fault.delay is not None and http.fault.delay.fixedDelay is None:
+            errors.append(entry.error(".fault.delay.exponentialDelay", "not supported by Envoy; ignored", "warning"))
+    if http.corsPolicy is not None:
+        route.typed_per_filter_config[CORS_FILTER].CopyFrom(to_any(cors_policy(http.corsPolicy)))
+
+
+def _destinations(route: rc.Route, action: rc.RouteAction, entry: OwnedRoute, port: MeshPort,
+                  dests: Destinations, cluster_of: Callable[[Destination, str], str]) -> bool:
+    """The cluster (or weighted clusters) and hash policies; True when consistent hashing applies."""
+    http = entry.http
+    hashed = False
+    if len(http.route) == 1:
+        rd = http.route[0]
+        action.cluster = cluster_of(rd.destination, ".route[0].destination")
+        d_edits = header_edits(rd.headers)
+        apply_edits(route, d_edits)
+        if d_edits.authority and not action.host_rewrite_literal:
+            action.host_rewrite_literal = d_edits.authority
+        hashed = _add_hash(action, rd.destination, entry, port, dests)
+        return hashed
     for j, rd in enumerate(http.route):
-        if len(http.route) > 1 and not rd.weight:
-            continue  # Istio drops weight-0 destinations
-        weighted.append((_cluster_name(vs, rd.destination, port, dests, f".route[{j}].destination", error), rd.weight or 0))
-    if len(weighted) == 1:
-        return rc.RouteAction(cluster=weighted[0][0], timeout=NO_TIMEOUT)
-    clusters = [rc.WeightedCluster.ClusterWeight(name=n, weight=wrappers_pb2.UInt32Value(value=w)) for n, w in weighted]
-    return rc.RouteAction(weighted_clusters=rc.WeightedCluster(clusters=clusters), timeout=NO_TIMEOUT)
+        if not rd.weight:
+            continue  # Istio drops weight-0 destinations of a split
+        cw = rc.WeightedCluster.ClusterWeight(name=cluster_of(rd.destination, f".route[{j}].destination"),
+                                              weight=wrappers_pb2.UInt32Value(value=rd.weight))
+        d_edits = header_edits(rd.headers)
+        apply_edits(cw, d_edits)
+        if d_edits.authority:
+            cw.host_rewrite_literal = d_edits.authority
+        action.weighted_clusters.clusters.append(cw)
+        hashed = _add_hash(action, rd.destination, entry, port, dests) or hashed
+    return hashed
 
 
-def _cluster_name(vs: VirtualService, d, listener: MeshPort, dests: Destinations, f: str, error) -> str:  # type: ignore[no-untyped-def]
+def _add_hash(action: rc.RouteAction, d: Destination, entry: OwnedRoute, port: MeshPort, dests: Destinations) -> bool:
+    host = resolve_host(d.host, entry.vs.metadata.namespace)
+    _, policy = dests.get(host, (None, None))
+    if policy is None:
+        return False
+    number = d.port.number if d.port else port.number
+    lb = policy.cluster_policy(number, d.subset).load_balancer
+    hp = hash_policy(lb.consistentHash if lb is not None else None)
+    if hp is None:
+        return False
+    action.hash_policy.append(hp)
+    return True
+
+
+def _cluster_name(entry: OwnedRoute, d: Destination, listener: MeshPort, dests: Destinations, f: str,
+                  errors: list[ConfigError]) -> str:
     """The cluster a destination names. A destination we cannot resolve still gets its
-    (non-existent) cluster name, as Istio does: Envoy then answers 503 NC, which makes the
-    mistake visible, and the ConfigError says why."""
-    host = resolve_host(d.host, vs.metadata.namespace)
+    (non-existent) cluster name, as Istio does: Envoy then answers 503 for that route
+    alone, which makes the mistake visible, and the ConfigError says why."""
+    host = resolve_host(d.host, entry.vs.metadata.namespace)
     shape, policy = dests.get(host, (None, None))
     number = d.port.number if d.port else None
     if shape is None:
-        error(f"{f}.host", f"host {host} is not in the service registry")
+        errors.append(entry.error(f"{f}.host", f"host {host} is not in the service registry"))
     elif number is not None:
         if all(p.number != number for p in shape.ports):
-            error(f"{f}.port.number", f"service {host} has no port {number}")
+            errors.append(entry.error(f"{f}.port.number", f"service {host} has no port {number}"))
     elif len(shape.ports) == 1:
         number = shape.ports[0].number
     elif all(p.number != listener.number for p in shape.ports):
-        error(f"{f}.port", f"service {host} has several ports and none is {listener.number}; set destination.port")
+        errors.append(entry.error(f"{f}.port", f"service {host} has several ports and none is {listener.number}; "
+                                  "set destination.port"))
     if d.subset and (policy is None or policy.subset(d.subset) is None):
-        error(f"{f}.subset", f"subset {d.subset!r} is not defined by any DestinationRule for host {host}")
+        errors.append(entry.error(f"{f}.subset", f"subset {d.subset!r} is not defined by any DestinationRule for "
+                                  f"host {host}; requests on this route get 503"))
     return outbound_cluster(number or listener.number, host, d.subset)
-
-
-def _string_matcher(m: StringMatch, ignore_case: bool = False) -> string_pb2.StringMatcher:
-    if m.exact is not None:
-        return string_pb2.StringMatcher(exact=m.exact, ignore_case=ignore_case)
-    if m.prefix is not None:
-        return string_pb2.StringMatcher(prefix=m.prefix, ignore_case=ignore_case)
-    return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=m.regex))
-
-
-def _match(m: HTTPMatchRequest) -> rc.RouteMatch:
-    out = rc.RouteMatch()
-    uri = m.uri
-    if uri is None or uri.prefix is not None:
-        out.prefix = uri.prefix if uri is not None else "/"  # type: ignore[assignment]
-    elif uri.exact is not None:
-        out.path = uri.exact
-    else:
-        out.safe_regex.regex = uri.regex  # type: ignore[assignment]
-    if m.ignoreUriCase:
-        out.case_sensitive.value = False
-    headers = dict(sorted(m.headers.items()))
-    if m.method is not None:
-        headers[":method"] = m.method
-    if m.authority is not None:
-        headers[":authority"] = m.authority
-    for name, sm in headers.items():
-        out.headers.append(rc.HeaderMatcher(name=name.lower(), string_match=_string_matcher(sm)))
-    for name, sm in sorted(m.queryParams.items()):
-        out.query_parameters.append(rc.QueryParameterMatcher(name=name, string_match=_string_matcher(sm)))
-    return out
 
 
 def colliding_domains(row: Sequence[VirtualHostPart]) -> frozenset[str]:

@@ -25,17 +25,17 @@ from google.protobuf.message import Message
 
 from translators import api, clusters, endpoints, listeners, routes
 from translators.errors import ConfigError
-from translators.index import ResourceIndex
 from translators.model import (
     DestinationRule,
     ResourceKey,
     VirtualService,
 )
-from translators.names import BLACKHOLE, host_matches, is_http, resolve_host
+from translators.model.index import ResourceIndex
+from translators.model.names import BLACKHOLE, host_matches, is_http, resolve_host
+from translators.model.registry import KINDS as REGISTRY_KINDS
+from translators.model.registry import Registry
+from translators.model.world import Proxy, World
 from translators.policies import DestinationPolicy, HostIndex, destination_policy
-from translators.registry import KINDS as REGISTRY_KINDS
-from translators.registry import Registry
-from translators.world import Proxy, World
 
 #: Per-proxy results not asked for during this many updates are forgotten.
 PROXY_MEMO_UPDATES = 8

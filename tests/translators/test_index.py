@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from translators.index import ResourceIndex
 from translators.model import Pod, WorkloadEntry, parse_resource
+from translators.model.index import ResourceIndex
 
 
 def pod(name: str, ip: str) -> Pod:

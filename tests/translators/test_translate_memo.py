@@ -8,7 +8,7 @@ from translate_cases import load_case, world_of
 
 from translators import Translator, api
 from translators.model import EndpointSlice, Resource, VirtualService
-from translators.world import Proxy, World
+from translators.model.world import Proxy, World
 
 
 def _evolve(world: World, *replaced: Resource) -> World:

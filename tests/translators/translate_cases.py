@@ -12,7 +12,7 @@ from google.protobuf import json_format
 
 from translators import Translator, api
 from translators.model import Resource, parse_resource
-from translators.world import Proxy, World
+from translators.model.world import Proxy, World
 
 TESTDATA = Path(__file__).parent / "testdata"
 TYPES = {"clusters": api.CLUSTER, "endpoints": api.ENDPOINT, "listeners": api.LISTENER, "routes": api.ROUTE}

@@ -17,8 +17,8 @@ from harness import free_port
 
 from tests.xds_server.adsclient import AdsClient, nack, node
 from translators.api import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE
+from translators.model.world import World
 from translators.translate import Translator
-from translators.world import World
 from xds_server.sources.parse import parse_text
 from xds_server.xds.cache import XdsCache
 from xds_server.xds.server import XdsServer, start_grpc

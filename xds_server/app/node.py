@@ -10,7 +10,7 @@ from __future__ import annotations
 from envoy.config.core.v3.base_pb2 import Node
 from google.protobuf import json_format
 
-from translators.world import Proxy
+from translators.model.world import Proxy
 
 
 class NodeError(ValueError):

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from translators.errors import ConfigError
 from translators.model import Resource, ResourceKey
+from translators.model.world import World
 from translators.translate import Translator
-from translators.world import World
 from xds_server.xds.cache import XdsCache
 from xds_server.xds.status import TRANSLATE_SECONDS
 

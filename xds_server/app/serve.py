@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from translators.errors import ConfigError
-from translators.world import World
+from translators.model.world import World
 from xds_server.app.debounce import Debouncer
 from xds_server.app.httpd import HttpServer, Reply, json_reply, text_reply
 from xds_server.app.pipeline import Pipeline, full_collection

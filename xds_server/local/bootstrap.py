@@ -21,7 +21,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Literal
 
-#: Same values as ``translators.world.Role``; kept here so a bootstrap needs no translator.
+#: Same values as ``translators.model.world.Role``; kept here so a bootstrap needs no translator.
 Role = Literal["sidecar", "gateway"]
 
 XDS_CLUSTER = "xds-grpc"

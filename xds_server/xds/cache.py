@@ -21,7 +21,7 @@ from typing import Protocol
 from google.protobuf.message import Message
 
 from translators.api import Layer, ProxyResources
-from translators.world import Proxy, World
+from translators.model.world import Proxy, World
 
 
 def _varint(n: int) -> bytes:

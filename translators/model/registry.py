@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 from translators.errors import ConfigError
-from translators.index import ResourceIndex
 from translators.model import (
     EndpointSlice,
     Pod,
@@ -25,7 +24,8 @@ from translators.model import (
     WorkloadEntry,
     WorkloadEntrySpec,
 )
-from translators.names import kube_host, port_protocol, selects
+from translators.model.index import ResourceIndex
+from translators.model.names import kube_host, port_protocol, selects
 
 #: Kinds whose change can change the registry.
 KINDS = frozenset({Service.KIND, EndpointSlice.KIND, Pod.KIND, ServiceEntry.KIND, WorkloadEntry.KIND})

@@ -1,0 +1,94 @@
+"""The mesh as typed models: Kubernetes and Istio resources, the World snapshot of them,
+its indexes, the service registry built from them, and Istio's names.
+
+``translators.model`` re-exports the resource models, so ``from translators.model import
+VirtualService`` works whatever module a kind lives in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from translators.model.base import IstioModel, KubeModel, ObjectMeta, Resource, ResourceKey
+from translators.model.kube import (
+    Container,
+    ContainerPort,
+    EndpointConditions,
+    EndpointSlice,
+    ObjectReference,
+    Pod,
+    PodIP,
+    PodSpec,
+    PodStatus,
+    Service,
+    ServicePort,
+    ServiceSpec,
+    SliceEndpoint,
+    SlicePort,
+)
+from translators.model.networking import (
+    ClientTLSSettings,
+    ConnectionPoolSettings,
+    ConsistentHash,
+    CorsPolicy,
+    Delegate,
+    Destination,
+    DestinationRule,
+    DestinationRuleSpec,
+    HeaderOperations,
+    Headers,
+    HTTPDirectResponse,
+    HTTPFaultInjection,
+    HTTPMatchRequest,
+    HTTPMirrorPolicy,
+    HTTPRedirect,
+    HTTPRetry,
+    HTTPRewrite,
+    HTTPRoute,
+    HTTPRouteDestination,
+    LoadBalancerSettings,
+    OutlierDetection,
+    PortSelector,
+    PortTrafficPolicy,
+    SEPort,
+    ServiceEntry,
+    ServiceEntrySpec,
+    StringMatch,
+    Subset,
+    TrafficPolicy,
+    VirtualService,
+    VirtualServiceSpec,
+    WorkloadEntry,
+    WorkloadEntrySpec,
+    WorkloadSelector,
+)
+from translators.model.types import Duration, Percent
+
+#: kind -> model class, for the loaders.
+KINDS: dict[str, type[Resource]] = {
+    cls.KIND: cls
+    for cls in (Service, EndpointSlice, Pod, ServiceEntry, WorkloadEntry, VirtualService, DestinationRule)
+}
+
+
+def parse_resource(doc: dict[str, Any], source: str = "") -> Resource:
+    """Validate one manifest into its model class, chosen by ``kind``.
+
+    Raises KeyError for an unknown kind and pydantic.ValidationError for a bad document.
+    """
+    cls = KINDS[doc["kind"]]
+    return cls.model_validate({**doc, "source": source})
+
+
+__all__ = [
+    "KINDS", "ClientTLSSettings", "ConnectionPoolSettings", "ConsistentHash", "Container", "ContainerPort",
+    "CorsPolicy", "Delegate", "Destination", "DestinationRule", "DestinationRuleSpec", "Duration",
+    "EndpointConditions", "EndpointSlice", "HTTPDirectResponse", "HTTPFaultInjection", "HTTPMatchRequest",
+    "HTTPMirrorPolicy", "HTTPRedirect", "HTTPRetry", "HTTPRewrite", "HTTPRoute", "HTTPRouteDestination",
+    "HeaderOperations", "Headers", "IstioModel", "KubeModel", "LoadBalancerSettings", "ObjectMeta",
+    "ObjectReference", "OutlierDetection", "Percent", "Pod", "PodIP", "PodSpec", "PodStatus", "PortSelector",
+    "PortTrafficPolicy", "Resource", "ResourceKey", "SEPort", "Service", "ServiceEntry", "ServiceEntrySpec",
+    "ServicePort", "ServiceSpec", "SliceEndpoint", "SlicePort", "StringMatch", "Subset", "TrafficPolicy",
+    "VirtualService", "VirtualServiceSpec", "WorkloadEntry", "WorkloadEntrySpec", "WorkloadSelector",
+    "parse_resource",
+]
