@@ -127,3 +127,74 @@ def _check(policy: TrafficPolicy | None, field: str, warn) -> None:  # type: ign
             elif tls.credentialName:
                 warn(f"{where}.tls.credentialName", "credentialName is for gateways (SDS); sidecars read "
                      "clientCertificate, privateKey and caCertificates from files")
+
+
+# ---------------------------------------------------------------- which rule a proxy sees
+
+ROOT_NAMESPACE = "istio-system"
+
+
+def exported_to(export_to: Iterable[str], own: str, client: str) -> bool:
+    """Istio's exportTo: empty or ``*`` is every namespace, ``.`` the resource's own, ``~`` none."""
+    names = list(export_to)
+    if not names or "*" in names:
+        return True
+    return (client == own and "." in names) or client in names
+
+
+class RuleIndex:
+    """DestinationRules by namespace and host, looked up the way istiod does for a proxy in
+    namespace C and a service in namespace S: the most specific rule in C, else in S if
+    exported to C, else in the root namespace if exported to C. Rules elsewhere do not apply.
+
+    Most proxies see the *generic* choice (their namespace has no rule for the host and no
+    exportTo names it); ``exceptions`` lists the namespaces that see another one.
+    """
+
+    def __init__(self, policies: Iterable[DestinationPolicy], root: str = ROOT_NAMESPACE) -> None:
+        self.root = root
+        by_ns: dict[str, list[tuple[str, str, DestinationPolicy]]] = {}
+        for p in policies:  # in namespace/name order
+            by_ns.setdefault(p.resource.metadata.namespace, []).append((p.host, p.resource.metadata.name, p))
+        self._by_ns = {ns: HostIndex((h, ns, p) for h, _, p in rules) for ns, rules in by_ns.items()}
+        self._all = HostIndex((p.host, p.resource.metadata.namespace, p) for p in policies)
+
+    def _in(self, ns: str, host: str, client: str) -> DestinationPolicy | None:
+        index = self._by_ns.get(ns)
+        if index is None:
+            return None
+        for p in index.all_matching(host):  # exact first, then the most specific wildcard
+            if ns == client or exported_to(p.resource.spec.exportTo, ns, client):
+                return p
+        return None
+
+    def lookup(self, host: str, service_ns: str, client: str) -> DestinationPolicy | None:
+        found = self._in(client, host, client)  # for the root namespace, its own rules first too
+        if found is None:
+            found = self._in(service_ns, host, client)
+        if found is None:
+            found = self._in(self.root, host, client)
+        return found
+
+    def generic(self, host: str, service_ns: str) -> DestinationPolicy | None:
+        """What a proxy in a namespace with no rules of its own, named by no exportTo, sees."""
+        return self.lookup(host, service_ns, "\0")
+
+    def exceptions(self, host: str, service_ns: str) -> dict[str, DestinationPolicy | None]:
+        """Namespaces whose proxies see another rule than the generic one, and that rule."""
+        rules = self._all.all_matching(host)
+        if not rules:
+            return {}
+        candidates = {p.resource.metadata.namespace for p in rules}
+        candidates |= {ns for p in rules for ns in p.resource.spec.exportTo if ns not in (".", "*", "~")}
+        candidates |= {service_ns, self.root}
+        generic = self.generic(host, service_ns)
+        out = {}
+        for ns in sorted(candidates):
+            seen = self.lookup(host, service_ns, ns)
+            if seen is not generic:
+                out[ns] = seen
+        return out
+
+    def all_matching(self, host: str) -> list[DestinationPolicy]:
+        return self._all.all_matching(host)

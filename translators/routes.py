@@ -49,16 +49,20 @@ class SourceCondition:
         return all(labels.get(k) == v for k, v in self.labels) and self.namespace in (None, namespace)
 
 
-def destination_hosts(vs: VirtualService) -> list[str]:
-    """Every destination host of ``vs`` (routes and mirrors), resolved against its namespace, once."""
-    ns = vs.metadata.namespace
+def destination_hosts(vs: VirtualService, entries: Sequence[OwnedRoute] | None = None) -> list[str]:
+    """Every destination host (routes and mirrors) of ``vs``'s http entries, or of ``entries``
+    (delegates merged in), each resolved against the namespace of the VirtualService it is
+    written in; in order, once."""
+    if entries is None:
+        entries = [OwnedRoute(vs, "", h) for h in vs.spec.http]
     hosts = []
-    for h in vs.spec.http:
-        hosts += [d.destination.host for d in h.route]
-        hosts += [m.destination.host for m in h.mirrors]
+    for e in entries:
+        h, ns = e.http, e.vs.metadata.namespace
+        names = [d.destination.host for d in h.route] + [m.destination.host for m in h.mirrors]
         if h.mirror is not None:
-            hosts.append(h.mirror.host)
-    return list(dict.fromkeys(resolve_host(host, ns) for host in hosts))
+            names.append(h.mirror.host)
+        hosts += [resolve_host(n, ns) for n in names]
+    return list(dict.fromkeys(hosts))
 
 
 @dataclass(eq=False)
@@ -130,13 +134,14 @@ def default_route(shape: ServiceShape, port: MeshPort) -> rc.Route:
 
 def virtual_host_part(
     shape: ServiceShape, port: MeshPort, vs: VirtualService | None, dests: Destinations,
-    http_routes: Sequence[OwnedRoute] | None = None,
+    http_routes: Sequence[OwnedRoute] | None = None, problems: Sequence[ConfigError] = (),
 ) -> VirtualHostPart:
-    """``http_routes``: the VirtualService's http entries with delegates already merged in."""
+    """``http_routes``: the VirtualService's http entries with delegates already merged in
+    (``problems``: what merging them found)."""
     if vs is None or not (http_routes or vs.spec.http):
-        return VirtualHostPart(shape, port, (default_route(shape, port),), ())
+        return VirtualHostPart(shape, port, (default_route(shape, port),), tuple(problems))
     entries = http_routes if http_routes is not None else [OwnedRoute(vs, f"spec.http[{i}]", h) for i, h in enumerate(vs.spec.http)]
-    errors: list[ConfigError] = []
+    errors: list[ConfigError] = list(problems)
     out: list[tuple[rc.Route, SourceCondition | None]] = []
     catch_all: str | None = None
     for entry in entries:
@@ -314,13 +319,14 @@ def route_configuration(port: int, encoded: Sequence[bytes]) -> route_pb2.RouteC
 
 
 def route_configuration_deduplicated(
-    port: int, row: Sequence[VirtualHostPart], namespace: str, colliding: frozenset[str]
+    port: int, row: Sequence[VirtualHostPart], namespace: str, colliding: frozenset[str],
+    satisfied: frozenset[SourceCondition] = frozenset(),
 ) -> route_pb2.RouteConfiguration:
     """Envoy rejects a RouteConfiguration where two virtual hosts share a domain: the full
     host keeps it, the short form is dropped."""
     vhosts = []
     for part in row:
-        vh = part.virtual_host(part.shape.namespace == namespace)
+        vh = part.virtual_host(part.shape.namespace == namespace, satisfied)
         domains = vh.domains[:2] + [d for d in vh.domains[2:] if d not in colliding]
         if len(domains) != len(vh.domains):
             vh = rc.VirtualHost(name=vh.name, domains=domains, routes=vh.routes)

@@ -25,6 +25,7 @@ from google.protobuf.message import Message
 
 from translators import api, clusters, endpoints, listeners, routes
 from translators.errors import ConfigError
+from translators.features import delegate
 from translators.model import (
     DestinationRule,
     ResourceKey,
@@ -35,7 +36,7 @@ from translators.model.names import BLACKHOLE, host_matches, is_http, resolve_ho
 from translators.model.registry import KINDS as REGISTRY_KINDS
 from translators.model.registry import Registry
 from translators.model.world import Proxy, World
-from translators.policies import DestinationPolicy, HostIndex, destination_policy
+from translators.policies import ROOT_NAMESPACE, DestinationPolicy, HostIndex, RuleIndex, destination_policy
 
 #: Per-proxy results not asked for during this many updates are forgotten.
 PROXY_MEMO_UPDATES = 8
@@ -70,24 +71,30 @@ class _ProxyState:
 class Translator:
     """Holds memo state across Worlds; one per process."""
 
-    def __init__(self) -> None:
+    def __init__(self, root_namespace: str = ROOT_NAMESPACE) -> None:
+        self._root_namespace = root_namespace
         self._world: World | None = None
         self._generation = 0
         self._index = ResourceIndex()
         self._registry = Registry()
         self._ns_epoch: dict[str, int] = {}  # bumped when a registry kind changes in a namespace
         self._policies: dict[ResourceKey, DestinationPolicy] = {}
-        self._dr_index: HostIndex[DestinationPolicy] = HostIndex(())
+        self._rules = RuleIndex((), root_namespace)
+        self._split: dict[str, dict[str, DestinationPolicy | None]] = {}  # host -> namespace -> rule
+        self._split_layers: dict[tuple, tuple[api.Layer, api.Layer]] = {}
+        self._split_parts: dict[tuple[str, int], tuple[tuple, tuple]] = {}
         self._cluster_parts: dict[str, tuple[tuple, list[tuple[str, Message]]]] = {}
         self._endpoint_parts: dict[str, tuple[tuple, list[tuple[str, Message]]]] = {}
         self._clusters = _layer(("clusters", "outbound"), [(BLACKHOLE, clusters.blackhole())])
         self._endpoints = _layer(("endpoints", "outbound"), ())
         self._mesh_vs: dict[ResourceKey, tuple[VirtualService, tuple[str, ...]]] = {}
         self._vs_index: HostIndex[VirtualService] = HostIndex(())
-        self._host_parts: dict[str, tuple[tuple, list[routes.VirtualHostPart]]] = {}
+        self._host_parts: dict[str, tuple[tuple, list[routes.VirtualHostPart], frozenset[str]]] = {}
+        self._source_conditions: tuple[routes.SourceCondition, ...] = ()
+        self._delegating: dict[ResourceKey, tuple[str, ...]] = {}  # roots with delegates -> their hosts
         self._route_table: dict[int, tuple[routes.VirtualHostPart, ...]] = {}
         self._route_collisions: dict[int, frozenset[str]] = {}
-        self._ns_routes: dict[str, _NamespaceRoutes] = {}
+        self._ns_routes: dict[tuple, _NamespaceRoutes] = {}  # (namespace, satisfied source conditions)
         self._port_table: dict[int, listeners.OutboundPort] = {}
         self._proxies: dict[tuple, _ProxyState] = {}
         self._stage_errors: dict[str, list[ConfigError]] = {}
@@ -116,16 +123,16 @@ class Translator:
             self._ns_epoch[ns] = self._ns_epoch.get(ns, 0) + 1
         services = self._registry.rebuild(self._index, registry_ns)
         shapes = services and self._registry.shapes_changed  # else only endpoints moved
-        rules = DestinationRule.KIND in kinds
-        if rules:
-            self._rebuild_policies()
-        if services or rules:
-            self._rebuild_clusters_and_endpoints(rules)
+        rule_hosts: set[str] = set()
+        if DestinationRule.KIND in kinds:
+            rule_hosts = self._rebuild_policies({k for k in changed if k.kind == DestinationRule.KIND})
+        if services or rule_hosts:
+            self._rebuild_clusters_and_endpoints(rule_hosts)
         touched: set[str] = set()
         if VirtualService.KIND in kinds:
             touched = self._rebuild_virtual_services({k for k in changed if k.kind == VirtualService.KIND})
-        if shapes or rules or touched:
-            self._rebuild_route_table(shapes or rules, touched)
+        if shapes or rule_hosts or touched:
+            self._rebuild_route_table(shapes, touched, rule_hosts)
         if shapes:
             self._rebuild_port_table()
         self._errors = None
@@ -149,6 +156,10 @@ class Translator:
             api.CLUSTER: [self._clusters],
             api.ENDPOINT: [self._endpoints],
         }
+        split = self._split_for(proxy.namespace)
+        if split is not None:
+            out[api.CLUSTER].append(split[0])
+            out[api.ENDPOINT].append(split[1])
         if proxy.role == "gateway":
             return out  # Gateway listeners and routes come with Gateway resources
         state = self._proxy_state(proxy)
@@ -157,59 +168,121 @@ class Translator:
             # cluster view, and a response to one is a response to all of them.
             out[api.CLUSTER].append(state.inbound_clusters)
         out[api.LISTENER] = [state.listeners]
-        out[api.ROUTE] = [self._routes_for(proxy.namespace)]
+        out[api.ROUTE] = [self._routes_for(proxy)]
         return out
 
     # ------------------------------------------------------------ clusters and endpoints
 
-    def _rebuild_policies(self) -> None:
+    def _rebuild_policies(self, changed: set[ResourceKey]) -> set[str]:
+        """Re-read the DestinationRules; the service hosts whose rules may have changed
+        (those the changed rules name, before or now), so only they are translated again."""
+        patterns = {self._policies[k].host for k in changed if k in self._policies}
         policies = {}
         for dr in self._index.all(DestinationRule.KIND):
             assert isinstance(dr, DestinationRule)
             old = self._policies.get(dr.key)
             policies[dr.key] = old if old is not None and old.resource is dr else destination_policy(dr)
+        patterns |= {policies[k].host for k in changed if k in policies}
         self._policies = policies
-        self._dr_index = HostIndex((p.host, p.resource.metadata.namespace, p) for p in policies.values())
+        self._rules = RuleIndex(policies.values(), self._root_namespace)
+        exact = {h for h in patterns if not h.startswith("*")}
+        wild = [h for h in patterns if h.startswith("*")]
+        services = self._registry.services
+        hosts = {h for h in exact if h in services}
+        if wild:
+            hosts |= {h for h in services if any(host_matches(w, h) for w in wild)}
+        return hosts
 
     def _policy(self, host: str, namespace: str) -> DestinationPolicy | None:
-        return self._dr_index.lookup(host, namespace)
+        """The rule most proxies see for ``host`` (a service in ``namespace``)."""
+        return self._rules.generic(host, namespace)
 
-    def _rebuild_clusters_and_endpoints(self, rules: bool) -> None:
+    def _rebuild_clusters_and_endpoints(self, rule_hosts: set[str]) -> None:
+        """Clusters and endpoints per host, again only for changed services and ``rule_hosts``."""
         cluster_parts: dict[str, tuple[tuple, list[tuple[str, Message]]]] = {}
         endpoint_parts: dict[str, tuple[tuple, list[tuple[str, Message]]]] = {}
+        split: dict[str, dict[str, DestinationPolicy | None]] = {}
+        split_dirty = False
         for host, svc in self._registry.services.items():
             old_c, old_e = self._cluster_parts.get(host), self._endpoint_parts.get(host)
-            if not rules and old_c is not None and old_e is not None and old_c[0][0] is svc:
+            if host not in rule_hosts and old_c is not None and old_e is not None and old_c[0][0] is svc:
                 cluster_parts[host], endpoint_parts[host] = old_c, old_e  # same service, same rules
+                if host in self._split:
+                    split[host] = self._split[host]
                 continue
             policy = self._policy(host, svc.shape.namespace)
-            dns = svc.endpoints if svc.shape.discovery != "EDS" else None
-            inputs = (svc, svc.shape, dns, policy)
-            cluster_parts[host] = (
-                old_c if old_c is not None and _same(old_c[0][1:], inputs[1:]) else (inputs, clusters.service_clusters(svc, policy))  # type: ignore[arg-type]
-            )
-            inputs = (svc, svc.shape, svc.endpoints, policy)
-            endpoint_parts[host] = (
-                old_e if old_e is not None and _same(old_e[0][1:], inputs[1:]) else (inputs, endpoints.service_assignments(svc, policy))  # type: ignore[arg-type]
-            )
-        if _parts_changed(self._cluster_parts, cluster_parts):
+            exceptions = self._rules.exceptions(host, svc.shape.namespace)
+            if exceptions or host in self._split:
+                split_dirty = True  # its service or rules changed: the per-namespace layers must follow
+            if exceptions:
+                split[host] = exceptions
+            cluster_parts[host] = self._host_clusters(svc, policy, old_c)
+            endpoint_parts[host] = self._host_endpoints(svc, policy, old_e)
+        if _parts_changed(self._cluster_parts, cluster_parts) or split.keys() != self._split.keys():
             blackhole = self._clusters.resources[BLACKHOLE]
-            self._clusters = _layer(
-                ("clusters", "outbound"), [(BLACKHOLE, blackhole), *(c for _, p in cluster_parts.values() for c in p)]
-            )
-        if _parts_changed(self._endpoint_parts, endpoint_parts):
-            self._endpoints = _layer(("endpoints", "outbound"), (e for _, p in endpoint_parts.values() for e in p))
+            self._clusters = _layer(("clusters", "outbound"), [
+                (BLACKHOLE, blackhole), *(c for h, (_, p) in cluster_parts.items() if h not in split for c in p)])
+        if _parts_changed(self._endpoint_parts, endpoint_parts) or split.keys() != self._split.keys():
+            self._endpoints = _layer(("endpoints", "outbound"),
+                                     (e for h, (_, p) in endpoint_parts.items() if h not in split for e in p))
         self._cluster_parts, self._endpoint_parts = cluster_parts, endpoint_parts
+        if split_dirty or split.keys() != self._split.keys():
+            self._split = split
+            self._split_layers = {}
+            # (host, rule) -> parts: kept for the rules still in use, so a change rebuilds its host only
+            live = {(h, id(p)) for h, ex in split.items() for p in ex.values()}
+            live |= {(h, id(self._policy(h, self._registry.services[h].shape.namespace))) for h in split}
+            self._split_parts = {k: v for k, v in self._split_parts.items() if k in live}
 
         used = {id(inputs[-1]) for inputs, _ in cluster_parts.values()}
+        used |= {id(p) for seen in split.values() for p in seen.values()}
         errors = [e for p in self._policies.values() for e in p.errors]
         for p in self._policies.values():
             if id(p) not in used:
                 dr = p.resource
                 errors.append(ConfigError(dr.source, str(dr.key), "spec.host", f"no service uses this rule: host "
-                                          f"{p.host} is not in the registry, or another DestinationRule takes precedence",
-                                          "warning"))
+                                          f"{p.host} is not in the registry, another DestinationRule takes "
+                                          "precedence, or its namespace is neither the client's, the service's "
+                                          "nor the root namespace", "warning"))
         self._stage_errors["destination-rules"] = errors
+
+    def _host_clusters(self, svc, policy, old):  # type: ignore[no-untyped-def]
+        dns = svc.endpoints if svc.shape.discovery != "EDS" else None
+        inputs = (svc, svc.shape, dns, policy)
+        if old is not None and _same(old[0][1:], inputs[1:]):
+            return old
+        return inputs, clusters.service_clusters(svc, policy)
+
+    def _host_endpoints(self, svc, policy, old):  # type: ignore[no-untyped-def]
+        inputs = (svc, svc.shape, svc.endpoints, policy)
+        if old is not None and _same(old[0][1:], inputs[1:]):
+            return old
+        return inputs, endpoints.service_assignments(svc, policy)
+
+    def _split_for(self, namespace: str) -> tuple[api.Layer, api.Layer] | None:
+        """Clusters and endpoints of the hosts whose DestinationRule depends on the client's
+        namespace (a rule in it, or an exportTo naming it), as proxies in ``namespace`` see
+        them. Namespaces that see the same rules share the same layers."""
+        if not self._split:
+            return None
+        services = self._registry.services
+        seen = tuple((h, ex[namespace] if namespace in ex else self._policy(h, services[h].shape.namespace))
+                     for h, ex in self._split.items())
+        key = tuple((h, id(p)) for h, p in seen)
+        layers = self._split_layers.get(key)
+        if layers is None:
+            cs, es = [], []
+            for host, policy in seen:
+                svc = services[host]
+                old = self._split_parts.get((host, id(policy)))
+                c = self._host_clusters(svc, policy, old[0] if old else None)
+                e = self._host_endpoints(svc, policy, old[1] if old else None)
+                self._split_parts[(host, id(policy))] = (c, e)
+                cs += c[1]
+                es += e[1]
+            layers = (_layer(("clusters-by-namespace", key), cs), _layer(("endpoints-by-namespace", key), es))
+            self._split_layers[key] = layers
+        return layers
 
     # ------------------------------------------------------------ routes
 
@@ -227,22 +300,32 @@ class Translator:
                 self._mesh_vs[key] = (vs, hosts)
                 touched.update(hosts)
         self._mesh_vs = dict(sorted(self._mesh_vs.items()))
+        # A delegate (no hosts) routes for the hosts of the roots that name it.
+        self._delegating = {k: hosts for k, (vs, hosts) in self._mesh_vs.items()
+                            if any(h.delegate is not None for h in vs.spec.http)}
+        for key, hosts in self._delegating.items():
+            vs = self._mesh_vs[key][0]
+            names = {(h.delegate.namespace or key.namespace, h.delegate.name) for h in vs.spec.http if h.delegate}
+            if any((k.namespace, k.name) in names for k in changed):
+                touched.update(hosts)
         self._vs_index = HostIndex(
             (h, key.namespace, vs) for key, (vs, hosts) in self._mesh_vs.items() for h in hosts
         )
         return touched
 
-    def _rebuild_route_table(self, everything: bool, touched: set[str]) -> None:
+    def _rebuild_route_table(self, everything: bool, touched: set[str], rule_hosts: set[str]) -> None:
         """Virtual host parts per host and HTTP port. Unless ``everything`` may have changed
-        (services, rules), only hosts a changed VirtualService names are looked at again."""
+        (service shapes), only hosts a changed VirtualService names, and hosts whose routes
+        send to a host in ``rule_hosts`` (its DestinationRule changed), are looked at again."""
         services = self._registry.services
         exact = {h for h in touched if not h.startswith("*")}
         wild = [h for h in touched if h.startswith("*")]
-        host_parts: dict[str, tuple[tuple, list[routes.VirtualHostPart]]] = {}
+        host_parts: dict[str, tuple[tuple, list[routes.VirtualHostPart], frozenset[str]]] = {}
         table: dict[int, list[routes.VirtualHostPart]] = {}
         for host, svc in services.items():
             old = self._host_parts.get(host)
-            if old is None or everything or host in exact or any(host_matches(w, host) for w in wild):
+            if (old is None or everything or host in exact or (rule_hosts and not rule_hosts.isdisjoint(old[2]))
+                    or any(host_matches(w, host) for w in wild)):
                 old = self._host_part(svc, old)
             host_parts[host] = old
             for part in old[1]:
@@ -262,28 +345,46 @@ class Translator:
             }
             self._route_table = new_table
         errors = self._virtual_service_errors()
-        errors += [e for _, parts in host_parts.values() for part in parts for e in part.errors]
+        errors += [e for _, parts, _ in host_parts.values() for part in parts for e in part.errors]
+        conditions = {c for _, parts, _ in host_parts.values() for part in parts for c in part.distinct_conditions()}
+        self._source_conditions = tuple(sorted(conditions, key=repr))
         self._stage_errors["virtual-services"] = errors
 
     def _host_part(self, svc, old):  # type: ignore[no-untyped-def]
-        """(inputs, parts) of one host: its VirtualService and the destinations that names."""
+        """(inputs, parts, destination hosts) of one host: its VirtualService (with its
+        delegates merged in) and the services and rules its destinations name."""
         services = self._registry.services
         vs = self._vs_index.lookup(svc.host, svc.shape.namespace)
+        entries: list[routes.OwnedRoute] | None = None
+        delegates: tuple = ()
+        problems: list[ConfigError] = []
+        if vs is not None and any(h.delegate is not None for h in vs.spec.http):
+            flat, found, used = delegate.flatten(vs, self._delegate)
+            entries = [routes.OwnedRoute(v, f, h) for v, f, h in flat]
+            delegates = tuple(used)
+            problems = [ConfigError(vs.source, str(vs.key), f, m, "warning") for f, m in found]
         dests: routes.Destinations = {}
         if vs is not None:
-            for h in routes.destination_hosts(vs):
+            for h in routes.destination_hosts(vs, entries):
                 d = services.get(h)
                 dests[h] = (d.shape, self._policy(h, d.shape.namespace)) if d else (None, None)
-        inputs = (svc.shape, vs, *(x for pair in dests.values() for x in pair))
+        inputs = (svc.shape, vs, *delegates, *(x for pair in dests.values() for x in pair))
         if old is not None and _same(old[0], inputs):
             return old
         http_ports = [p for p in svc.shape.ports if is_http(p.protocol)]
-        return inputs, [routes.virtual_host_part(svc.shape, port, vs, dests) for port in http_ports]
+        parts = [routes.virtual_host_part(svc.shape, port, vs, dests, entries, problems) for port in http_ports]
+        return inputs, parts, frozenset(dests)
+
+    def _delegate(self, namespace: str, name: str) -> VirtualService | None:
+        return self._world.get(VirtualService, namespace, name) if self._world is not None else None
 
     def _virtual_service_errors(self) -> list[ConfigError]:
         services = self._registry.services
         errors = []
         for vs, hosts in self._mesh_vs.values():
+            if vs.spec.exportTo and "*" not in vs.spec.exportTo:
+                errors.append(ConfigError(vs.source, str(vs.key), "spec.exportTo", "not supported yet for "
+                                          "VirtualServices: it applies to every namespace", "warning"))
             for i, host in enumerate(hosts):
                 if host in services or (host.startswith("*") and any(host_matches(host, s) for s in services)):
                     continue
@@ -297,20 +398,30 @@ class Translator:
                                               f"{chosen.key if chosen else '?'} routes it", "warning"))
         return errors
 
-    def _routes_for(self, namespace: str) -> api.Layer:
-        state = self._ns_routes.get(namespace)
+    def _routes_for(self, proxy: Proxy) -> api.Layer:
+        """The route configs of ``proxy``: per namespace, and per set of source conditions
+        (sourceLabels/sourceNamespace of VirtualService matches) the proxy satisfies, when
+        the mesh has any."""
+        namespace = proxy.namespace
+        satisfied: frozenset[routes.SourceCondition] = frozenset()
+        if self._source_conditions:
+            workload = self._index.workload_at(namespace, proxy.ip)
+            labels = listeners.workload_labels(workload, proxy.labels)
+            satisfied = frozenset(c for c in self._source_conditions if c.holds(labels, namespace))
+        view = (namespace, satisfied)
+        state = self._ns_routes.get(view)
         if state is not None and state.table is self._route_table:
             return state.layer
         configs: dict[int, tuple[tuple[bytes, ...], Message]] = {}
         for number, row in self._route_table.items():
-            encoded = tuple(part.encoded(part.shape.namespace == namespace) for part in row)
+            encoded = tuple(part.encoded(part.shape.namespace == namespace, satisfied) for part in row)
             old = state.configs.get(number) if state is not None else None
             if old is not None and _same(old[0], encoded):
                 configs[number] = old
                 continue
             colliding = self._route_collisions.get(number)
             if colliding:
-                config = routes.route_configuration_deduplicated(number, row, namespace, colliding)
+                config = routes.route_configuration_deduplicated(number, row, namespace, colliding, satisfied)
             else:
                 config = routes.route_configuration(number, encoded)
             configs[number] = (encoded, config)
@@ -319,8 +430,9 @@ class Translator:
         ):
             layer = state.layer
         else:
-            layer = _layer(("routes", namespace), ((str(n), rc) for n, (_, rc) in configs.items()))
-        self._ns_routes[namespace] = _NamespaceRoutes(self._route_table, configs, layer)
+            layer = _layer(("routes", namespace) if not satisfied else ("routes", namespace, satisfied),
+                           ((str(n), rc) for n, (_, rc) in configs.items()))
+        self._ns_routes[view] = _NamespaceRoutes(self._route_table, configs, layer)
         return layer
 
     # ------------------------------------------------------------ listeners

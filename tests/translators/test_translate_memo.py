@@ -141,3 +141,76 @@ def test_workload_change_rebuilds_inbound_only_for_its_namespace() -> None:
     assert address.socket_address.address == "127.0.0.3"
     assert after[api.ROUTE][0].resources is before[api.ROUTE][0].resources
     assert _layer(after, api.CLUSTER, ("clusters", "outbound")) is _layer(before, api.CLUSTER, ("clusters", "outbound"))
+
+
+# ---------------------------------------------------------------- narrowing and views
+
+
+def _resources(layers: list[api.Layer]) -> dict[str, object]:
+    return {name: msg for layer in layers for name, msg in layer.resources.items()}
+
+
+def test_destination_rule_change_rebuilds_only_the_hosts_it_names() -> None:
+    t, world, proxy = _setup("dr_lookup_order")
+    before = _resources(t.for_proxy(proxy)[api.CLUSTER])
+    from translators.model import DestinationRule
+
+    dr = world.get(DestinationRule, "client", "ratings-for-client")
+    assert dr is not None
+    tp = dr.spec.trafficPolicy.model_copy(update={"loadBalancer": None})  # type: ignore[union-attr]
+    t.update(_evolve(world, dr.model_copy(update={"spec": dr.spec.model_copy(update={"trafficPolicy": tp})})))
+    after = _resources(t.for_proxy(proxy)[api.CLUSTER])
+    ratings = "outbound|9080||ratings.shop.svc.cluster.local"
+    assert after[ratings] is not before[ratings]
+    assert after[ratings].lb_policy != before[ratings].lb_policy  # type: ignore[attr-defined]
+    for name in before.keys() - {ratings}:
+        assert after[name] is before[name], name  # not translated again
+
+
+def test_client_namespace_rules_make_a_view_per_namespace() -> None:
+    t, _, proxy = _setup("dr_lookup_order")
+    client = _resources(t.for_proxy(proxy)[api.CLUSTER])
+    shop = _resources(t.for_proxy(Proxy(id="s", ip="10.0.0.7", namespace="shop"))[api.CLUSTER])
+    elsewhere = _resources(t.for_proxy(Proxy(id="e", ip="10.0.0.8", namespace="elsewhere"))[api.CLUSTER])
+    ratings = "outbound|9080||ratings.shop.svc.cluster.local"
+    details = "outbound|9080||details.shop.svc.cluster.local"
+    from envoy.config.cluster.v3.cluster_pb2 import Cluster
+
+    assert client[ratings].lb_policy == Cluster.RANDOM  # type: ignore[attr-defined]  # the client's own rule
+    assert shop[ratings].lb_policy == Cluster.ROUND_ROBIN  # type: ignore[attr-defined]  # the service's rule
+    assert shop[details].lb_policy == Cluster.ROUND_ROBIN  # type: ignore[attr-defined]  # exported to "." only
+    assert elsewhere[details].lb_policy == Cluster.LEAST_REQUEST  # type: ignore[attr-defined]  # root's rule instead
+    assert elsewhere[details].circuit_breakers.thresholds[0].max_connections.value == 100  # type: ignore[attr-defined]
+    # Two namespaces with no rules of their own share one view.
+    other = t.for_proxy(Proxy(id="o", ip="10.0.0.9", namespace="yet-another"))[api.CLUSTER]
+    assert [layer.resources for layer in other] == [layer.resources for layer in t.for_proxy(
+        Proxy(id="e", ip="10.0.0.8", namespace="elsewhere"))[api.CLUSTER]]
+
+
+def test_delegate_change_reaches_the_root_host() -> None:
+    t, world, proxy = _setup("vs_delegate")
+    before = _resources(t.for_proxy(proxy)[api.ROUTE])["8000"]
+    leaf = world.get(VirtualService, "shop", "reviews-routes")
+    assert leaf is not None
+    spec = leaf.spec.model_copy(update={"http": leaf.spec.http[2:]})  # only the catch-all "all" is left
+    t.update(_evolve(world, leaf.model_copy(update={"spec": spec})))
+    after = _resources(t.for_proxy(proxy)[api.ROUTE])["8000"]
+    names = [r.name for vh in after.virtual_hosts for r in vh.routes]  # type: ignore[attr-defined]
+    assert "reviews-v2" not in names and "reviews-all" in names
+    assert before is not after
+
+
+def test_source_conditions_give_proxies_their_own_routes_and_share_the_rest() -> None:
+    t, _, proxy = _setup("vs_source_match")
+
+    def routes_of(p: Proxy) -> list[str]:
+        (rc,) = _resources(t.for_proxy(p)[api.ROUTE]).values()
+        return [r.name for vh in rc.virtual_hosts for r in vh.routes]  # type: ignore[attr-defined]
+
+    assert routes_of(proxy) == ["from-productpage", "everyone-else"]
+    other_ns = Proxy(id="x", ip="10.0.0.5", namespace="other")
+    assert "from-other-namespace" in routes_of(other_ns)
+    plain = Proxy(id="y", ip="10.0.0.6", namespace="default", labels={"app": "reviews"})
+    plain2 = Proxy(id="z", ip="10.0.0.7", namespace="default", labels={"app": "details"})
+    assert routes_of(plain) == ["everyone-else"]
+    assert t.for_proxy(plain)[api.ROUTE][0] is t.for_proxy(plain2)[api.ROUTE][0]  # one shared layer
