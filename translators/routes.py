@@ -165,7 +165,7 @@ def virtual_host_part(
 #: Istio's default retry policy sits once on each virtual host instead of on each of its
 #: routes (Envoy applies a virtual host's policy to routes without their own): the same
 #: behaviour in about half the bytes of a mesh's route configs.
-DEFAULT_RETRIES = retry_policy(None)
+DEFAULT_RETRIES: rc.RetryPolicy = retry_policy(None)  # type: ignore[assignment]  # never None without a policy
 _DEFAULT_BYTES = DEFAULT_RETRIES.SerializeToString(deterministic=True)
 _NO_RETRIES = rc.RetryPolicy(num_retries=wrappers_pb2.UInt32Value(value=0))
 

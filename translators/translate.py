@@ -51,7 +51,7 @@ def _layer(key: object, parts: Iterable[tuple[str, Message]]) -> api.Layer:
 
 @dataclass(eq=False)
 class _NamespaceRoutes:
-    table: dict[int, tuple[routes.VirtualHostPart, ...]]
+    epoch: int  # Translator._routes_epoch it was built at
     configs: dict[int, tuple[tuple[bytes, ...], Message]]  # port -> (encoded virtual hosts, RouteConfiguration)
     layer: api.Layer
 
@@ -94,6 +94,10 @@ class Translator:
         self._delegating: dict[ResourceKey, tuple[str, ...]] = {}  # roots with delegates -> their hosts
         self._route_table: dict[int, tuple[routes.VirtualHostPart, ...]] = {}
         self._route_collisions: dict[int, frozenset[str]] = {}
+        self._routes_epoch = 0  # bumped when the route table or the exportTo overrides change
+        self._vs_restricted: dict[str, list[tuple[VirtualService, tuple[str, ...]]]] = {}
+        self._vs_overrides: dict[tuple[str, str], tuple[tuple, list[routes.VirtualHostPart], frozenset[str]]] = {}
+        self._overrides_by_ns: dict[str, dict[tuple[str, int], routes.VirtualHostPart]] = {}
         self._ns_routes: dict[tuple, _NamespaceRoutes] = {}  # (namespace, satisfied source conditions)
         self._port_table: dict[int, listeners.OutboundPort] = {}
         self._proxies: dict[tuple, _ProxyState] = {}
@@ -308,9 +312,19 @@ class Translator:
             names = {(h.delegate.namespace or key.namespace, h.delegate.name) for h in vs.spec.http if h.delegate}
             if any((k.namespace, k.name) in names for k in changed):
                 touched.update(hosts)
-        self._vs_index = HostIndex(
-            (h, key.namespace, vs) for key, (vs, hosts) in self._mesh_vs.items() for h in hosts
-        )
+        # Visible everywhere: the generic choice. Restricted by exportTo: per client namespace,
+        # ahead of the public ones, its own namespace's first (istiod's order).
+        public = [(key, vs, hosts) for key, (vs, hosts) in self._mesh_vs.items() if _public(vs.spec.exportTo)]
+        self._vs_index = HostIndex((h, key.namespace, vs) for key, vs, hosts in public for h in hosts)
+        restricted: dict[str, list[tuple[VirtualService, tuple[str, ...]]]] = {}
+        for key, (vs, hosts) in self._mesh_vs.items():
+            if _public(vs.spec.exportTo):
+                continue
+            for ns in _export_namespaces(vs.spec.exportTo, key.namespace):
+                restricted.setdefault(ns, []).append((vs, hosts))
+        for ns, entries in restricted.items():
+            entries.sort(key=lambda e: e[0].metadata.namespace != ns)  # stable: then namespace/name
+        self._vs_restricted = restricted
         return touched
 
     def _rebuild_route_table(self, everything: bool, touched: set[str], rule_hosts: set[str]) -> None:
@@ -344,17 +358,21 @@ class Translator:
                 for n, row in new_table.items()
             }
             self._route_table = new_table
+            self._routes_epoch += 1
         errors = self._virtual_service_errors()
         errors += [e for _, parts, _ in host_parts.values() for part in parts for e in part.errors]
+        self._rebuild_route_overrides()
+        errors += [e for _, parts, _ in self._vs_overrides.values() for part in parts for e in part.errors]
         conditions = {c for _, parts, _ in host_parts.values() for part in parts for c in part.distinct_conditions()}
         self._source_conditions = tuple(sorted(conditions, key=repr))
         self._stage_errors["virtual-services"] = errors
 
-    def _host_part(self, svc, old):  # type: ignore[no-untyped-def]
-        """(inputs, parts, destination hosts) of one host: its VirtualService (with its
-        delegates merged in) and the services and rules its destinations name."""
+    def _host_part(self, svc, old, chosen=None):  # type: ignore[no-untyped-def]
+        """(inputs, parts, destination hosts) of one host: its VirtualService (the generic
+        choice, or ``chosen``) with its delegates merged in, and the services and rules its
+        destinations name."""
         services = self._registry.services
-        vs = self._vs_index.lookup(svc.host, svc.shape.namespace)
+        vs = chosen if chosen is not None else self._vs_index.lookup(svc.host, svc.shape.namespace)
         entries: list[routes.OwnedRoute] | None = None
         delegates: tuple = ()
         problems: list[ConfigError] = []
@@ -375,6 +393,31 @@ class Translator:
         parts = [routes.virtual_host_part(svc.shape, port, vs, dests, entries, problems) for port in http_ports]
         return inputs, parts, frozenset(dests)
 
+    def _rebuild_route_overrides(self) -> None:
+        """Virtual host parts of the hosts a VirtualService with a restricted exportTo routes,
+        as the namespaces it is exported to see them."""
+        services = self._registry.services
+        overrides: dict[tuple[str, str], tuple[tuple, list[routes.VirtualHostPart], frozenset[str]]] = {}
+        for ns, entries in self._vs_restricted.items():
+            for vs, patterns in entries:
+                for pattern in patterns:
+                    hosts = [pattern] if not pattern.startswith("*") else [h for h in services if host_matches(pattern, h)]
+                    for host in hosts:
+                        svc = services.get(host)
+                        if svc is None or (ns, host) in overrides:
+                            continue  # not a service, or an earlier VirtualService claimed it for ns
+                        overrides[(ns, host)] = self._host_part(svc, self._vs_overrides.get((ns, host)), vs)
+        if overrides.keys() != self._vs_overrides.keys() or any(
+            overrides[k] is not self._vs_overrides[k] for k in overrides
+        ):
+            self._routes_epoch += 1
+        self._vs_overrides = overrides
+        by_ns: dict[str, dict[tuple[str, int], routes.VirtualHostPart]] = {}
+        for (ns, host), (_, parts, _) in overrides.items():
+            for part in parts:
+                by_ns.setdefault(ns, {})[(host, part.port.number)] = part
+        self._overrides_by_ns = by_ns
+
     def _delegate(self, namespace: str, name: str) -> VirtualService | None:
         return self._world.get(VirtualService, namespace, name) if self._world is not None else None
 
@@ -382,9 +425,6 @@ class Translator:
         services = self._registry.services
         errors = []
         for vs, hosts in self._mesh_vs.values():
-            if vs.spec.exportTo and "*" not in vs.spec.exportTo:
-                errors.append(ConfigError(vs.source, str(vs.key), "spec.exportTo", "not supported yet for "
-                                          "VirtualServices: it applies to every namespace", "warning"))
             for i, host in enumerate(hosts):
                 if host in services or (host.startswith("*") and any(host_matches(host, s) for s in services)):
                     continue
@@ -410,10 +450,13 @@ class Translator:
             satisfied = frozenset(c for c in self._source_conditions if c.holds(labels, namespace))
         view = (namespace, satisfied)
         state = self._ns_routes.get(view)
-        if state is not None and state.table is self._route_table:
+        if state is not None and state.epoch == self._routes_epoch:
             return state.layer
         configs: dict[int, tuple[tuple[bytes, ...], Message]] = {}
+        overrides = self._overrides_by_ns.get(namespace)
         for number, row in self._route_table.items():
+            if overrides:
+                row = tuple(overrides.get((part.shape.host, number), part) for part in row)
             encoded = tuple(part.encoded(part.shape.namespace == namespace, satisfied) for part in row)
             old = state.configs.get(number) if state is not None else None
             if old is not None and _same(old[0], encoded):
@@ -432,7 +475,7 @@ class Translator:
         else:
             layer = _layer(("routes", namespace) if not satisfied else ("routes", namespace, satisfied),
                            ((str(n), rc) for n, (_, rc) in configs.items()))
-        self._ns_routes[view] = _NamespaceRoutes(self._route_table, configs, layer)
+        self._ns_routes[view] = _NamespaceRoutes(self._routes_epoch, configs, layer)
         return layer
 
     # ------------------------------------------------------------ listeners
@@ -497,6 +540,15 @@ class Translator:
             inbound_clusters=_layer(("clusters-inbound", proxy.key), inbound_clusters),
             errors=tuple(errors),
         )
+
+
+def _public(export_to: list[str]) -> bool:
+    return not export_to or "*" in export_to
+
+
+def _export_namespaces(export_to: list[str], own: str) -> list[str]:
+    """The namespaces a restricted exportTo names ("." is the resource's own; "~" none)."""
+    return sorted({own if e == "." else e for e in export_to if e != "~"})
 
 
 def _parts_changed(old: dict, new: dict) -> bool:

@@ -214,3 +214,22 @@ def test_source_conditions_give_proxies_their_own_routes_and_share_the_rest() ->
     plain2 = Proxy(id="z", ip="10.0.0.7", namespace="default", labels={"app": "details"})
     assert routes_of(plain) == ["everyone-else"]
     assert t.for_proxy(plain)[api.ROUTE][0] is t.for_proxy(plain2)[api.ROUTE][0]  # one shared layer
+
+
+def test_virtual_service_export_to_gives_namespaces_their_own_view() -> None:
+    t, world, proxy = _setup("vs_export_to")
+
+    def routes_of(ns: str) -> dict[str, list[str]]:
+        (rc,) = _resources(t.for_proxy(Proxy(id=ns, ip="10.0.0.9", namespace=ns))[api.ROUTE]).values()
+        return {vh.name.split(".")[0]: [r.name for r in vh.routes] for vh in rc.virtual_hosts}  # type: ignore[attr-defined]
+
+    assert routes_of("team-a") == {"details": ["exported-to-a"], "ratings": ["team-a-private"], "reviews": ["default"]}
+    assert routes_of("team-b") == {"details": ["exported-to-a"], "ratings": ["public"], "reviews": ["default"]}
+    assert routes_of("shop") == {"details": ["default"], "ratings": ["public"], "reviews": ["default"]}
+    assert t.for_proxy(Proxy(id="c", ip="10.0.0.9", namespace="team-c"))[api.ROUTE][0].resources["9080"] \
+        is not t.for_proxy(Proxy(id="a", ip="10.0.0.9", namespace="team-a"))[api.ROUTE][0].resources["9080"]
+    # Dropping the private VirtualService brings team-a back to the public one.
+    resources = dict(world.resources)
+    del resources[world.get(VirtualService, "team-a", "ratings-team-a").key]  # type: ignore[union-attr]
+    t.update(world.evolve(MappingProxyType(resources)))
+    assert routes_of("team-a")["ratings"] == ["public"]
