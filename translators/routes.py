@@ -145,16 +145,23 @@ def virtual_host_part(
     errors: list[ConfigError] = list(problems)
     out: list[tuple[rc.Route, SourceCondition | None]] = []
     catch_all: str | None = None
+    seen: dict[tuple[bytes, SourceCondition | None], str] = {}
     for entry in entries:
         if catch_all is not None:
             errors.append(entry.error("", f"unreachable: {catch_all} before it matches every request", "warning"))
             continue
-        built = _http_routes(entry, port, dests, errors)
-        out.extend(built)
-        for r, cond in built:
+        for r, cond, where in _http_routes(entry, port, dests, errors):
+            if catch_all is not None:
+                errors.append(entry.error(where, f"unreachable: {catch_all} before it matches every request", "warning"))
+                continue
+            key = (r.match.SerializeToString(deterministic=True), cond)
+            if key in seen:
+                errors.append(entry.error(where, f"unreachable: {seen[key]} has the same match", "warning"))
+                continue
+            seen[key] = f"{entry.field}{where}"
+            out.append((r, cond))
             if cond is None and is_catch_all(r.match):
-                catch_all = f"{entry.field}" + (f" ({r.name})" if r.name else "")
-                break
+                catch_all = f"{entry.field}{where}"
     if not out:
         # Istio: a VirtualService with no route for this port leaves the host unrouted here.
         errors.append(ConfigError(vs.source, str(vs.key), "spec.http", f"no route applies to port {port.number} "
@@ -196,7 +203,8 @@ class OwnedRoute:
 
 def _http_routes(
     entry: OwnedRoute, port: MeshPort, dests: Destinations, errors: list[ConfigError]
-) -> list[tuple[rc.Route, SourceCondition | None]]:
+) -> list[tuple[rc.Route, SourceCondition | None, str]]:
+    """(route, who gets it, the match's field under the entry) per match for this port."""
     vs, http = entry.vs, entry.http
     base_name = http.name or f"{vs.metadata.namespace}/{vs.metadata.name}.{entry.field.removeprefix('spec.')}"
     out = []
@@ -211,8 +219,9 @@ def _http_routes(
         route = rc.Route(name=name, match=route_match(m))
         if m is not None and m.statPrefix:
             route.stat_prefix = m.statPrefix
-        _apply_http(route, entry, port, dests, errors, f".match[{j}]" if m is not None else "")
-        out.append((route, cond))
+        where = f".match[{j}]" if m is not None else ""
+        _apply_http(route, entry, port, dests, errors, where)
+        out.append((route, cond, where))
     return out
 
 
