@@ -111,9 +111,13 @@ def _check(policy: TrafficPolicy | None, field: str, warn) -> None:  # type: ign
     """Warnings for the parts of a TrafficPolicy that are accepted but not (fully) applied."""
     if policy is None:
         return
-    parts = [(field, policy.loadBalancer, policy.tls)]
-    parts += [(f"{field}.portLevelSettings[{i}]", p.loadBalancer, p.tls) for i, p in enumerate(policy.portLevelSettings)]
-    for where, lb, tls in parts:
+    parts = [(field, policy.loadBalancer, policy.tls, policy.outlierDetection)]
+    parts += [(f"{field}.portLevelSettings[{i}]", p.loadBalancer, p.tls, p.outlierDetection)
+              for i, p in enumerate(policy.portLevelSettings)]
+    for where, lb, tls, od in parts:
+        if od is not None and od.consecutiveErrors is not None:
+            warn(f"{where}.outlierDetection.consecutiveErrors", "deprecated and ignored (as by istiod); "
+                 "use consecutive5xxErrors or consecutiveGatewayErrors")
         if lb is not None:
             if lb.simple == "PASSTHROUGH":
                 warn(f"{where}.loadBalancer.simple", "PASSTHROUGH needs traffic capture (original destination); "
@@ -198,3 +202,30 @@ class RuleIndex:
 
     def all_matching(self, host: str) -> list[DestinationPolicy]:
         return self._all.all_matching(host)
+
+
+def merge_policies(group: list[DestinationPolicy]) -> DestinationPolicy:
+    """Several DestinationRules for one host in one namespace, merged as istiod merges them:
+    the first traffic policy set wins, subsets are added up (a repeated name keeps the
+    first), and each later rule is told what of it was used."""
+    first = group[0]
+    traffic_policy = first.traffic_policy
+    subsets = list(first.subsets)
+    errors = list(first.errors)
+    for p in group[1:]:
+        dr = p.resource
+        errors += p.errors
+        if p.traffic_policy is not None:
+            if traffic_policy is None:
+                traffic_policy = p.traffic_policy
+            else:
+                errors.append(ConfigError(dr.source, str(dr.key), "spec.trafficPolicy", f"ignored: merged with "
+                                          f"{first.resource.key}, whose trafficPolicy comes first", "warning"))
+        names = {s.name for s in subsets}
+        for i, s in enumerate(p.subsets):
+            if s.name in names:
+                errors.append(ConfigError(dr.source, str(dr.key), f"spec.subsets[{i}]", f"ignored: subset "
+                                          f"{s.name!r} is already defined for host {p.host}", "warning"))
+            else:
+                subsets.append(s)
+    return DestinationPolicy(first.resource, first.host, traffic_policy, tuple(subsets), tuple(errors))

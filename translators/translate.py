@@ -36,7 +36,14 @@ from translators.model.names import BLACKHOLE, host_matches, is_http, resolve_ho
 from translators.model.registry import KINDS as REGISTRY_KINDS
 from translators.model.registry import Registry
 from translators.model.world import Proxy, World
-from translators.policies import ROOT_NAMESPACE, DestinationPolicy, HostIndex, RuleIndex, destination_policy
+from translators.policies import (
+    ROOT_NAMESPACE,
+    DestinationPolicy,
+    HostIndex,
+    RuleIndex,
+    destination_policy,
+    merge_policies,
+)
 
 #: Per-proxy results not asked for during this many updates are forgotten.
 PROXY_MEMO_UPDATES = 8
@@ -83,6 +90,8 @@ class Translator:
         self._split: dict[str, dict[str, DestinationPolicy | None]] = {}  # host -> namespace -> rule
         self._split_layers: dict[tuple, tuple[api.Layer, api.Layer]] = {}
         self._split_parts: dict[tuple[str, int], tuple[tuple, tuple]] = {}
+        self._merge_memo: dict[tuple[int, ...], tuple[tuple[DestinationPolicy, ...], DestinationPolicy]] = {}
+        self._merged_into: dict[ResourceKey, DestinationPolicy] = {}
         self._cluster_parts: dict[str, tuple[tuple, list[tuple[str, Message]]]] = {}
         self._endpoint_parts: dict[str, tuple[tuple, list[tuple[str, Message]]]] = {}
         self._clusters = _layer(("clusters", "outbound"), [(BLACKHOLE, clusters.blackhole())])
@@ -188,7 +197,7 @@ class Translator:
             policies[dr.key] = old if old is not None and old.resource is dr else destination_policy(dr)
         patterns |= {policies[k].host for k in changed if k in policies}
         self._policies = policies
-        self._rules = RuleIndex(policies.values(), self._root_namespace)
+        self._rules = RuleIndex(self._merged(policies), self._root_namespace)
         exact = {h for h in patterns if not h.startswith("*")}
         wild = [h for h in patterns if h.startswith("*")]
         services = self._registry.services
@@ -196,6 +205,27 @@ class Translator:
         if wild:
             hosts |= {h for h in services if any(host_matches(w, h) for w in wild)}
         return hosts
+
+    def _merged(self, policies: dict[ResourceKey, DestinationPolicy]) -> list[DestinationPolicy]:
+        """One policy per (namespace, host, exportTo): rules sharing them are merged (memoized
+        on the identity of the group, so an unrelated change keeps the merged object)."""
+        groups: dict[tuple, list[DestinationPolicy]] = {}
+        for key, p in policies.items():
+            groups.setdefault((key.namespace, p.host, tuple(sorted(p.resource.spec.exportTo))), []).append(p)
+        out, memo, into = [], {}, {}
+        for group in groups.values():
+            if len(group) == 1:
+                out.append(group[0])
+                continue
+            ids = tuple(id(p) for p in group)
+            merged = self._merge_memo.get(ids)
+            if merged is None or any(a is not b for a, b in zip(merged[0], group, strict=True)):
+                merged = (tuple(group), merge_policies(group))
+            memo[ids] = merged
+            out.append(merged[1])
+            into.update({p.resource.key: merged[1] for p in group})
+        self._merge_memo, self._merged_into = memo, into
+        return out
 
     def _policy(self, host: str, namespace: str) -> DestinationPolicy | None:
         """The rule most proxies see for ``host`` (a service in ``namespace``)."""
@@ -240,9 +270,10 @@ class Translator:
 
         used = {id(inputs[-1]) for inputs, _ in cluster_parts.values()}
         used |= {id(p) for seen in split.values() for p in seen.values()}
-        errors = [e for p in self._policies.values() for e in p.errors]
+        errors = [e for p in self._policies.values() if p.resource.key not in self._merged_into for e in p.errors]
+        errors += [e for p in {id(m): m for m in self._merged_into.values()}.values() for e in p.errors]
         for p in self._policies.values():
-            if id(p) not in used:
+            if id(p) not in used and id(self._merged_into.get(p.resource.key)) not in used:
                 dr = p.resource
                 errors.append(ConfigError(dr.source, str(dr.key), "spec.host", f"no service uses this rule: host "
                                           f"{p.host} is not in the registry, another DestinationRule takes "
