@@ -43,11 +43,12 @@ from translators.model.registry import MeshService
 APP_ADDRESS_ANNOTATION = "sidecar.meshpilot.io/app-address"
 
 
-#: The HTTP filters of every HTTP listener, in Istio's order: CORS and fault injection
-#: stay inert until a route's typed_per_filter_config turns them on.
+#: The HTTP filters of every HTTP listener, in Istio's order: fault injection and CORS
+#: stay inert until a route's typed_per_filter_config turns them on. Fault comes first, so
+#: an injected abort or delay hits CORS preflights too, as it does under istiod.
 _HTTP_FILTERS = (
-    hcm.HttpFilter(name=cors.FILTER, typed_config=to_any(cors.filter_config())),
     hcm.HttpFilter(name=fault.FILTER, typed_config=to_any(fault.filter_config())),
+    hcm.HttpFilter(name=cors.FILTER, typed_config=to_any(cors.filter_config())),
     hcm.HttpFilter(name="envoy.filters.http.router", typed_config=to_any(router_pb2.Router())),
 )
 

@@ -121,7 +121,7 @@ class VirtualHostPart:
             names += [f"{s.name}.{s.namespace}.svc", f"{s.name}.{s.namespace}"]
             if local:
                 names.append(s.name)
-        return [d for n in names for d in (n, f"{n}:{self.port.number}")]
+        return names  # no host:port forms: the route config ignores the port in Host (as istiod's)
 
 
 def default_route(shape: ServiceShape, port: MeshPort) -> rc.Route:
@@ -337,12 +337,27 @@ def colliding_domains(row: Sequence[VirtualHostPart]) -> frozenset[str]:
         s = part.shape
         if s.kubernetes:
             colliding.update(n for n in (f"{s.name}.{s.namespace}.svc", f"{s.name}.{s.namespace}", s.name) if n in hosts)
-    port = row[0].port.number if row else 0
-    return frozenset(d for n in colliding for d in (n, f"{n}:{port}"))
+    return frozenset(colliding)
+
+
+#: As istiod's sidecar route configs: 1 MiB direct-response bodies, clusters not
+#: validated (a route to a cluster not there yet answers 503, not a rejected config),
+#: and ``Host: reviews:9080`` matching domain ``reviews``.
+_CONFIG_DEFAULTS = route_pb2.RouteConfiguration(
+    validate_clusters=wrappers_pb2.BoolValue(value=False),
+    max_direct_response_body_size_bytes=wrappers_pb2.UInt32Value(value=1024 * 1024),
+    ignore_port_in_host_matching=True,
+)
+
+
+def _config(port: int) -> route_pb2.RouteConfiguration:
+    out = route_pb2.RouteConfiguration(name=str(port))
+    out.MergeFrom(_CONFIG_DEFAULTS)
+    return out
 
 
 def route_configuration(port: int, encoded: Sequence[bytes]) -> route_pb2.RouteConfiguration:
-    out = route_pb2.RouteConfiguration(name=str(port))
+    out = _config(port)
     out.MergeFromString(b"".join(encoded))
     return out
 
@@ -353,11 +368,11 @@ def route_configuration_deduplicated(
 ) -> route_pb2.RouteConfiguration:
     """Envoy rejects a RouteConfiguration where two virtual hosts share a domain: the full
     host keeps it, the short form is dropped."""
-    vhosts = []
+    out = _config(port)
     for part in row:
         vh = part.virtual_host(part.shape.namespace == namespace, satisfied)
-        domains = vh.domains[:2] + [d for d in vh.domains[2:] if d not in colliding]
+        domains = vh.domains[:1] + [d for d in vh.domains[1:] if d not in colliding]
         if len(domains) != len(vh.domains):
             vh = rc.VirtualHost(name=vh.name, domains=domains, routes=vh.routes, retry_policy=vh.retry_policy)
-        vhosts.append(vh)
-    return route_pb2.RouteConfiguration(name=str(port), virtual_hosts=vhosts)
+        out.virtual_hosts.append(vh)
+    return out

@@ -7,8 +7,10 @@
     {"service": "reviews", "version": "v1", "pod": "reviews-v1", "path": "/hello", ...}
 
 Query parameters make it misbehave on purpose: ``?status=503`` answers with that
-status, ``?delay_ms=500`` answers late. Standard library only; also importable
-(``EchoServer``) so tests can run it in-process and count requests.
+status, ``?delay_ms=500`` answers late, ``?header=x-name:value`` (repeatable) adds a
+response header. Standard library only; also importable (``EchoServer``) so tests can
+run it in-process, count requests and script the next answers (``fail_next(1)``: the
+next request gets a 503, the one after is normal again).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -36,10 +39,14 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = parse_qs(url.query)
         echo = self.server.echo
-        echo.record(self)
-        if "delay_ms" in query:
-            time.sleep(int(query["delay_ms"][0]) / 1000)
-        status = int(query["status"][0]) if "status" in query else 200
+        step = echo.record(self)  # a scripted answer wins over the query's
+        delay_ms = step.get("delay_ms", int(query["delay_ms"][0]) if "delay_ms" in query else 0)
+        if delay_ms:
+            time.sleep(delay_ms / 1000)
+        status = step.get("status", int(query["status"][0]) if "status" in query else 200)
+        values: dict[str, list[str]] = {}
+        for k, v in self.headers.items():
+            values.setdefault(k.lower(), []).append(v)
         body: dict[str, Any] = {
             **echo.identity,
             "path": self.path,
@@ -48,17 +55,21 @@ class _Handler(BaseHTTPRequestHandler):
             "listener": "{}:{}".format(*self.server.server_address[:2]),
             "client": self.client_address[0],
             "headers": {k.lower(): v for k, v in self.headers.items()},
+            "header_values": values,  # every value of a repeated header, in order
         }
         data = (json.dumps(body) + "\n").encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
         self.send_header("x-echo-pod", echo.identity["pod"])
+        for spec in query.get("header", []):
+            name, _, value = spec.partition(":")
+            self.send_header(name.strip(), value.strip())
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _answer
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _answer
 
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.echo.verbose:
@@ -69,6 +80,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     echo: EchoServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A proxy that gave up on a slow answer (a timeout) closed the connection: not an error.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class EchoServer:
@@ -88,19 +105,38 @@ class EchoServer:
         self.verbose = verbose
         self.requests = 0
         self.paths: list[str] = []
+        # method, path, host and headers of the latest requests (bounded: the demo runs for long)
+        self.seen: deque[dict[str, Any]] = deque(maxlen=10_000)
+        self._script: deque[dict[str, int]] = deque()
         self._lock = threading.Lock()
         self._servers: list[_Server] = []
         self._threads: list[threading.Thread] = []
 
-    def record(self, handler: BaseHTTPRequestHandler) -> None:
+    def record(self, handler: BaseHTTPRequestHandler) -> dict[str, int]:
+        """Count a request; returns the scripted answer for it ({} when none is queued)."""
         with self._lock:
             self.requests += 1
             self.paths.append(handler.path)
+            self.seen.append({"method": handler.command, "path": handler.path,
+                              "host": handler.headers.get("host", ""),
+                              "headers": {k.lower(): v for k, v in handler.headers.items()}})
+            return self._script.popleft() if self._script else {}
+
+    def script(self, *steps: dict[str, int]) -> None:
+        """The next requests' answers, one step each: ``{"status": 503}``, ``{"delay_ms": 2000}``
+        or both; after the last step, requests are answered normally again."""
+        with self._lock:
+            self._script.extend(dict(s) for s in steps)
+
+    def fail_next(self, n: int = 1, status: int = 503) -> None:
+        self.script(*({"status": status} for _ in range(n)))
 
     def reset(self) -> None:
         with self._lock:
             self.requests = 0
             self.paths.clear()
+            self.seen.clear()
+            self._script.clear()
 
     def start(self) -> EchoServer:
         for host, port in self.listen:

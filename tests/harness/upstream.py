@@ -24,9 +24,11 @@ def _echo_module() -> ModuleType:
 
 
 class UpstreamServer:
-    """Answers like a demo app pod: JSON with service, version, pod, path, host, headers.
+    """Answers like a demo app pod: JSON with service, version, pod, path, method, host, headers.
 
-    ``?status=503`` and ``?delay_ms=200`` in a request make it fail or be slow on purpose.
+    ``?status=503`` and ``?delay_ms=200`` in a request make it fail or be slow on purpose,
+    ``?header=x-name:value`` adds a response header; ``fail_next(n)`` and ``script(...)``
+    decide the next answers from the test's side (to count a proxy's attempts).
     """
 
     def __init__(self, ip: str, port: int = 0, *, service: str = "echo", version: str = "", pod: str = "") -> None:
@@ -60,7 +62,21 @@ class UpstreamServer:
     def paths(self) -> list[str]:
         return list(self._echo.paths)
 
+    @property
+    def seen(self) -> list[dict[str, Any]]:
+        """Each request as it arrived: ``{"method", "path", "host", "headers"}``."""
+        return list(self._echo.seen)
+
+    def fail_next(self, n: int = 1, status: int = 503) -> None:
+        """The next ``n`` requests are answered with ``status``, whatever they ask for."""
+        self._echo.fail_next(n, status)
+
+    def script(self, *steps: dict[str, int]) -> None:
+        """The next requests' answers, one step each: ``{"status": 503}``, ``{"delay_ms": 2000}``."""
+        self._echo.script(*steps)
+
     def reset(self) -> None:
+        """Counters, recorded requests and the script back to empty."""
         self._echo.reset()
 
     def __enter__(self) -> UpstreamServer:
