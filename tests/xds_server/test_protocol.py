@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryResponse, DiscoveryResponse
 from harness import free_port
 
@@ -51,6 +52,12 @@ spec:
   host: {name}
   subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]
 """
+
+
+def policy(name: str, lb: str) -> str:
+    """The subsets of ``subsets(name)`` plus a load-balancer policy: changes every cluster of
+    ``name`` and none of its endpoints."""
+    return subsets(name) + f"  trafficPolicy: {{loadBalancer: {{simple: {lb}}}}}\n"
 
 
 def split(name: str, v1: int) -> str:
@@ -117,9 +124,18 @@ def names(resp: DiscoveryResponse | DeltaDiscoveryResponse) -> list[str]:
             c = Cluster()
             any_.Unpack(c)
             out.append(c.name)
+        elif any_.type_url == ENDPOINT:
+            cla = ClusterLoadAssignment()
+            any_.Unpack(cla)
+            out.append(cla.cluster_name)
         else:
             out.append(any_.type_url)
     return out
+
+
+def payloads(resp: DiscoveryResponse) -> dict[str, bytes]:
+    """SotW resources by name, as bytes."""
+    return dict(zip(names(resp), (a.value for a in resp.resources), strict=True))
 
 
 async def acked(m: Mesh, type_url: str, nonce: str) -> None:
@@ -238,6 +254,51 @@ async def test_sotw_push_order_is_make_before_break(mesh):
     client.cancel()
 
 
+async def test_sotw_updated_eds_clusters_are_followed_by_their_unchanged_assignments(mesh):
+    """Envoy keeps an EDS cluster it updates warming until the cluster's assignment arrives,
+    even unchanged; without it the update waits out initial_fetch_timeout (15 s)."""
+    m, channel = mesh
+    m.apply(service("a", "127.0.50.1"), service("b", "127.0.50.2"), subsets("a"))
+    client = AdsClient(channel)
+    await sotw_subscribe(m, client, CLUSTER)
+    eds = [cluster("a"), cluster("a", subset="v1"), cluster("b")]  # v2 is not asked for
+    before = await sotw_subscribe(m, client, ENDPOINT, eds)
+
+    m.apply(service("a", "127.0.50.1"), service("b", "127.0.50.2"), policy("a", "ROUND_ROBIN"))
+    cds = await client.recv()
+    assert cds.type_url == CLUSTER
+    resp = await client.recv()
+    assert resp.type_url == ENDPOINT and resp.nonce != before.nonce
+    # The assignments of a's updated clusters that Envoy asks for, the very bytes it has; not b's.
+    assert sorted(names(resp)) == sorted([cluster("a"), cluster("a", subset="v1")])
+    assert all(payloads(before)[n] == value for n, value in payloads(resp).items())
+    # The request Envoy sends when it starts warming answers the superseded response: stale.
+    await client.send(type_url=ENDPOINT, version_info=before.version_info, response_nonce=before.nonce,
+                      resource_names=eds)
+    await client.send(type_url=CLUSTER, version_info=cds.version_info, response_nonce=cds.nonce)
+    await client.send(type_url=ENDPOINT, version_info=resp.version_info, response_nonce=resp.nonce,
+                      resource_names=eds)
+    await acked(m, ENDPOINT, resp.nonce)
+    assert await client.silent()
+    # Clusters left alone: no assignment is re-sent.
+    m.apply(service("a", "127.0.50.1"), service("b", "127.0.50.2"), policy("a", "ROUND_ROBIN"), split("a", 50))
+    assert await client.silent()
+    client.cancel()
+
+
+async def test_sotw_clusters_answered_after_endpoints_on_a_new_stream_are_followed_by_every_assignment(mesh):
+    """On a new stream the server cannot know which clusters Envoy held: any may be updated, so warming."""
+    m, channel = mesh
+    client = AdsClient(channel)
+    eds = [cluster("a"), cluster("b")]
+    await sotw_subscribe(m, client, ENDPOINT, eds)
+    await client.send(type_url=CLUSTER)
+    assert (await client.recv()).type_url == CLUSTER
+    resp = await client.recv()
+    assert resp.type_url == ENDPOINT and sorted(names(resp)) == eds
+    client.cancel()
+
+
 async def test_stream_without_node_id_is_refused(mesh):
     _, channel = mesh
     client = AdsClient(channel)
@@ -325,6 +386,50 @@ async def test_delta_nack_is_recorded_and_not_resent(mesh):
     client.cancel()
 
 
+async def test_delta_updated_eds_clusters_are_followed_by_their_unchanged_assignments(mesh):
+    m, channel = mesh
+    m.apply(service("a", "127.0.50.1"), service("b", "127.0.50.2"), subsets("a"))
+    client = AdsClient(channel, delta=True)
+    await delta_subscribe(m, client, CLUSTER)
+    eds = await delta_subscribe(m, client, ENDPOINT, [cluster("a"), cluster("a", subset="v1"), cluster("b")])
+    versions = {r.name: r.version for r in eds.resources}
+
+    m.apply(service("a", "127.0.50.1"), service("b", "127.0.50.2"), policy("a", "ROUND_ROBIN"))
+    cds = await client.recv()
+    assert cds.type_url == CLUSTER
+    assert sorted(names(cds)) == sorted([cluster("a"), cluster("a", subset="v1"), cluster("a", subset="v2")])
+    resp = await client.recv()
+    # Sent although Envoy holds these very versions: its updated clusters wait for them.
+    assert resp.type_url == ENDPOINT and not resp.removed_resources
+    assert {r.name: r.version for r in resp.resources} == {n: versions[n] for n in (cluster("a"), cluster("a", subset="v1"))}
+    await client.send(type_url=CLUSTER, response_nonce=cds.nonce)
+    await client.send(type_url=ENDPOINT, response_nonce=resp.nonce)
+    assert await client.silent()
+    client.cancel()
+
+
+async def test_delta_reconnect_resends_assignments_of_clusters_that_changed_while_away(mesh):
+    """A reconnecting Envoy's endpoint versions all match, but the clusters updated in the
+    meantime warm until their assignments arrive: those are sent, and only those."""
+    m, channel = mesh
+    m.apply(service("a", "127.0.50.1"), service("b", "127.0.50.2"), subsets("a"))
+    client = AdsClient(channel, delta=True)
+    clusters = await delta_subscribe(m, client, CLUSTER)
+    eds = await delta_subscribe(m, client, ENDPOINT, [cluster("a"), cluster("b")])
+    client.cancel()
+    m.apply(service("a", "127.0.50.1"), service("b", "127.0.50.2"), policy("a", "RANDOM"))
+
+    again = AdsClient(channel, delta=True)
+    cds = await delta_subscribe(m, again, CLUSTER,
+                                initial_resource_versions={r.name: r.version for r in clusters.resources})
+    assert sorted(names(cds)) == sorted([cluster("a"), cluster("a", subset="v1"), cluster("a", subset="v2")])
+    await again.send(type_url=ENDPOINT, resource_names_subscribe=[cluster("a"), cluster("b")],
+                     initial_resource_versions={r.name: r.version for r in eds.resources})
+    resp = await again.recv()
+    assert names(resp) == [cluster("a")] and not resp.removed_resources
+    again.cancel()
+
+
 async def test_both_protocols_push_in_order(mesh):
     m, channel = mesh
     m.apply(service("a", "127.0.50.1"), subsets("a"), split("a", 80))
@@ -369,3 +474,34 @@ def test_streams_in_the_same_state_share_one_encoded_response():
     pushed = [s.on_view(m.cache.view(p)) for p, s in zip(proxies, streams, strict=True)]
     assert [[o.type_url for o in out] for out in pushed] == [[ROUTE], [ROUTE]]
     assert pushed[0][0].payload is pushed[1][0].payload
+
+
+def test_streams_in_the_same_state_share_the_assignments_re_sent_for_warming():
+    """The unchanged assignments that follow a cluster update are encoded once too, in both protocols."""
+    from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
+
+    from xds_server.app.node import proxy_from_node
+    from xds_server.xds.protocol import DeltaStream, SharedResponses, SotwStream
+    from xds_server.xds.status import StreamStatus
+
+    m = Mesh()
+    m.apply(service("a", "127.0.50.1"), subsets("a"), split("a", 80))
+    eds = [cluster("a"), cluster("a", subset="v1"), cluster("a", subset="v2")]
+    shared = SharedResponses()
+    proxies = [proxy_from_node(node(f"127.0.61.{i}")) for i in range(1, 5)]
+    streams = [(SotwStream if i < 2 else DeltaStream)(StreamStatus(p.id, "x"), shared) for i, p in enumerate(proxies)]
+    for p, s in zip(proxies, streams, strict=True):
+        if isinstance(s, SotwStream):
+            s.on_request(DiscoveryRequest(type_url=CLUSTER), m.cache.view(p))
+            s.on_request(DiscoveryRequest(type_url=ENDPOINT, resource_names=eds), m.cache.view(p))
+        else:
+            s.on_request(DeltaDiscoveryRequest(type_url=CLUSTER), m.cache.view(p))
+            s.on_request(DeltaDiscoveryRequest(type_url=ENDPOINT, resource_names_subscribe=eds), m.cache.view(p))
+
+    m.apply(service("a", "127.0.50.1"), policy("a", "ROUND_ROBIN"), split("a", 80))
+    pushed = [s.on_view(m.cache.view(p)) for p, s in zip(proxies, streams, strict=True)]
+    assert [[o.type_url for o in out] for out in pushed] == [[CLUSTER, ENDPOINT]] * 4
+    assert all(out[1].count == 3 for out in pushed)
+    assert pushed[0][1].payload is pushed[1][1].payload  # SotW
+    assert pushed[2][1].payload is pushed[3][1].payload  # delta
+    assert pushed[2][0].payload is pushed[3][0].payload

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Protocol
 
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from google.protobuf.message import Message
 
 from translators.api import Layer, ProxyResources
@@ -52,6 +53,14 @@ class Resource:
         self.data = data
         self.message = message
         self.version = hashlib.blake2b(data, digest_size=8).hexdigest()
+
+    @cached_property
+    def eds_name(self) -> str | None:
+        """For an EDS cluster, the ClusterLoadAssignment it asks for; None for anything else."""
+        msg = self.message
+        if not isinstance(msg, Cluster) or msg.WhichOneof("cluster_discovery_type") != "type" or msg.type != Cluster.EDS:
+            return None
+        return msg.eds_cluster_config.service_name or msg.name
 
     @cached_property
     def any_bytes(self) -> bytes:

@@ -12,6 +12,10 @@ testable exactly:
 * LDS and CDS are wildcard; EDS and RDS are named, and a name subscribed before it
   exists is sent when it appears.
 * make-before-break: clusters, endpoints, listeners, routes; removals afterwards.
+* cluster warming: Envoy keeps an EDS cluster it adds *or updates* warming until that
+  cluster's ClusterLoadAssignment arrives, even one it already has (else it waits out
+  initial_fetch_timeout, 15 s). So a response that adds or changes EDS clusters is
+  followed by their assignments, changed or not.
 
 What a client has is tracked as "the view last sent, restricted to what it asked for"
 (``base``) rather than per-name maps, which keeps a thousand streams cheap. Streams in
@@ -148,6 +152,33 @@ class _Stream:
         self.shared = shared or SharedResponses()
         self.types: dict[str, _TypeState] = {}
 
+    def _warm(self, view: ProxyView, st: _TypeState) -> frozenset[str]:
+        """The assignments Envoy will wait for once it has the clusters of ``view``: those of the
+        EDS clusters that differ from what the client had (``st.base``; None: it had nothing)."""
+        tv = view.of(CLUSTER)
+        base = st.base
+        if base is tv or (base is not None and _same_layers(base, tv)):
+            return frozenset()
+
+        def build() -> frozenset[str]:
+            changes = tv.changes_since(base) if base is not None else None
+            resources = (tv.get(n) for n in (changes if changes is not None else tv.names()))
+            return _warming(r for r in resources if r is not None and st.wants(r.name)
+                            and r.version != _version(base, r.name))
+
+        warm = self.shared.get(view.generation, st.key("warm", CLUSTER, tv), build, refs=(base, tv, st.names))
+        assert isinstance(warm, frozenset)
+        return warm
+
+    def _wanted(self, generation: int, st: _TypeState, names: frozenset[str]) -> frozenset[str]:
+        """``names`` that ``st`` asks for; computed once for all streams asking for the same."""
+        if not names:
+            return names
+        wanted = self.shared.get(generation, ("wanted", id(names), id(st.names), st.wildcard),
+                                 lambda: frozenset(filter(st.wants, names)), refs=(names, st.names))
+        assert isinstance(wanted, frozenset)
+        return wanted
+
     def _order(self, order: tuple[str, ...]) -> list[str]:
         rest = sorted(t for t in self.types if t not in order)
         return [t for t in order if t in self.types] + rest
@@ -185,10 +216,17 @@ class SotwStream(_Stream):
         tv = view.of(type_url)
         if first:
             st.base = None
+            warm = self._warm(view, st) if type_url == CLUSTER and self._answered(ENDPOINT) else frozenset()
             out = self._shared(view.generation, st.key("sotw-first", type_url, tv), type_url, st, tv,
                                lambda: list(st.interesting(tv)), push=False)
             assert out is not None
-            return [self._sent(out)]
+            sent = [self._sent(out)]
+            if warm:
+                # EDS was answered first on this new stream, and which clusters Envoy held is
+                # unknown: every EDS cluster in this answer may be warming.
+                eds = self._push_named(view, ENDPOINT, warm)
+                sent += [self._sent(eds)] if eds is not None else []
+            return sent
         if added and not wildcard:
             # The response moves the client's base to ``tv``: it must carry whatever
             # changed since the old base too, not only the names just added.
@@ -199,33 +237,34 @@ class SotwStream(_Stream):
     def on_view(self, view: ProxyView) -> list[Outgoing]:
         out: list[Outgoing | None] = []  # None: the CDS response, encoded once we know what else moves
         cds_removed: list[Resource] = []
+        warm: frozenset[str] = frozenset()  # assignments the clusters in this push make Envoy wait for
         for type_url in self._order(PUSH_ORDER):
             st = self.types[type_url]
+            if not st.nonce:
+                continue
+            if type_url not in WILDCARD_TYPES:
+                response = self._push_named(view, type_url, warm if type_url == ENDPOINT else frozenset())
+                if response is not None:
+                    out.append(response)
+                continue
             tv = view.of(type_url)
             base = st.base
-            if base is tv or not st.nonce:
+            if base is tv:
                 continue
             if base is not None and _same_layers(base, tv):
                 st.base = tv
                 continue
             changes = tv.changes_since(base) if base is not None else None
-            if type_url in WILDCARD_TYPES:
-                if changes is not None and not changes:
-                    st.base = tv
-                    continue
-                if type_url == CLUSTER:
-                    if base is not None:
-                        cds_removed = [r for r in base.resources() if tv.get(r.name) is None]
-                    out.append(None)
-                    continue
-                out.append(self._encode(type_url, st, tv, list(tv.names())))
-            else:
-                response = self._shared(view.generation, st.key("sotw-push", type_url, tv), type_url, st, tv,
-                                        lambda st=st, tv=tv: _pending(st, tv), push=True)  # type: ignore[misc]
-                if response is None:
-                    st.base = tv
-                    continue
-                out.append(response)
+            if changes is not None and not changes:
+                st.base = tv
+                continue
+            if type_url == CLUSTER:
+                if base is not None:
+                    cds_removed = [r for r in base.resources() if tv.get(r.name) is None]
+                warm = self._warm(view, st)
+                out.append(None)
+                continue
+            out.append(self._encode(type_url, st, tv, list(tv.names())))
         if None in out:
             at = out.index(None)
             st, tv = self.types[CLUSTER], view.of(CLUSTER)
@@ -238,6 +277,28 @@ class SotwStream(_Stream):
             else:
                 out[at] = self._encode(CLUSTER, st, tv, names)
         return [self._sent(o) for o in out if o is not None]
+
+    def _answered(self, type_url: str) -> bool:
+        st = self.types.get(type_url)
+        return st is not None and bool(st.nonce)
+
+    def _push_named(self, view: ProxyView, type_url: str, warm: frozenset[str]) -> Outgoing | None:
+        """The update of a named type (EDS, RDS): what changed since the client's base, plus the
+        wanted names of ``warm`` (changed or not); None when there is nothing to send."""
+        st = self.types[type_url]
+        tv = view.of(type_url)
+        force = self._wanted(view.generation, st, warm)
+        if not force:
+            if st.base is tv:
+                return None
+            if st.base is not None and _same_layers(st.base, tv):
+                st.base = tv
+                return None
+        response = self._shared(view.generation, (*st.key("sotw-push", type_url, tv), force), type_url, st, tv,
+                                lambda: _pending(st, tv, force), push=True)
+        if response is None:
+            st.base = tv
+        return response
 
     def _shared(
         self,
@@ -293,6 +354,11 @@ class DeltaStream(_Stream):
 
     protocol = "delta"
 
+    def __init__(self, status: StreamStatus, shared: SharedResponses | None = None):
+        super().__init__(status, shared)
+        #: assignments owed to clusters sent before EDS was first asked for on this stream
+        self._warm_later: frozenset[str] = frozenset()
+
     def on_request(self, req: DeltaDiscoveryRequest, view: ProxyView) -> list[Outgoing]:
         type_url = req.type_url
         if type_url not in KNOWN_TYPES:
@@ -327,19 +393,26 @@ class DeltaStream(_Stream):
         st.names = intern_names(names)
         tv = view.of(type_url)
         label = str(view.generation)
+        force: frozenset[str] = frozenset()
+        if first and type_url == ENDPOINT:
+            force, self._warm_later = self._warm_later, frozenset()
         if first:
             known = dict(req.initial_resource_versions)
             if not known:
                 # The common case, a fresh proxy: every proxy like it gets the same answer.
+                warm = self._warm(view, st) if type_url == CLUSTER else frozenset()
                 parts = self._shared_diff(view.generation, st.key("delta-first", type_url, tv), type_url, st, tv,
                                           lambda: set(st.interesting(tv)), lambda n: None, label)
                 st.base = tv
                 if not parts:  # nothing to send yet, but Envoy waits for an answer to finish warming
                     parts = [self._encode(type_url, [], [], label)]
                     st.pending[parts[0].nonce] = label
-                return [self._sent(p) for p in parts]
-            candidates: set[str] = set(st.interesting(tv)) | known.keys()
-            upserts, removed = _diff(st, tv, candidates, known.get)
+                return [self._sent(p) for p in parts] + self._after_cds(view, warm)
+            # A reconnect: Envoy says what it has. For EDS, ``force`` holds the assignments of
+            # clusters this stream updated before EDS was asked for: those clusters are warming
+            # and wait for their assignments even where Envoy's versions match.
+            candidates: set[str] = set(st.interesting(tv)) | known.keys() | force
+            upserts, removed = _diff(st, tv, candidates, known.get, force)
         else:
             # The client has ``base`` restricted to what it wanted before this request;
             # names it wants only now are unknown to it. Changes since ``base`` go too,
@@ -362,35 +435,60 @@ class DeltaStream(_Stream):
             return []
         out = self._encode(type_url, upserts, removed, label)
         st.pending[out.nonce] = label
-        return [self._sent(out)]
+        warm = _warming(upserts) if type_url == CLUSTER else frozenset()
+        return [self._sent(out)] + self._after_cds(view, warm)
 
     def on_view(self, view: ProxyView) -> list[Outgoing]:
-        label = str(view.generation)
+        cds = self.types.get(CLUSTER)
+        warm = self._warm(view, cds) if cds is not None else frozenset()
+        if ENDPOINT not in self.types:
+            self._owe(warm)
         upserts: dict[str, Outgoing] = {}
         removals: dict[str, Outgoing] = {}
         for type_url, st in self.types.items():
-            tv = view.of(type_url)
-            base = st.base
-            if base is tv:
-                continue
-            if base is not None and _same_layers(base, tv):
-                st.base = tv
-                continue
-
-            def candidates(base: TypeView | None = base, tv: TypeView = tv) -> set[str]:
-                diff = tv.changes_since(base) if base is not None else None
-                if diff is not None:
-                    return set(diff)
-                return set(tv.names()) | set(base.names() if base else ())
-
-            parts = self._shared_diff(view.generation, st.key("delta-push", type_url, tv), type_url, st, tv,
-                                      candidates, lambda n, b=base: _version(b, n), label)  # type: ignore[misc]
-            st.base = tv
-            for part in parts:
+            for part in self._push(view, type_url, st, warm if type_url == ENDPOINT else frozenset()):
                 (removals if part.removal else upserts)[type_url] = part
         out = [upserts[t] for t in self._order(PUSH_ORDER) if t in upserts]
         out += [removals[t] for t in self._order(REMOVE_ORDER) if t in removals]
         return [self._sent(o) for o in out]
+
+    def _push(self, view: ProxyView, type_url: str, st: _TypeState, warm: frozenset[str]) -> list[Outgoing]:
+        """What changed since the client's base, plus the wanted names of ``warm`` (changed or not)."""
+        tv = view.of(type_url)
+        base = st.base
+        force = self._wanted(view.generation, st, warm)
+        if not force:
+            if base is tv:
+                return []
+            if base is not None and _same_layers(base, tv):
+                st.base = tv
+                return []
+
+        def candidates() -> set[str]:
+            diff = tv.changes_since(base) if base is not None else None
+            found = set(diff) if diff is not None else set(tv.names()) | set(base.names() if base else ())
+            return found | force
+
+        parts = self._shared_diff(view.generation, (*st.key("delta-push", type_url, tv), force), type_url, st, tv,
+                                  candidates, lambda n: _version(base, n), str(view.generation), force)
+        st.base = tv
+        return parts
+
+    def _after_cds(self, view: ProxyView, warm: frozenset[str]) -> list[Outgoing]:
+        """The assignments a CDS response just sent makes Envoy wait for: now if EDS is
+        subscribed on this stream, else with EDS's first answer."""
+        est = self.types.get(ENDPOINT)
+        if est is None:
+            self._owe(warm)
+            return []
+        if not warm:
+            return []
+        parts = sorted(self._push(view, ENDPOINT, est, warm), key=lambda p: p.removal)
+        return [self._sent(p) for p in parts]
+
+    def _owe(self, warm: frozenset[str]) -> None:
+        if warm:
+            self._warm_later = warm if not self._warm_later else self._warm_later | warm
 
     def _shared_diff(
         self,
@@ -402,11 +500,13 @@ class DeltaStream(_Stream):
         candidates: Callable[[], set[str]],
         client_version: Callable[[str], str | None],
         label: str,
+        force: frozenset[str] = frozenset(),
     ) -> list[Outgoing]:
-        """The upsert and removal responses for a diff, computed once for all streams in this state."""
+        """The upsert and removal responses for a diff, computed once for all streams in this state
+        (``key`` must tell apart everything the diff depends on, ``force`` included)."""
 
         def build() -> list[Outgoing]:
-            upserts, removed = _diff(st, tv, candidates(), client_version)
+            upserts, removed = _diff(st, tv, candidates(), client_version, force)
             parts = []
             if upserts:
                 parts.append(self._encode(type_url, upserts, [], label))
@@ -435,8 +535,14 @@ class DeltaStream(_Stream):
 
 
 def _diff(
-    st: _TypeState, tv: TypeView, candidates: Iterable[str], client_version: Callable[[str], str | None]
+    st: _TypeState,
+    tv: TypeView,
+    candidates: Iterable[str],
+    client_version: Callable[[str], str | None],
+    force: frozenset[str] = frozenset(),
 ) -> tuple[list[Resource], list[str]]:
+    """Upserts and removals bringing the client to ``tv``; names in ``force`` are upserted
+    even when the client's version matches."""
     upserts: list[Resource] = []
     removed: list[str] = []
     for name in sorted(candidates):
@@ -447,7 +553,7 @@ def _diff(
         if res is None:
             if have is not None:
                 removed.append(name)
-        elif res.version != have:
+        elif res.version != have or name in force:
             upserts.append(res)
     return upserts, removed
 
@@ -463,14 +569,21 @@ def _version(view: TypeView | None, name: str) -> str | None:
     return res.version if res is not None else None
 
 
-def _pending(st: _TypeState, tv: TypeView) -> list[str]:
-    """Wanted names whose resource in ``tv`` differs from the client's ``base``."""
+def _pending(st: _TypeState, tv: TypeView, force: frozenset[str] = frozenset()) -> list[str]:
+    """Wanted names whose resource in ``tv`` differs from the client's ``base``, and those of ``force``."""
     base = st.base
     diff = tv.changes_since(base) if base is not None else None
-    candidates = diff if diff is not None else tv.names()
+    candidates: Iterable[str] = diff if diff is not None else tv.names()
+    if force:
+        candidates = set(candidates) | force
     out = []
     for name in candidates:
         res = tv.get(name)
-        if res is not None and st.wants(name) and res.version != _version(base, name):
+        if res is not None and st.wants(name) and (name in force or res.version != _version(base, name)):
             out.append(name)
     return out
+
+
+def _warming(clusters: Iterable[Resource]) -> frozenset[str]:
+    """The assignments Envoy waits for before it uses these clusters, added or updated."""
+    return frozenset(n for n in (c.eds_name for c in clusters) if n is not None)
