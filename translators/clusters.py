@@ -63,7 +63,7 @@ def _cluster(name: str, port: MeshPort, svc: MeshService, policy: ClusterPolicy,
     apply_connection_pool(c, policy.connection_pool, options)
     apply_outlier_detection(c, policy.outlier_detection)
     apply_load_balancer(c, policy.load_balancer)
-    apply_tls(c, policy.tls)
+    apply_tls(c, policy.tls, options)
     if is_http(port.protocol):
         _attach_protocol_options(c, options)
     return c

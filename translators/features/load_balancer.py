@@ -24,6 +24,7 @@ _SIMPLE = {
     "RANDOM": Cluster.RANDOM,
 }
 DEFAULT = Cluster.LEAST_REQUEST  # Istio's default since 1.14
+RING_SIZE = 1024
 
 
 def _slow_start(lb: LoadBalancerSettings) -> cluster_pb2.Cluster.SlowStartConfig | None:
@@ -54,7 +55,8 @@ def apply_load_balancer(c: cluster_pb2.Cluster, lb: LoadBalancerSettings | None)
                 c.maglev_lb_config.table_size.value = ch.maglev.tableSize
         else:
             c.lb_policy = Cluster.RING_HASH  # type: ignore[assignment]
-            size = ch.ringHash.minimumRingSize if ch.ringHash is not None else (ch.minimumRingSize or 0)
+            # Without ringHash, istiod writes the deprecated minimumRingSize or Envoy's default.
+            size = ch.ringHash.minimumRingSize if ch.ringHash is not None else (ch.minimumRingSize or RING_SIZE)
             if size:
                 c.ring_hash_lb_config.minimum_ring_size.value = size
         return

@@ -16,7 +16,7 @@ def apply_outlier_detection(c: cluster_pb2.Cluster, od: OutlierDetection | None)
     if od is None:
         return
     out = outlier_detection_pb2.OutlierDetection(enforcing_success_rate=u32(0))
-    five = od.consecutive5xxErrors if od.consecutive5xxErrors is not None else od.consecutiveErrors
+    five = od.consecutive5xxErrors  # the deprecated consecutiveErrors is ignored, as by istiod
     if five is not None:
         out.consecutive_5xx.value = five
         out.enforcing_consecutive_5xx.value = 100 if five > 0 else 0
