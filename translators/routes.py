@@ -124,35 +124,45 @@ class VirtualHostPart:
         return names  # no host:port forms: the route config ignores the port in Host (as istiod's)
 
 
-def default_route(shape: ServiceShape, port: MeshPort) -> rc.Route:
+def default_route(shape: ServiceShape, port: MeshPort, policy: DestinationPolicy | None = None) -> rc.Route:
     """Istio's route for a service no VirtualService routes: everything to the service,
-    no timeout, the default retries."""
+    no timeout, the default retries, and the hash key of its DestinationRule's consistent
+    hashing if it has one."""
     action = rc.RouteAction(cluster=outbound_cluster(port.number, shape.host))
     apply_timeout(action, None)
-    action.retry_policy.CopyFrom(retry_policy(None))
+    lb = policy.cluster_policy(port.number).load_balancer if policy is not None else None
+    hp = hash_policy(lb.consistentHash if lb is not None else None)
+    if hp is not None:
+        action.hash_policy.append(hp)
+    action.retry_policy.CopyFrom(retry_policy(None, consistent_hash=hp is not None))  # type: ignore[arg-type]
     return rc.Route(name="default", match=route_match(None), route=action)
 
 
 def virtual_host_part(
     shape: ServiceShape, port: MeshPort, vs: VirtualService | None, dests: Destinations,
     http_routes: Sequence[OwnedRoute] | None = None, problems: Sequence[ConfigError] = (),
+    own_policy: DestinationPolicy | None = None,
 ) -> VirtualHostPart:
     """``http_routes``: the VirtualService's http entries with delegates already merged in
     (``problems``: what merging them found)."""
     if vs is None or not (http_routes or vs.spec.http):
-        return VirtualHostPart(shape, port, _factor_retries((default_route(shape, port),)), tuple(problems))
+        return VirtualHostPart(shape, port, _factor_retries((default_route(shape, port, own_policy),)), tuple(problems))
     entries = http_routes if http_routes is not None else [OwnedRoute(vs, f"spec.http[{i}]", h) for i, h in enumerate(vs.spec.http)]
     errors: list[ConfigError] = list(problems)
     out: list[tuple[rc.Route, SourceCondition | None]] = []
     catch_all: str | None = None
+    warn_after = True
     seen: dict[tuple[bytes, SourceCondition | None], str] = {}
     for entry in entries:
         if catch_all is not None:
-            errors.append(entry.error("", f"unreachable: {catch_all} before it matches every request", "warning"))
+            if warn_after:
+                errors.append(entry.error("", f"unreachable: {catch_all} before it matches every request", "warning"))
             continue
         for r, cond, where in _http_routes(entry, port, dests, errors):
             if catch_all is not None:
-                errors.append(entry.error(where, f"unreachable: {catch_all} before it matches every request", "warning"))
+                if warn_after:
+                    errors.append(entry.error(where, f"unreachable: {catch_all} before it matches every request",
+                                              "warning"))
                 continue
             key = (r.match.SerializeToString(deterministic=True), cond)
             if key in seen:
@@ -162,6 +172,8 @@ def virtual_host_part(
             out.append((r, cond))
             if cond is None and is_catch_all(r.match):
                 catch_all = f"{entry.field}{where}"
+                if _port_limited(entry.http, where):
+                    warn_after = False  # other ports still reach what follows: no warning
     if not out:
         # Istio: a VirtualService with no route for this port leaves the host unrouted here.
         errors.append(ConfigError(vs.source, str(vs.key), "spec.http", f"no route applies to port {port.number} "
@@ -199,6 +211,13 @@ class OwnedRoute:
 
     def error(self, f: str, message: str, severity: str = "error") -> ConfigError:
         return ConfigError(self.vs.source, str(self.vs.key), f"{self.field}{f}", message, severity)  # type: ignore[arg-type]
+
+
+def _port_limited(http: HTTPRoute, where: str) -> bool:
+    """The match at ``where`` (".match[j]", or "" for none) applies to one port only."""
+    if not where:
+        return False
+    return http.match[int(where[len(".match["):-1])].port is not None
 
 
 def _http_routes(
@@ -264,9 +283,9 @@ def _apply_http(route: rc.Route, entry: OwnedRoute, port: MeshPort, dests: Desti
 
 def _destinations(route: rc.Route, action: rc.RouteAction, entry: OwnedRoute, port: MeshPort,
                   dests: Destinations, cluster_of: Callable[[Destination, str], str]) -> bool:
-    """The cluster (or weighted clusters) and hash policies; True when consistent hashing applies."""
+    """The cluster (or weighted clusters) and hash policies; True when a single destination
+    is consistent-hashed (the retry then stays on the hashed host)."""
     http = entry.http
-    hashed = False
     if len(http.route) == 1:
         rd = http.route[0]
         action.cluster = cluster_of(rd.destination, ".route[0].destination")
@@ -274,8 +293,7 @@ def _destinations(route: rc.Route, action: rc.RouteAction, entry: OwnedRoute, po
         apply_edits(route, d_edits)
         if d_edits.authority and not action.host_rewrite_literal:
             action.host_rewrite_literal = d_edits.authority
-        hashed = _add_hash(action, rd.destination, entry, port, dests)
-        return hashed
+        return _add_hash(action, rd.destination, entry, port, dests)
     for j, rd in enumerate(http.route):
         if not rd.weight:
             continue  # Istio drops weight-0 destinations of a split
@@ -286,8 +304,8 @@ def _destinations(route: rc.Route, action: rc.RouteAction, entry: OwnedRoute, po
         if d_edits.authority:
             cw.host_rewrite_literal = d_edits.authority
         action.weighted_clusters.clusters.append(cw)
-        hashed = _add_hash(action, rd.destination, entry, port, dests) or hashed
-    return hashed
+        _add_hash(action, rd.destination, entry, port, dests)
+    return False  # as istiod: a split keeps the retry host predicate
 
 
 def _add_hash(action: rc.RouteAction, d: Destination, entry: OwnedRoute, port: MeshPort, dests: Destinations) -> bool:

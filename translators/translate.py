@@ -417,12 +417,13 @@ class Translator:
             for h in routes.destination_hosts(vs, entries):
                 d = services.get(h)
                 dests[h] = (d.shape, self._policy(h, d.shape.namespace)) if d else (None, None)
-        inputs = (svc.shape, vs, *delegates, *(x for pair in dests.values() for x in pair))
+        own = self._policy(svc.host, svc.shape.namespace) if vs is None else None  # its default route's hash key
+        inputs = (svc.shape, vs, own, *delegates, *(x for pair in dests.values() for x in pair))
         if old is not None and _same(old[0], inputs):
             return old
         http_ports = [p for p in svc.shape.ports if is_http(p.protocol)]
-        parts = [routes.virtual_host_part(svc.shape, port, vs, dests, entries, problems) for port in http_ports]
-        return inputs, parts, frozenset(dests)
+        parts = [routes.virtual_host_part(svc.shape, port, vs, dests, entries, problems, own) for port in http_ports]
+        return inputs, parts, frozenset(dests) | {svc.host}  # its own rule: the default route's hash key
 
     def _rebuild_route_overrides(self) -> None:
         """Virtual host parts of the hosts a VirtualService with a restricted exportTo routes,

@@ -371,8 +371,6 @@ def test_consistent_hash_by_cookie_sets_the_cookie_then_sticks_to_it(mesh: Mesh,
     assert len(first_pods) >= 2, first_pods  # new sessions spread over the pods
 
 
-@pytest.mark.xfail(strict=True, reason="routes.default_route (no VirtualService) carries no hash policy; Istio's "
-                   "default route does (buildSidecarVirtualHostForService)")
 def test_consistent_hash_applies_without_a_virtual_service(mesh: Mesh) -> None:
     (vhost,) = [v for vs in mesh.client.route_configs().values() for v in vs.get("virtual_hosts", [])
                 if "hash-novs" in v["domains"]]
