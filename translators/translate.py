@@ -3,11 +3,16 @@
 Work is split by what it depends on, and each piece remembers its inputs (compared by
 identity: models are frozen and a new World reuses unchanged objects):
 
-* registry     - per Service/ServiceEntry (registry.py);
-* clusters     - per service host: (shape, DNS endpoints, DestinationPolicy);
-* endpoints    - per service host: (shape, endpoints, DestinationPolicy);
-* routes       - per host and HTTP port: (shape, VirtualService, its destinations), then
-                 per namespace and port a RouteConfiguration from the virtual hosts;
+* registry     - per Service/ServiceEntry (model/registry.py);
+* rules        - DestinationRules as policies, merged per namespace and host, looked up
+                 in istiod's order (policies.RuleIndex);
+* clusters     - per service host: (shape, DNS endpoints, DestinationPolicy); hosts whose
+                 rule depends on the client's namespace get per-namespace layers;
+* endpoints    - per service host: (shape, endpoints, DestinationPolicy), likewise;
+* routes       - per host and HTTP port: (shape, VirtualService + delegates, its
+                 destinations), then per namespace (and per set of source conditions a
+                 proxy meets) a RouteConfiguration from the virtual hosts; VirtualServices
+                 with a restricted exportTo replace parts in the namespaces they reach;
 * listeners    - per proxy: (outbound port table, workload, selecting services).
 
 ``update`` only reruns the stages the changed kinds can reach; a layer mapping (and each
