@@ -129,8 +129,9 @@ def _check(policy: TrafficPolicy | None, field: str, warn) -> None:  # type: ign
             if tls.mode == "ISTIO_MUTUAL":
                 warn(f"{where}.tls.mode", "ISTIO_MUTUAL needs the mesh CA (not built yet); plaintext is used")
             elif tls.credentialName:
-                warn(f"{where}.tls.credentialName", "credentialName is for gateways (SDS); sidecars read "
-                     "clientCertificate, privateKey and caCertificates from files")
+                warn(f"{where}.tls.credentialName", "credentialName needs SDS (not supported yet): no TLS is "
+                     "originated, as istiod does for sidecars; use clientCertificate, privateKey and "
+                     "caCertificates files")
 
 
 # ---------------------------------------------------------------- which rule a proxy sees

@@ -49,7 +49,8 @@ def test_invalid_edit_keeps_last_good_while_sibling_updates(tmp_path: Path) -> N
     f = write(tmp_path, "mesh.yaml", docs(vs("reviews"), vs("ratings", host="ratings")))
     source = DirectorySource(tmp_path)
     before = source.load().resources
-    f.write_text(docs(vs("reviews", weights=(50, 40)), vs("ratings", host="ratings", weights=(80, 20))))
+    # Every weight 0: refused (weights are relative, but some destination must get traffic).
+    f.write_text(docs(vs("reviews", weights=(0, 0)), vs("ratings", host="ratings", weights=(80, 20))))
     result = source.load()
     assert result.resources[REVIEWS] is before[REVIEWS]  # last good version still served
     assert weights(result.resources[RATINGS]) == [80, 20]
@@ -59,6 +60,7 @@ def test_invalid_edit_keeps_last_good_while_sibling_updates(tmp_path: Path) -> N
         "VirtualService default/reviews",
         "spec.http[0].route",
     )
+    assert err.message.startswith("total destination weight is 0")
     # fixing it serves the new version and clears the error
     f.write_text(docs(vs("reviews", weights=(10, 90)), vs("ratings", host="ratings", weights=(80, 20))))
     result = source.load()
@@ -66,7 +68,7 @@ def test_invalid_edit_keeps_last_good_while_sibling_updates(tmp_path: Path) -> N
 
 
 def test_invalid_new_resource_is_not_served(tmp_path: Path) -> None:
-    write(tmp_path, "a.yaml", vs("reviews", weights=(1, 2)))
+    write(tmp_path, "a.yaml", vs("reviews", weights=(0, 0)))
     result = DirectorySource(tmp_path).load()
     assert result.resources == {} and len(result.errors) == 1
 

@@ -91,10 +91,11 @@ async def test_invalid_edit_reports_and_keeps_serving(tmp_path: Path) -> None:
     f.write_text(vs("reviews"))
     async with aclosing(watch(tmp_path)) as states:
         await until(states, lambda s: True)
-        f.write_text(vs("reviews", weights=(50, 5)))
+        f.write_text(vs("reviews", weights=(0, 0)))
         state = await until(states, lambda s: bool(s.errors))
         assert route_weights(state) == [50, 50]
-        assert state.errors[0].field == "spec.http[0].route"
+        assert (state.errors[0].field, state.errors[0].message) == (
+            "spec.http[0].route", "total destination weight is 0: give at least one destination a weight")
 
 
 async def test_directory_replaced(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from google.protobuf import any_pb2, json_format
 from translate_cases import TESTDATA, load_case, world_of
 
 from translators import Translator, api
+from translators.model.types import ENVOY_MAX_PROGRAM_SIZE
 
 HCM = "envoy.filters.network.http_connection_manager"
 
@@ -39,6 +40,9 @@ def _bootstrap(case: str) -> dict:
     merged = {url: {n: m for layer in out.get(url, []) for n, m in layer.resources.items()} for url in api.PUSH_ORDER}
     b = bootstrap_pb2.Bootstrap()
     b.node.id, b.node.cluster = proxy.id, "test"
+    # The RE2 program-size limit meshpilot's bootstrap gives Envoy (see translators.model.types).
+    layer = b.layered_runtime.layers.add(name="static")
+    layer.static_layer.update({"re2.max_program_size.error_level": ENVOY_MAX_PROGRAM_SIZE})
     for cluster in merged[api.CLUSTER].values():
         c = b.static_resources.clusters.add()
         c.CopyFrom(cluster)

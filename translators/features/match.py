@@ -48,8 +48,9 @@ def route_match(m: HTTPMatchRequest | None) -> rc.RouteMatch:
             out.path = uri.exact
         elif uri.prefix is not None:
             out.prefix = uri.prefix
-        else:
-            out.safe_regex.regex = uri.regex or ""
+        elif uri.regex is not None:
+            out.safe_regex.regex = uri.regex
+        # (an empty uri match {} matches every path, as in istiod)
     out.case_sensitive.value = not m.ignoreUriCase
     for name, sm in ((":method", m.method), (":authority", m.authority), (":scheme", m.scheme)):
         if sm is not None:

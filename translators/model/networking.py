@@ -1,22 +1,126 @@
 """networking.istio.io (v1, v1beta1, v1alpha3): VirtualService, DestinationRule,
 ServiceEntry, WorkloadEntry, with Istio's field names and its validation rules.
 
-Validation here is per field (so an error names ``spec.http[0].retries.retryOn``); what
-needs the rest of the mesh (does the subset exist?) is checked by the translators.
+The rules are Istio's (pkg/config/validation: ValidateVirtualService,
+ValidateDestinationRule and the functions they call), plus what Envoy refuses that Istio
+lets through (empty header names, NUL/CR/LF in values Envoy copies into headers, too
+large integers): a resource accepted here does not make Envoy reject its configuration.
+Every error names its exact field (``spec.http[0].retries.retryOn``). What needs the rest
+of the mesh (does the subset exist?) is checked by the translators.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import ipaddress
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from translators.model.base import IstioModel, Resource
-from translators.model.types import AnyDuration, Percent, PositiveDuration, Regex
+from translators.model.types import (
+    AnyDuration,
+    Duration,
+    Int32,
+    Percent,
+    PositiveDuration,
+    Regex,
+    UInt32,
+    ZeroOrPositiveDuration,
+    check_envoy_text,
+    check_regex,
+    domain_problem,
+    header_value_problem,
+    is_dns1123_label,
+    is_token,
+    label_problem,
+)
 
 ISTIO_NETWORKING = ("networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3")
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+
+# ---------------------------------------------------------------- errors at exact paths
+
+Loc = tuple[str | int, ...]
+
+
+class Problems:
+    """Errors a model validator finds, each at its own field path below the model, so the
+    user is told ``spec.http[0].fault`` rather than ``spec.http[0]``."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Loc, str, object]] = []
+
+    def add(self, loc: Loc, message: str, value: object = None) -> None:
+        self.items.append((loc, message, value))
+
+    def raise_any(self, title: str) -> None:
+        if self.items:
+            raise ValidationError.from_exception_data(title, [
+                InitErrorDetails(type=PydanticCustomError("value_error", "{error}", {"error": message}),
+                                 loc=loc, input=value)
+                for loc, message, value in self.items
+            ])
+
+
+def _labels(p: Problems, loc: Loc, labels: Mapping[str, str]) -> None:
+    for key, value in labels.items():
+        if (problem := label_problem(key, value)) is not None:
+            p.add((*loc, key), problem, value)
+
+
+def _gateway_problem(name: str) -> str | None:
+    """Istio's validateGatewayNames: ``namespace/name`` of two DNS labels, or a DNS name."""
+    ns, slash, gw = name.partition("/")
+    if slash:
+        if not ns or not gw:
+            return f"gateway {name!r}: namespace and name must not be empty"
+        if not is_dns1123_label(ns):
+            return f"gateway {name!r}: invalid namespace {ns!r}"
+        if not is_dns1123_label(gw):
+            return f"gateway {name!r}: invalid name {gw!r}"
+        return None
+    if not name or len(name) > 255 or not all(is_dns1123_label(part) for part in name.split(".")):
+        return f"gateway {name!r} is not a valid name (write namespace/name)"
+    return None
+
+
+def export_to_problems(p: Problems, loc: Loc, export_to: list[str], namespace: str | None,
+                       *, none_allowed: bool = False) -> None:
+    """Istio's validateExportTo: each entry is ``.`` (own namespace), ``*`` (all), ``~`` (no
+    one, ServiceEntry only) or a namespace name; no duplicates, and nothing next to ``*`` or
+    ``~``. ``namespace`` None skips the check that needs it (``.`` and the namespace's name)."""
+    seen: set[str] = set()
+    for i, entry in enumerate(export_to):
+        if entry == "~" and not none_allowed:
+            p.add((*loc, i), "exportTo '~' (no one) is only allowed on a ServiceEntry", entry)
+            continue
+        key = namespace if entry == "." and namespace is not None else entry
+        if key in seen:
+            also = f" ('.' is namespace {namespace})" if namespace is not None and key == namespace else ""
+            p.add((*loc, i), f"duplicate exportTo entry {entry!r}{also}", entry)
+            continue
+        if entry not in (".", "*", "~") and not is_dns1123_label(entry):
+            p.add((*loc, i), f"exportTo entry {entry!r} must be '.', '*', '~' or a namespace name", entry)
+            continue
+        seen.add(key)
+    if len(export_to) > 1:
+        for special, what in (("*", "every namespace"), ("~", "no one")):
+            if special in export_to:
+                p.add(loc, f"exportTo {special!r} ({what}) cannot be combined with other entries", export_to)
+
+
+def _ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
 
 # ---------------------------------------------------------------- workloads and service entries
 
@@ -27,7 +131,7 @@ class WorkloadEntrySpec(IstioModel):
     labels: dict[str, str] = {}
     network: str = ""
     locality: str = ""
-    weight: Annotated[int, Field(ge=0)] | None = None
+    weight: UInt32 | None = None
     serviceAccount: str = ""
 
 
@@ -47,6 +151,16 @@ class SEPort(IstioModel):
 class WorkloadSelector(IstioModel):
     labels: dict[str, str] = {}
 
+    @field_validator("labels")
+    @classmethod
+    def _selector(cls, labels: dict[str, str]) -> dict[str, str]:
+        for k, v in labels.items():
+            if not k:
+                raise ValueError(f"empty key is not supported in a selector ({k}={v})")
+            if "*" in k or "*" in v:
+                raise ValueError(f"wildcards are not supported in a selector ({k}={v})")
+        return labels
+
 
 class ServiceEntrySpec(IstioModel):
     hosts: list[str] = Field(min_length=1)
@@ -64,17 +178,32 @@ class ServiceEntry(Resource):
     API_VERSIONS = ISTIO_NETWORKING
     spec: ServiceEntrySpec
 
+    @model_validator(mode="after")
+    def _export(self) -> ServiceEntry:
+        p = Problems()
+        export_to_problems(p, ("spec", "exportTo"), self.spec.exportTo, self.metadata.namespace, none_allowed=True)
+        p.raise_any("ServiceEntry")
+        return self
+
 
 # ---------------------------------------------------------------- VirtualService: matching
 
 
 class StringMatch(IstioModel):
     """Istio StringMatch: one of exact, prefix, regex. Where Istio allows it (headers,
-    withoutHeaders, queryParams) an empty match ``{}`` means "present"."""
+    withoutHeaders, queryParams) an empty match ``{}`` means "present"; the containing
+    match checks what its context allows (an empty prefix only for ``uri``)."""
 
     exact: str | None = None
     prefix: str | None = None
-    regex: Regex | None = None
+    regex: str | None = None
+
+    @field_validator("regex")
+    @classmethod
+    def _re2(cls, regex: str | None) -> str | None:
+        if regex is None or regex == "*":  # "*" is no regex: withoutHeaders reads it as "present"
+            return regex
+        return check_regex(regex)
 
     @model_validator(mode="after")
     def _at_most_one(self) -> StringMatch:
@@ -88,10 +217,32 @@ class StringMatch(IstioModel):
         return self.exact is None and self.prefix is None and self.regex is None
 
 
-def _not_empty(m: StringMatch | None) -> StringMatch | None:
-    if m is not None and m.empty:
-        raise ValueError("one of exact, prefix, regex must be set")
-    return m
+def _string_match(p: Problems, loc: Loc, m: StringMatch, *, presence: bool = False, empty_prefix: bool = False,
+                  star: bool = False) -> None:
+    """What a StringMatch may be where it is used (Istio's validateStringMatch)."""
+    if m.empty:
+        if not presence:
+            p.add(loc, "one of exact, prefix, regex must be set")
+        return
+    if m.prefix == "" and not empty_prefix:
+        p.add((*loc, "prefix"), "prefix must not be empty (to match any value, leave the match out)", "")
+    if m.regex == "*" and not star:
+        p.add((*loc, "regex"), "'*' is not a regex (RE2 cannot compile it); '*' means 'present' only in "
+              "withoutHeaders", "*")
+
+
+#: Pseudo-headers a match may name (HTTP/2, RFC 7540).
+PSEUDO_HEADERS = frozenset({":method", ":scheme", ":authority", ":path", ":status"})
+JWT_CLAIM = "@request.auth.claims"
+
+
+def _match_header_problem(name: str) -> str | None:
+    """Istio's ValidateHTTPHeaderNameOrJwtClaimRoute."""
+    if not name:
+        return "header name must not be empty"
+    if name.startswith(JWT_CLAIM) or name in PSEUDO_HEADERS or is_token(name):
+        return None
+    return f"header name {name!r} is not a valid header name"
 
 
 class HTTPMatchRequest(IstioModel):
@@ -110,24 +261,36 @@ class HTTPMatchRequest(IstioModel):
     gateways: list[str] = []
     statPrefix: str | None = None
 
-    _uri = field_validator("uri", "scheme", "method", "authority")(_not_empty)
-
-    @field_validator("headers", "withoutHeaders")
-    @classmethod
-    def _header_names(cls, headers: dict[str, StringMatch]) -> dict[str, StringMatch]:
-        for name in headers:
-            if not name or name != name.lower():
-                raise ValueError(f"header name {name!r} must be lower case")
-        return headers
-
-    @field_validator("queryParams")
-    @classmethod
-    def _query(cls, params: dict[str, StringMatch]) -> dict[str, StringMatch]:
-        for name, m in params.items():
+    @model_validator(mode="after")
+    def _check(self) -> HTTPMatchRequest:
+        p = Problems()
+        # An empty {} here matches anything, as in istiod.
+        if self.uri is not None:
+            _string_match(p, ("uri",), self.uri, presence=True, empty_prefix=True)
+        for f in ("scheme", "method", "authority"):
+            if (m := getattr(self, f)) is not None:
+                _string_match(p, (f,), m, presence=True)
+        for f in ("headers", "withoutHeaders"):
+            for name, m in getattr(self, f).items():
+                if (problem := _match_header_problem(name)) is not None:
+                    p.add((f, name), problem, name)
+                _string_match(p, (f, name), m, presence=True, star=f == "withoutHeaders")
+        for name, m in self.queryParams.items():
+            if not name:
+                p.add(("queryParams", name), "query parameter name must not be empty", name)
             if m.prefix is not None:
-                raise ValueError(f"queryParams.{name}: prefix matching is not supported for query parameters; "
-                                 "use exact or regex")
-        return params
+                p.add(("queryParams", name, "prefix"), "prefix matching is not supported for query parameters; "
+                      "use exact or regex", m.prefix)
+            _string_match(p, ("queryParams", name), m, presence=True)
+        _labels(p, ("sourceLabels",), self.sourceLabels)
+        if self.sourceNamespace is not None and not is_dns1123_label(self.sourceNamespace):
+            p.add(("sourceNamespace",), f"sourceNamespace {self.sourceNamespace!r} is not a namespace name",
+                  self.sourceNamespace)
+        for i, gw in enumerate(self.gateways):
+            if (problem := _gateway_problem(gw)) is not None:
+                p.add(("gateways", i), problem, gw)
+        p.raise_any("HTTPMatchRequest")
+        return self
 
 
 class PortSelector(IstioModel):
@@ -139,6 +302,22 @@ class Destination(IstioModel):
     subset: str = ""
     port: PortSelector | None = None
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, host: str) -> str:
+        if host == "*":
+            raise ValueError("a destination host cannot be '*'")
+        if (problem := domain_problem(host)) is not None:
+            raise ValueError(problem)
+        return host
+
+    @field_validator("subset")
+    @classmethod
+    def _subset(cls, subset: str) -> str:
+        if subset and not is_dns1123_label(subset):
+            raise ValueError(f"subset name {subset!r} is not a DNS-1123 label")
+        return subset
+
 
 # ---------------------------------------------------------------- VirtualService: actions
 
@@ -149,14 +328,58 @@ class HeaderOperations(IstioModel):
     remove: list[str] = []
 
 
+def _header_op_problem(name: str, *, authority_ok: bool) -> str | None:
+    """Istio's ValidateHTTPHeader(WithAuthority)OperationName, plus what Envoy refuses."""
+    if not name:
+        return "header name must not be empty"
+    try:
+        check_envoy_text(name, "header name")
+    except ValueError as e:
+        return str(e)
+    lower = name.lower()
+    if authority_ok and lower in (":authority", "host"):
+        return None  # becomes a host rewrite
+    if lower == "host":
+        return f"header {name!r}: the Host header cannot be removed or set on a response"
+    if name.startswith(":"):
+        return f"header {name!r}: pseudo-headers (':' prefix) cannot be changed"
+    return None
+
+
 class Headers(IstioModel):
     request: HeaderOperations | None = None
     response: HeaderOperations | None = None
 
+    @model_validator(mode="after")
+    def _check(self) -> Headers:
+        p = Problems()
+        for side, ops in (("request", self.request), ("response", self.response)):
+            if ops is None:
+                continue
+            for op in ("set", "add"):
+                for name, value in getattr(ops, op).items():
+                    problem = _header_op_problem(name, authority_ok=side == "request")
+                    if problem is None:
+                        problem = header_value_problem(value)
+                    if problem is not None:
+                        p.add((side, op, name), problem, value)
+            for i, name in enumerate(ops.remove):
+                if (problem := _header_op_problem(name, authority_ok=False)) is not None:
+                    p.add((side, "remove", i), problem, name)
+        p.raise_any("Headers")
+        return self
+
+    def authorities(self) -> list[tuple[Loc, str]]:
+        """Where the request headers set the authority (set or add of ``:authority``/``host``)."""
+        if self.request is None:
+            return []
+        return [(("request", op, k), v) for op in ("set", "add") for k, v in getattr(self.request, op).items()
+                if k.lower() in (":authority", "host")]
+
 
 class HTTPRouteDestination(IstioModel):
     destination: Destination
-    weight: Annotated[int, Field(ge=0)] | None = None
+    weight: Int32 | None = None
     headers: Headers | None = None
 
 
@@ -168,16 +391,56 @@ class HTTPRedirect(IstioModel):
     scheme: str = ""
     redirectCode: Literal[301, 302, 303, 307, 308] | None = None
 
+    @field_validator("uri", "authority")
+    @classmethod
+    def _text(cls, value: str, info: ValidationInfo) -> str:
+        return check_envoy_text(value, str(info.field_name))
+
+    @field_validator("scheme")
+    @classmethod
+    def _scheme(cls, scheme: str) -> str:
+        if scheme not in ("", "http", "https"):
+            raise ValueError(f"redirect scheme must be http or https (got {scheme!r})")
+        return scheme
+
     @model_validator(mode="after")
-    def _port_or_derive(self) -> HTTPRedirect:
+    def _check(self) -> HTTPRedirect:
         if self.port is not None and self.derivePort is not None:
             raise ValueError("only one of port, derivePort may be set")
+        if not (self.uri or self.authority or self.scheme or self.port is not None or self.derivePort is not None):
+            raise ValueError("a redirect must set at least one of uri, authority, scheme, port, derivePort")
         return self
+
+
+#: Istio's limit on a direct response body (istiod raises Envoy's 4 KiB limit to this).
+MAX_BODY = 1024 * 1024
 
 
 class HTTPBody(IstioModel):
     string: str | None = None
     bytes: str | None = None  # base64, as in the protobuf JSON form
+
+    @field_validator("bytes")
+    @classmethod
+    def _base64(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("bytes must be base64 (standard alphabet, with padding)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> HTTPBody:
+        p = Problems()
+        if self.string is not None and self.bytes is not None:
+            p.add((), "only one of string, bytes may be set")
+        elif self.string is not None and len(self.string.encode()) > MAX_BODY:
+            p.add(("string",), f"a direct response body must be at most 1 MiB (got {len(self.string.encode())} bytes)")
+        elif self.bytes is not None and len(self.bytes) * 3 // 4 > MAX_BODY:
+            p.add(("bytes",), "a direct response body must be at most 1 MiB")
+        p.raise_any("HTTPBody")
+        return self
 
 
 class HTTPDirectResponse(IstioModel):
@@ -187,7 +450,7 @@ class HTTPDirectResponse(IstioModel):
 
 class RegexRewrite(IstioModel):
     match: Regex
-    rewrite: str
+    rewrite: Annotated[str, Field(min_length=1)]
 
 
 class HTTPRewrite(IstioModel):
@@ -195,10 +458,17 @@ class HTTPRewrite(IstioModel):
     authority: str = ""
     uriRegexRewrite: RegexRewrite | None = None
 
+    @field_validator("uri", "authority")
+    @classmethod
+    def _text(cls, value: str, info: ValidationInfo) -> str:
+        return check_envoy_text(value, str(info.field_name))
+
     @model_validator(mode="after")
     def _one_uri(self) -> HTTPRewrite:
         if self.uri and self.uriRegexRewrite is not None:
             raise ValueError("only one of uri, uriRegexRewrite may be set")
+        if not (self.uri or self.authority or self.uriRegexRewrite is not None):
+            raise ValueError("a rewrite must set at least one of uri, uriRegexRewrite, authority")
         return self
 
 
@@ -209,10 +479,13 @@ RETRY_ON = frozenset({
     "http3-post-connect-failure", "cancelled", "deadline-exceeded", "internal", "resource-exhausted",
     "unavailable",
 })
+#: The HTTP status codes Istio accepts in retryOn (those Go's net/http has a name for).
+STATUS_CODES = frozenset([100, 101, 102, 103, *range(200, 209), 226, *range(300, 306), 307, 308,
+                          *range(400, 419), *range(421, 427), 428, 429, 431, 451, *range(500, 509), 510, 511])
 
 
 class HTTPRetry(IstioModel):
-    attempts: Annotated[int, Field(ge=0)] = 0
+    attempts: Int32 = 0
     perTryTimeout: PositiveDuration | None = None
     retryOn: str = ""
     retryRemoteLocalities: bool | None = None
@@ -223,10 +496,27 @@ class HTTPRetry(IstioModel):
     @classmethod
     def _retry_on(cls, value: str) -> str:
         for part in (p.strip() for p in value.split(",")):
-            if part and part not in RETRY_ON and not (part.isdigit() and 100 <= int(part) <= 599):
+            if part and part not in RETRY_ON and not (part.isdigit() and int(part) in STATUS_CODES):
                 raise ValueError(f"{part!r} is not a retry condition Envoy knows "
                                  f"(one of {', '.join(sorted(RETRY_ON))}, or an HTTP status code)")
         return value
+
+    @model_validator(mode="after")
+    def _attempts(self) -> HTTPRetry:
+        if self.attempts == 0:
+            set_ = [f for f in ("perTryTimeout", "retryOn", "retryRemoteLocalities") if getattr(self, f) not in (None, "")]
+            if set_:
+                p = Problems()
+                p.add(("attempts",), f"attempts is 0, which turns retries off, but {', '.join(set_)} is set; "
+                      "set attempts to retry", 0)
+                p.raise_any("HTTPRetry")
+        return self
+
+
+def _percentage(value: Percent | None) -> None:
+    """Istio's validatePercentage: Envoy counts per million, so 0 or at least 0.0001."""
+    if value is not None and 0 < value.value < 0.0001:
+        raise ValueError(f"percentage {value.value} is neither 0 nor in [0.0001, 100]")
 
 
 class FaultDelay(IstioModel):
@@ -235,11 +525,29 @@ class FaultDelay(IstioModel):
     percentage: Percent | None = None
     percent: Annotated[int, Field(ge=0, le=100)] | None = None  # deprecated integer form
 
+    @field_validator("percentage")
+    @classmethod
+    def _pct(cls, value: Percent | None) -> Percent | None:
+        _percentage(value)
+        return value
+
     @model_validator(mode="after")
     def _delay(self) -> FaultDelay:
-        if self.fixedDelay is None and self.exponentialDelay is None:
-            raise ValueError("fixedDelay must be set")
+        p = Problems()
+        if self.exponentialDelay is not None:
+            p.add(("exponentialDelay",), "exponentialDelay is not supported (by Istio or Envoy); use fixedDelay")
+        elif self.fixedDelay is None:
+            p.add(("fixedDelay",), "fixedDelay must be set")
+        p.raise_any("FaultDelay")
         return self
+
+
+#: gRPC status names Istio accepts in ``abort.grpcStatus``.
+GRPC_STATUS = frozenset({
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+    "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+})
 
 
 class FaultAbort(IstioModel):
@@ -248,11 +556,30 @@ class FaultAbort(IstioModel):
     http2Error: str | None = None
     percentage: Percent | None = None
 
+    @field_validator("percentage")
+    @classmethod
+    def _pct(cls, value: Percent | None) -> Percent | None:
+        _percentage(value)
+        return value
+
+    @field_validator("grpcStatus")
+    @classmethod
+    def _grpc(cls, value: str | None) -> str | None:
+        if value is not None and value not in GRPC_STATUS:
+            raise ValueError(f"gRPC status {value!r} is not one of {', '.join(sorted(GRPC_STATUS))}")
+        return value
+
     @model_validator(mode="after")
     def _one_error(self) -> FaultAbort:
         set_ = [k for k in ("httpStatus", "grpcStatus", "http2Error") if getattr(self, k) is not None]
         if len(set_) != 1:
+            # Istio only warns when none is set, and then aborts nothing: refusing says so.
             raise ValueError(f"exactly one of httpStatus, grpcStatus, http2Error must be set (got {set_ or 'none'})")
+        if self.http2Error is not None:
+            p = Problems()
+            p.add(("http2Error",), "HTTP/2 error aborts are not supported (by Istio or Envoy); use httpStatus "
+                  "or grpcStatus", self.http2Error)
+            p.raise_any("FaultAbort")
         return self
 
 
@@ -260,10 +587,20 @@ class HTTPFaultInjection(IstioModel):
     delay: FaultDelay | None = None
     abort: FaultAbort | None = None
 
+    @model_validator(mode="after")
+    def _something(self) -> HTTPFaultInjection:
+        if self.delay is None and self.abort is None:
+            raise ValueError("a fault must set delay, abort or both")
+        return self
+
 
 class HTTPMirrorPolicy(IstioModel):
     destination: Destination
     percentage: Percent | None = None
+
+
+#: The methods Istio accepts in ``corsPolicy.allowMethods``.
+CORS_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE", "*"})
 
 
 class CorsPolicy(IstioModel):
@@ -276,17 +613,37 @@ class CorsPolicy(IstioModel):
     allowCredentials: bool | None = None
     unmatchedPreflights: Literal["UNSPECIFIED", "FORWARD", "IGNORE"] = "UNSPECIFIED"
 
-    @field_validator("allowOrigins")
-    @classmethod
-    def _origins(cls, origins: list[StringMatch]) -> list[StringMatch]:
-        for m in origins:
-            _not_empty(m)
-        return origins
+    @model_validator(mode="after")
+    def _check(self) -> CorsPolicy:
+        p = Problems()
+        for i, m in enumerate(self.allowOrigins):
+            if not (m.exact or m.prefix or m.regex):
+                p.add(("allowOrigins", i), "an origin match must set a non-empty exact, prefix or regex")
+            _string_match(p, ("allowOrigins", i), m)
+        for i, method in enumerate(self.allowMethods):
+            if method not in CORS_METHODS:
+                p.add(("allowMethods", i), f"{method!r} is not an HTTP method ({', '.join(sorted(CORS_METHODS))})",
+                      method)
+        for f in ("allowHeaders", "exposeHeaders"):
+            for i, name in enumerate(getattr(self, f)):
+                if name != "*" and not is_token(name):
+                    p.add((f, i), f"{name!r} is not a valid header name", name)
+        if self.maxAge is not None and self.maxAge.nanos % 1_000_000_000:
+            p.add(("maxAge",), f"maxAge is sent in whole seconds (got {self.maxAge})", str(self.maxAge))
+        p.raise_any("CorsPolicy")
+        return self
 
 
 class Delegate(IstioModel):
     name: Annotated[str, Field(min_length=1)]
     namespace: str = ""
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, ns: str) -> str:
+        if ns and not is_dns1123_label(ns):
+            raise ValueError(f"namespace {ns!r} is not a namespace name")
+        return ns
 
 
 class HTTPRoute(IstioModel):
@@ -297,7 +654,7 @@ class HTTPRoute(IstioModel):
     directResponse: HTTPDirectResponse | None = None
     delegate: Delegate | None = None
     rewrite: HTTPRewrite | None = None
-    timeout: AnyDuration | None = None
+    timeout: PositiveDuration | None = None  # Istio: at least 1 ms; leave it out for "no timeout"
     retries: HTTPRetry | None = None
     fault: HTTPFaultInjection | None = None
     mirror: Destination | None = None
@@ -311,23 +668,41 @@ class HTTPRoute(IstioModel):
     @classmethod
     def _weights(cls, route: list[HTTPRouteDestination]) -> list[HTTPRouteDestination]:
         # Current Istio: weights are relative (Envoy divides by their sum); only an all-zero
-        # split is refused.
-        if len(route) > 1 and sum(d.weight or 0 for d in route) == 0:
+        # split is refused. Envoy also refuses a sum beyond 32 bits.
+        total = sum(d.weight or 0 for d in route)
+        if len(route) > 1 and total == 0:
             raise ValueError("total destination weight is 0: give at least one destination a weight")
+        if total > 2**32 - 1:
+            raise ValueError(f"the weights add up to {total}, more than Envoy's limit of 4294967295")
         return route
 
     @model_validator(mode="after")
-    def _one_action(self) -> HTTPRoute:
+    def _check(self) -> HTTPRoute:
+        p = Problems()
         actions = [k for k in ("route", "redirect", "directResponse", "delegate") if getattr(self, k)]
         if len(actions) > 1:
-            raise ValueError(f"only one of route, redirect, directResponse, delegate may be set (got {', '.join(actions)})")
-        if not actions:
-            raise ValueError("one of route, redirect, directResponse, delegate must be set")
-        if self.rewrite is not None and (self.redirect is not None or self.directResponse is not None):
-            raise ValueError("rewrite cannot be used with redirect or directResponse")
+            p.add((), f"only one of route, redirect, directResponse, delegate may be set (got {', '.join(actions)})")
+        elif not actions:
+            p.add((), "one of route, redirect, directResponse, delegate must be set")
+        for f in ("rewrite", "fault"):
+            if getattr(self, f) is not None and (self.redirect is not None or self.directResponse is not None):
+                p.add((f,), f"{f} cannot be used with {'redirect' if self.redirect else 'directResponse'}")
         if self.mirror is not None and self.mirrors:
-            raise ValueError("only one of mirror, mirrors may be set")
+            p.add(("mirrors",), "only one of mirror, mirrors may be set")
+        authorities = [(("headers", *loc), v) for loc, v in self.headers.authorities()] if self.headers else []
+        if self.rewrite is not None and self.rewrite.authority:
+            authorities.insert(0, (("rewrite", "authority"), self.rewrite.authority))
+        if len(authorities) > 1:
+            (first, value), (loc, other) = authorities[:2]
+            p.add(loc, f"the authority is set more than once ({value!r} by {'.'.join(map(str, first))}, "
+                  f"then {other!r})", other)
+        p.raise_any("HTTPRoute")
         return self
+
+
+def _host_overlap(a: str, b: str) -> bool:
+    """Istio's host.Name.Matches: equal, or one wildcard covers the other."""
+    return a == b or any(w.startswith("*") and o.endswith(w[1:]) for w, o in ((a, b), (b, a)))
 
 
 class VirtualServiceSpec(IstioModel):
@@ -336,11 +711,69 @@ class VirtualServiceSpec(IstioModel):
     http: list[HTTPRoute] = []
     exportTo: list[str] = []
 
+    @property
+    def applies_to_mesh(self) -> bool:
+        return not self.gateways or "mesh" in self.gateways
+
+    @model_validator(mode="after")
+    def _check(self) -> VirtualServiceSpec:
+        p = Problems()
+        extra = self.model_extra or {}
+        if not self.hosts:  # a delegate: only http entries, used through a root VirtualService
+            if self.gateways:
+                p.add(("gateways",), "a VirtualService without hosts is a delegate and must not set gateways "
+                      "(the root VirtualService that delegates to it decides)", self.gateways)
+            for f in ("tcp", "tls"):
+                if extra.get(f):
+                    p.add((f,), f"a delegate VirtualService (no hosts) cannot have {f} routes")
+            for i, h in enumerate(self.http):
+                if h.delegate is not None:
+                    p.add(("http", i, "delegate"), "a delegate VirtualService (no hosts) cannot delegate again")
+        for i, gw in enumerate(self.gateways):
+            if (problem := _gateway_problem(gw)) is not None:
+                p.add(("gateways", i), problem, gw)
+        valid = True
+        for i, host in enumerate(self.hosts):
+            if (problem := domain_problem(host)) is not None and not _ip(host):
+                p.add(("hosts", i), problem, host)
+                valid = False
+            elif host == "*" and self.applies_to_mesh:
+                p.add(("hosts", i), "the wildcard host '*' is not allowed for a VirtualService of the mesh", host)
+                valid = False
+        if valid:
+            for j, host in enumerate(self.hosts):
+                first = next((h for h in self.hosts[:j] if _host_overlap(h, host)), None)
+                if first is not None:
+                    p.add(("hosts", j), f"duplicate host: {host!r} overlaps {first!r}", host)
+        if not self.http and not extra.get("tcp") and not extra.get("tls"):
+            p.add(("http",), "http, tcp or tls must be provided")
+        if self.applies_to_mesh:
+            for i, h in enumerate(self.http):
+                for j, m in enumerate(h.match):
+                    for f in ("headers", "withoutHeaders"):
+                        for name in getattr(m, f):
+                            if name.startswith(JWT_CLAIM):
+                                p.add(("http", i, "match", j, f, name), "JWT claim based routing is only "
+                                      "supported for gateways", name)
+        export_to_problems(p, ("exportTo",), self.exportTo, None)
+        p.raise_any("VirtualServiceSpec")
+        return self
+
 
 class VirtualService(Resource):
     KIND = "VirtualService"
     API_VERSIONS = ISTIO_NETWORKING
     spec: VirtualServiceSpec
+
+    @model_validator(mode="after")
+    def _export(self) -> VirtualService:
+        # What needs the namespace: '.' is this namespace, so '.' and its name are duplicates.
+        p = Problems()
+        ns = self.metadata.namespace
+        if "." in self.spec.exportTo and ns in self.spec.exportTo:
+            p.add(("spec", "exportTo", self.spec.exportTo.index(ns)), f"duplicate exportTo entry: '.' is {ns!r}", ns)
+        p.raise_any("VirtualService")
+        return self
 
 
 # ---------------------------------------------------------------- DestinationRule
@@ -352,12 +785,42 @@ class HttpCookie(IstioModel):
     ttl: AnyDuration | None = None
 
 
+#: Envoy's largest ring (its default maximum_ring_size); a larger minimum is refused.
+MAX_RING_SIZE = 8_388_608
+#: Istio's (and Envoy's) bound on a maglev table: a prime below this.
+MAX_MAGLEV_TABLE = 5_000_011
+
+
+def _is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    if n < 4:
+        return True
+    if n % 2 == 0:
+        return False
+    f = 3
+    while f * f <= n:
+        if n % f == 0:
+            return False
+        f += 2
+    return True
+
+
 class RingHash(IstioModel):
-    minimumRingSize: Annotated[int, Field(ge=0)] = 0
+    minimumRingSize: Annotated[int, Field(ge=0, le=MAX_RING_SIZE)] = 0
 
 
 class Maglev(IstioModel):
-    tableSize: Annotated[int, Field(ge=0)] = 0
+    tableSize: Annotated[int, Field(validate_default=True)] = 0
+
+    @field_validator("tableSize")
+    @classmethod
+    def _table(cls, size: int) -> int:
+        if size == 0:
+            raise ValueError("tableSize must be set for maglev")
+        if not 0 < size < MAX_MAGLEV_TABLE or not _is_prime(size):
+            raise ValueError(f"tableSize must be a prime number below {MAX_MAGLEV_TABLE} (got {size})")
+        return size
 
 
 class ConsistentHash(IstioModel):
@@ -367,7 +830,23 @@ class ConsistentHash(IstioModel):
     httpQueryParameterName: str | None = None
     ringHash: RingHash | None = None
     maglev: Maglev | None = None
-    minimumRingSize: Annotated[int, Field(ge=0)] | None = None  # deprecated: ringHash.minimumRingSize
+    minimumRingSize: Annotated[int, Field(ge=0, le=MAX_RING_SIZE)] | None = None  # deprecated: ringHash
+
+    @field_validator("httpHeaderName")
+    @classmethod
+    def _header(cls, name: str | None) -> str | None:
+        if name is not None and not is_token(name):
+            raise ValueError(f"httpHeaderName {name!r} is not a valid header name")
+        return name
+
+    @field_validator("httpQueryParameterName")
+    @classmethod
+    def _query(cls, name: str | None) -> str | None:
+        if name is not None:
+            if not name:
+                raise ValueError("httpQueryParameterName must not be empty")
+            check_envoy_text(name, "httpQueryParameterName")
+        return name
 
     @model_validator(mode="after")
     def _one_key(self) -> ConsistentHash:
@@ -378,6 +857,11 @@ class ConsistentHash(IstioModel):
                              f"must be set (got {keys or 'none'})")
         if self.ringHash is not None and self.maglev is not None:
             raise ValueError("only one of ringHash, maglev may be set")
+        if self.minimumRingSize and (self.ringHash is not None or self.maglev is not None):
+            p = Problems()
+            p.add(("minimumRingSize",), "the deprecated minimumRingSize cannot be used with ringHash or maglev",
+                  self.minimumRingSize)
+            p.raise_any("ConsistentHash")
         return self
 
 
@@ -391,17 +875,67 @@ class LocalityFailover(IstioModel):
     to: str = ""
 
 
+_TOPOLOGY_LABELS = ("topology.kubernetes.io/region", "topology.kubernetes.io/zone", "topology.istio.io/subzone")
+
+
+def _localities_problem(localities: Iterable[str]) -> str | None:
+    """Istio's validateLocalities: region[/zone[/subzone]], one trailing '*' at most, no overlaps."""
+    seen: list[tuple[str, ...]] = []
+    for loc in localities:
+        if loc.count("*") > 1 or ("*" in loc and not loc.endswith("*")):
+            return f"locality {loc!r}: at most one '*', at the end"
+        parts = tuple(loc.split("/", 2))
+        if any(not part for part in parts):
+            return f"locality {loc!r} must not have an empty region, zone or subzone"
+        for other in seen:
+            n = min(len(parts), len(other))
+            if parts[:n] == other[:n] or "*" in (parts[0], other[0]):
+                return f"locality {loc!r} overlaps a locality listed before it"
+        seen.append(tuple(p for p in parts if p != "*") or ("*",))
+    return None
+
+
 class LocalityLbSetting(IstioModel):
     distribute: list[LocalityDistribute] = []
     failover: list[LocalityFailover] = []
     failoverPriority: list[str] = []
     enabled: bool | None = None
 
+    @model_validator(mode="after")
+    def _check(self) -> LocalityLbSetting:
+        p = Problems()
+        if self.distribute and self.failover:
+            p.add((), "distribute and failover cannot be set together")
+        elif self.failover:
+            for i, label in enumerate(self.failoverPriority):
+                if label in _TOPOLOGY_LABELS:
+                    p.add(("failoverPriority", i), f"failover and the topology label {label!r} in "
+                          "failoverPriority cannot be set together", label)
+        for i, d in enumerate(self.distribute):
+            weights = list(d.to.values())
+            if any(not 1 <= w <= 100 for w in weights):
+                p.add(("distribute", i, "to"), "locality weights must be in [1, 100]")
+            elif sum(weights) != 100:
+                p.add(("distribute", i, "to"), f"locality weights must add up to 100 (they add up to {sum(weights)})")
+            elif (problem := _localities_problem(d.to)) is not None:
+                p.add(("distribute", i, "to"), problem)
+        if (problem := _localities_problem(d.from_ for d in self.distribute)) is not None:
+            p.add(("distribute",), problem)
+        for i, f in enumerate(self.failover):
+            if f.from_ == f.to:
+                p.add(("failover", i), "failover must name two different regions")
+            if "/" in f.from_ or "/" in f.to:
+                p.add(("failover", i), "failover names regions only (no zone)")
+            if "*" in f.from_ or "*" in f.to:
+                p.add(("failover", i), "a failover region cannot contain '*'")
+        p.raise_any("LocalityLbSetting")
+        return self
+
 
 class Warmup(IstioModel):
     duration: PositiveDuration
     minimumPercent: Annotated[float, Field(ge=0, le=100)] | None = None
-    aggression: Annotated[float, Field(ge=1)] | None = None
+    aggression: Annotated[float, Field(gt=0)] | None = None
 
 
 class LoadBalancerSettings(IstioModel):
@@ -419,45 +953,75 @@ class LoadBalancerSettings(IstioModel):
 
 
 class TcpKeepalive(IstioModel):
-    probes: Annotated[int, Field(ge=0)] | None = None
+    probes: UInt32 | None = None
     time: PositiveDuration | None = None
     interval: PositiveDuration | None = None
 
+    @field_validator("time", "interval")
+    @classmethod
+    def _seconds(cls, d: Duration | None) -> Duration | None:
+        if d is not None and d.nanos // 1_000_000_000 > 2**32 - 1:
+            raise ValueError(f"Envoy counts keepalive times in 32-bit seconds: at most 4294967295s (got {d})")
+        return d
+
 
 class TCPSettings(IstioModel):
-    maxConnections: Annotated[int, Field(ge=0)] | None = None
+    maxConnections: Int32 | None = None
     connectTimeout: PositiveDuration | None = None
     tcpKeepalive: TcpKeepalive | None = None
     maxConnectionDuration: PositiveDuration | None = None
-    idleTimeout: AnyDuration | None = None
+    idleTimeout: ZeroOrPositiveDuration | None = None  # 0s: no idle timeout
 
 
 class HTTPSettings(IstioModel):
-    http1MaxPendingRequests: Annotated[int, Field(ge=0)] | None = None
-    http2MaxRequests: Annotated[int, Field(ge=0)] | None = None
-    maxRequestsPerConnection: Annotated[int, Field(ge=0)] | None = None
-    maxRetries: Annotated[int, Field(ge=0)] | None = None
+    http1MaxPendingRequests: Int32 | None = None
+    http2MaxRequests: Int32 | None = None
+    maxRequestsPerConnection: Int32 | None = None
+    maxRetries: Int32 | None = None
     idleTimeout: PositiveDuration | None = None
     h2UpgradePolicy: Literal["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"] | None = None
     useClientProtocol: bool = False
-    maxConcurrentStreams: Annotated[int, Field(ge=0)] | None = None
+    maxConcurrentStreams: Int32 | None = None
+
+    @model_validator(mode="after")
+    def _upgrade(self) -> HTTPSettings:
+        if self.h2UpgradePolicy == "UPGRADE" and self.useClientProtocol:
+            p = Problems()
+            p.add(("useClientProtocol",), "useClientProtocol cannot be true when h2UpgradePolicy is UPGRADE", True)
+            p.raise_any("HTTPSettings")
+        return self
 
 
 class ConnectionPoolSettings(IstioModel):
     tcp: TCPSettings | None = None
     http: HTTPSettings | None = None
 
+    @model_validator(mode="after")
+    def _something(self) -> ConnectionPoolSettings:
+        if self.tcp is None and self.http is None:
+            raise ValueError("a connectionPool must set tcp, http or both")
+        return self
+
 
 class OutlierDetection(IstioModel):
-    consecutiveErrors: Annotated[int, Field(ge=0)] | None = None  # deprecated
-    consecutive5xxErrors: Annotated[int, Field(ge=0)] | None = None
-    consecutiveGatewayErrors: Annotated[int, Field(ge=0)] | None = None
+    consecutiveErrors: Int32 | None = None  # deprecated
+    consecutive5xxErrors: UInt32 | None = None
+    consecutiveGatewayErrors: UInt32 | None = None
     splitExternalLocalOriginErrors: bool = False
-    consecutiveLocalOriginFailures: Annotated[int, Field(ge=0)] | None = None
+    consecutiveLocalOriginFailures: UInt32 | None = None
     interval: PositiveDuration | None = None
     baseEjectionTime: PositiveDuration | None = None
     maxEjectionPercent: Annotated[int, Field(ge=0, le=100)] | None = None
     minHealthPercent: Annotated[int, Field(ge=0, le=100)] | None = None
+
+    @model_validator(mode="after")
+    def _local_origin(self) -> OutlierDetection:
+        if self.consecutiveLocalOriginFailures and not self.splitExternalLocalOriginErrors:
+            p = Problems()
+            p.add(("consecutiveLocalOriginFailures",), "consecutiveLocalOriginFailures needs "
+                  "splitExternalLocalOriginErrors: true", self.consecutiveLocalOriginFailures)
+            p.raise_any("OutlierDetection")
+        return self
 
 
 class ClientTLSSettings(IstioModel):
@@ -467,14 +1031,35 @@ class ClientTLSSettings(IstioModel):
     caCertificates: str = ""
     credentialName: str = ""
     subjectAltNames: list[str] = []
-    sni: str = ""
+    sni: Annotated[str, Field(max_length=255)] = ""
     insecureSkipVerify: bool | None = None
 
     @model_validator(mode="after")
-    def _mutual(self) -> ClientTLSSettings:
-        if self.mode == "MUTUAL" and not self.credentialName and not (self.clientCertificate and self.privateKey):
-            raise ValueError("MUTUAL needs clientCertificate and privateKey (or credentialName)")
+    def _check(self) -> ClientTLSSettings:
+        # Istio's ValidateTLS, rule by rule.
+        p = Problems()
+        if self.insecureSkipVerify:
+            if self.mode == "SIMPLE":
+                for f in ("caCertificates", "credentialName", "subjectAltNames"):
+                    if getattr(self, f):
+                        p.add((f,), f"{f} cannot be set when insecureSkipVerify is true")
+            elif self.mode == "MUTUAL":
+                for f in ("caCertificates", "subjectAltNames"):
+                    if getattr(self, f):
+                        p.add((f,), f"{f} cannot be set when insecureSkipVerify is true")
+        if self.mode in ("SIMPLE", "MUTUAL") and self.credentialName:
+            for f in ("clientCertificate", "privateKey", "caCertificates"):
+                if getattr(self, f):
+                    p.add((f,), f"{f} cannot be set with credentialName (the credential holds the certificates)")
+        elif self.mode == "MUTUAL":
+            for f, what in (("clientCertificate", "a client certificate"), ("privateKey", "a private key")):
+                if not getattr(self, f):
+                    p.add((f,), f"MUTUAL needs {what} (or a credentialName)")
+        p.raise_any("ClientTLSSettings")
         return self
+
+
+_POLICY_PARTS = ("loadBalancer", "connectionPool", "outlierDetection", "tls")
 
 
 class PortTrafficPolicy(IstioModel):
@@ -484,6 +1069,12 @@ class PortTrafficPolicy(IstioModel):
     outlierDetection: OutlierDetection | None = None
     tls: ClientTLSSettings | None = None
 
+    @model_validator(mode="after")
+    def _something(self) -> PortTrafficPolicy:
+        if all(getattr(self, f) is None for f in _POLICY_PARTS):
+            raise ValueError("a port-level policy must set at least one of " + ", ".join(_POLICY_PARTS))
+        return self
+
 
 class TrafficPolicy(IstioModel):
     loadBalancer: LoadBalancerSettings | None = None
@@ -492,21 +1083,39 @@ class TrafficPolicy(IstioModel):
     tls: ClientTLSSettings | None = None
     portLevelSettings: list[PortTrafficPolicy] = []
 
-    @field_validator("portLevelSettings")
-    @classmethod
-    def _unique_ports(cls, settings: list[PortTrafficPolicy]) -> list[PortTrafficPolicy]:
+    @model_validator(mode="after")
+    def _check(self) -> TrafficPolicy:
+        p = Problems()
+        if all(getattr(self, f) is None for f in _POLICY_PARTS) and not self.portLevelSettings and not self.model_extra:
+            p.add((), "a trafficPolicy must set at least one field")
         seen: set[int] = set()
-        for s in settings:
+        for i, s in enumerate(self.portLevelSettings):
             if s.port.number in seen:
-                raise ValueError(f"port {s.port.number} has more than one entry")
+                p.add(("portLevelSettings", i, "port", "number"), f"port {s.port.number} has more than one entry",
+                      s.port.number)
             seen.add(s.port.number)
-        return settings
+        p.raise_any("TrafficPolicy")
+        return self
 
 
 class Subset(IstioModel):
     name: Annotated[str, Field(min_length=1)]
     labels: dict[str, str] = {}
     trafficPolicy: TrafficPolicy | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not is_dns1123_label(name):
+            raise ValueError(f"subset name {name!r} is not a DNS-1123 label")
+        return name
+
+    @model_validator(mode="after")
+    def _check(self) -> Subset:
+        p = Problems()
+        _labels(p, ("labels",), self.labels)
+        p.raise_any("Subset")
+        return self
 
 
 class DestinationRuleSpec(IstioModel):
@@ -516,19 +1125,42 @@ class DestinationRuleSpec(IstioModel):
     exportTo: list[str] = []
     workloadSelector: WorkloadSelector | None = None
 
-    @field_validator("subsets")
+    @field_validator("host")
     @classmethod
-    def _unique_subsets(cls, subsets: list[Subset]) -> list[Subset]:
+    def _host(cls, host: str) -> str:
+        if (problem := domain_problem(host)) is not None:
+            raise ValueError(problem)
+        return host
+
+    @model_validator(mode="after")
+    def _check(self) -> DestinationRuleSpec:
+        p = Problems()
         seen: set[str] = set()
-        for s in subsets:
+        for i, s in enumerate(self.subsets):
             if s.name in seen:
-                raise ValueError(f"duplicate subset name {s.name!r}")
+                p.add(("subsets", i, "name"), f"duplicate subset name {s.name!r}", s.name)
             seen.add(s.name)
-        return subsets
+        export_to_problems(p, ("exportTo",), self.exportTo, None)
+        p.raise_any("DestinationRuleSpec")
+        return self
 
 
 class DestinationRule(Resource):
     KIND = "DestinationRule"
     API_VERSIONS = ISTIO_NETWORKING
     spec: DestinationRuleSpec
+
+    @model_validator(mode="after")
+    def _export(self) -> DestinationRule:
+        p = Problems()
+        ns, export_to = self.metadata.namespace, self.spec.exportTo
+        if "." in export_to and ns in export_to:
+            p.add(("spec", "exportTo", export_to.index(ns)), f"duplicate exportTo entry: '.' is {ns!r}", ns)
+        if self.spec.workloadSelector is not None and export_to:
+            own = {ns if e == "." else e for e in export_to}
+            if own != {ns}:
+                p.add(("spec", "exportTo"), "a DestinationRule with a workloadSelector can only be exported to its "
+                      "own namespace", export_to)
+        p.raise_any("DestinationRule")
+        return self
 

@@ -21,6 +21,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from translators.model.types import ENVOY_MAX_PROGRAM_SIZE
+
 #: Same values as ``translators.model.world.Role``; kept here so a bootstrap needs no translator.
 Role = Literal["sidecar", "gateway"]
 
@@ -167,7 +169,8 @@ def build_bootstrap(
         },
         "layered_runtime": {
             "layers": [
-                {"name": "static", "static_layer": {}},
+                # As istiod's bootstrap: Envoy's default RE2 limit (100) refuses ordinary regexes.
+                {"name": "static", "static_layer": {"re2.max_program_size.error_level": ENVOY_MAX_PROGRAM_SIZE}},
                 {"name": "admin", "admin_layer": {}},
             ]
         },
