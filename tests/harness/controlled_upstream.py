@@ -18,6 +18,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from harness.threaded_server import ThreadedServer
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
@@ -56,7 +58,7 @@ class _Server(ThreadingHTTPServer):
     pod: ControlledUpstream
 
 
-class ControlledUpstream:
+class ControlledUpstream(ThreadedServer):
     """HTTP/1.1 on ``ip:port``; every answer is ``status`` after ``delay`` seconds (both settable)."""
 
     def __init__(self, ip: str, port: int = 0, *, pod: str = "pod", status: int = 200, delay: float = 0.0) -> None:
@@ -67,10 +69,8 @@ class ControlledUpstream:
         self.in_flight = 0
         self.max_in_flight = 0
         self.paths: list[str] = []
-        self._address = (ip, port)
+        super().__init__(ip, port)
         self._lock = threading.Lock()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     def enter(self, path: str) -> tuple[int, float]:
         with self._lock:
@@ -90,29 +90,10 @@ class ControlledUpstream:
             self.max_in_flight = self.in_flight
             self.paths.clear()
 
-    def start(self) -> ControlledUpstream:
+    def _make_server(self) -> _Server:
         server = _Server(self._address, _Handler)
         server.pod = self
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, args=(0.05,), name=f"pod-{self.name}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
-        self._server = self._thread = None
-
-    @property
-    def ip(self) -> str:
-        return self._address[0]
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1]) if self._server is not None else self._address[1]
+        return server
 
     def __repr__(self) -> str:
         return (f"<ControlledUpstream {self.name} {self.ip}:{self.port} status={self.status} delay={self.delay} "

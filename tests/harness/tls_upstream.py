@@ -27,6 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from harness.threaded_server import ThreadedServer
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ class _Server(ThreadingHTTPServer):
             tls.close()
 
 
-class TlsUpstream:
+class TlsUpstream(ThreadedServer):
     """HTTPS (HTTP/1.1 over TLS 1.2+) on ``ip:port`` with ``server``'s certificate; with
     ``client_ca`` it requires a client certificate issued by that CA."""
 
@@ -144,7 +145,7 @@ class TlsUpstream:
         self.name = pod
         self.requests: list[dict[str, str]] = []
         self.handshake_errors: list[str] = []
-        self._address = (ip, port)
+        super().__init__(ip, port)
         self._lock = threading.Lock()
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -155,8 +156,6 @@ class TlsUpstream:
             ctx.load_verify_locations(client_ca.cert)
         ctx.sni_callback = self._on_sni
         self.context = ctx
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     @staticmethod
     def _on_sni(sock: Any, name: str | None, _ctx: ssl.SSLContext) -> None:
@@ -174,29 +173,10 @@ class TlsUpstream:
         with self._lock:
             self.handshake_errors.append(str(error))
 
-    def start(self) -> TlsUpstream:
+    def _make_server(self) -> _Server:
         server = _Server(self._address, _Handler)
         server.upstream = self
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, args=(0.05,), name=f"tls-{self.name}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
-        self._server = self._thread = None
-
-    @property
-    def ip(self) -> str:
-        return self._address[0]
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1]) if self._server is not None else self._address[1]
+        return server
 
     def __repr__(self) -> str:
         return f"<TlsUpstream {self.name} {self.ip}:{self.port} requests={len(self.requests)}>"
