@@ -16,7 +16,7 @@ import pytest
 
 _TESTS = str(Path(__file__).resolve().parent)
 if _TESTS not in sys.path:
-    sys.path.insert(0, _TESTS)  # `import harness`, whatever the import mode
+    sys.path.append(_TESTS)  # `import harness`; appended, so tests/ca or tests/xds_server never shadow the packages
 
 from harness import (  # noqa: E402
     ConfigDir,

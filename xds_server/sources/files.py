@@ -7,7 +7,10 @@ Serving rule ("last good config"): a broken edit never takes config away from pr
   while the valid documents next to it update normally.
 * A deleted file, or a document removed from a file, removes its resources.
 
-Errors are returned with every result (they stay until fixed); logging them is the caller's job.
+Symbolic links are followed, but each real file is read once (by its path without links
+when it has one), and a link that leads back to a directory it is in is reported and not
+followed. Errors are returned with every result (they stay until fixed); logging them is
+the caller's job.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import hashlib
 import os
 import stat
 import threading
-from collections.abc import AsyncIterator, Iterable, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
@@ -26,10 +30,15 @@ from watchfiles import Change, awatch
 
 from translators.errors import ConfigError
 from translators.model import Resource, ResourceKey
-from xds_server.sources.parse import parse_text
+from xds_server.sources.parse import MAX_BYTES, parse_text
 
 SUFFIXES = (".yaml", ".yml", ".json")
-MAX_FILE_BYTES = 16 * 1024 * 1024
+MAX_FILE_BYTES = MAX_BYTES
+#: Seconds between full rescans, the safety net for changes the watcher did not report.
+RESCAN_EVERY = 30.0
+#: A failed watcher is started again after this long, doubling up to ``BACKOFF_MAX``;
+#: meanwhile the directory is scanned every ``check_ms``.
+BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ class DirectorySource:
         self._files: dict[str, _FileState] = {}
         self._lock = threading.Lock()
         self._dir_errors: tuple[ConfigError, ...] = ()  # the directory itself, from the last scan
+        self._links: dict[str, str] = {}  # directory symlinks met by the last scan: rel -> real path
         self._last = LoadResult(MappingProxyType({}))
 
     # ------------------------------------------------------------ one-shot loading
@@ -83,7 +93,7 @@ class DirectorySource:
                 why = "config directory does not exist or is not a directory"
                 self._dir_errors = (ConfigError(str(self.root), "", "", why),)
                 return self._result(set())
-            found, unreadable = self._scan()
+            found, unreadable, loops = self._scan()
             # A file in a directory we could not list is not known to be gone: keep it.
             gone = [rel for rel in self._files if rel not in found and not _under(rel, unreadable)]
             changed = {rel for rel in gone if self._drop(rel)}
@@ -91,6 +101,9 @@ class DirectorySource:
             self._dir_errors = tuple(
                 ConfigError(d, "", "", f"cannot read directory: {why}")
                 for d, why in sorted(unreadable.items())
+            ) + tuple(
+                ConfigError(link, "", "", f"symbolic link loop: leads back to {to}; not followed", "warning")
+                for link, to in sorted(loops.items())
             )
             return self._result(changed)
 
@@ -100,7 +113,7 @@ class DirectorySource:
         Falls back to a full scan when a path is not a plain manifest file (a directory
         appeared or vanished, or a ConfigMap ``..data`` link was swapped).
         """
-        if self._dir_errors:
+        if any(e.severity == "error" for e in self._dir_errors):
             return self.load()  # until the directory itself reads cleanly, only a scan can tell
         rels: set[str] = set()
         for p in paths:
@@ -128,6 +141,10 @@ class DirectorySource:
         step_ms: int = 50,
         max_batch_ms: int = 1000,
         check_ms: int = 1000,
+        rescan_every: float = RESCAN_EVERY,
+        on_failure: Callable[[str, float], None] | None = None,
+        on_recovery: Callable[[], None] | None = None,
+        on_rescan: Callable[[LoadResult, bool], None] | None = None,
     ) -> AsyncIterator[LoadResult]:
         """The current state first, then a new state after each batch of changes that
         changed something (a touch or a no-op save yields nothing).
@@ -136,9 +153,19 @@ class DirectorySource:
         after the first). Every ``check_ms`` the watcher checks that ``root`` is still the
         same directory, and starts over on it when it was replaced or recreated.
         ``force_polling=None`` lets watchfiles decide; if native watching fails, polling is used.
+
+        This never ends by itself. If the watcher fails, ``on_failure(why, retry_in)`` is
+        called, the directory is scanned every ``check_ms`` meanwhile, and the watcher is
+        started again after a backoff; ``on_recovery()`` once it runs again. Every
+        ``rescan_every`` seconds (0: never) a full scan runs as a safety net, then
+        ``on_rescan(result, changed)``: ``changed`` if it found what the watcher had not
+        reported (the result is yielded next), else nothing is yielded.
         """
         last: LoadResult | None = None
         polling = force_polling
+        failing = False
+        backoff = BACKOFF_FIRST
+        next_rescan = time.monotonic() + rescan_every
         while True:
             ident = _identity(self.root)
             if ident is None:  # wait for the directory to (re)appear
@@ -148,6 +175,7 @@ class DirectorySource:
                     yield result
                 await asyncio.sleep(check_ms / 1000)
                 continue
+            failure: str | None = None
             events = awatch(
                 self.root,
                 watch_filter=_watch_filter,
@@ -164,10 +192,15 @@ class DirectorySource:
             try:
                 await asyncio.sleep(0)
                 result = await asyncio.to_thread(self.load)  # what changed before the watch began
+                links = dict(self._links)
                 if last is None or _differs(result, last):
                     last = result
                     yield result
                 batch = await first
+                if failing:
+                    failing, backoff = False, BACKOFF_FIRST
+                    if on_recovery:
+                        on_recovery()
                 while True:
                     if _identity(self.root) != ident:  # replaced, or removed and recreated
                         result = await asyncio.to_thread(self.load)
@@ -180,45 +213,110 @@ class DirectorySource:
                         if _differs(result, last):
                             last = result
                             yield result
+                    if rescan_every > 0 and time.monotonic() >= next_rescan:
+                        result = await asyncio.to_thread(self.load)
+                        next_rescan = time.monotonic() + rescan_every
+                        changed = _differs(result, last)
+                        if on_rescan:
+                            on_rescan(result, changed)
+                        if changed:
+                            last = result
+                            yield result
+                    if self._links != links:
+                        # A directory link came or went: the OS watcher still names files by
+                        # the old paths, so watch afresh.
+                        break
                     batch = await anext(events)
             except (FileNotFoundError, StopAsyncIteration):
                 await asyncio.sleep(check_ms / 1000)  # vanished before the watcher started
-            except (OSError, RuntimeError):
-                # Native watching is not available (watch limits, some network file
-                # systems): start over, polling.
-                polling = True
-                await asyncio.sleep(check_ms / 1000)
+            except Exception as e:  # whatever it was: report it and start over
+                # OSError/RuntimeError: native watching may be unavailable (watch limits, some
+                # network file systems), so the retry polls.
+                if _any_of(e, (OSError, RuntimeError)):
+                    polling = True
+                failure = _describe(e)
             finally:
                 if not first.done():
                     first.cancel()
                     await asyncio.wait([first])  # let awatch stop its thread; our own cancel still propagates
                 await events.aclose()
+            if failure is None:
+                continue
+            failing = True
+            if on_failure:
+                on_failure(failure, backoff)
+            # Until the watcher runs again, a scan every check_ms keeps config following the files.
+            retry_at = time.monotonic() + backoff
+            while time.monotonic() < retry_at:
+                await asyncio.sleep(check_ms / 1000)
+                try:
+                    result = await asyncio.to_thread(self.load)
+                except Exception:
+                    continue  # reported as the failure already; tried again after the backoff
+                if last is None or _differs(result, last):
+                    last = result
+                    yield result
+            backoff = min(backoff * 2, BACKOFF_MAX)
 
     # ------------------------------------------------------------ internals
 
-    def _scan(self) -> tuple[set[str], dict[str, str]]:
-        """Manifest files (relative paths), and directories that could not be listed (why)."""
-        found: set[str] = set()
+    def _scan(self) -> tuple[set[str], dict[str, str], dict[str, str]]:
+        """Manifest files (relative paths), directories that could not be listed (why), and
+        directory links that loop (where to).
+
+        Plain directories are walked first, then linked ones not already walked, so each
+        real file is found once and by its path without links when it has one.
+        """
+        real_root = os.path.realpath(self.root)
+        files: dict[str, tuple[bool, tuple[str, ...], str]] = {}  # real path -> (via a link, order, rel)
         unreadable: dict[str, str] = {}
-
-        def failed(e: OSError) -> None:
-            where = Path(e.filename or self.root)
-            rel = where.relative_to(self.root).as_posix() if where.is_relative_to(self.root) else str(where)
-            unreadable[rel] = e.strerror or str(e)
-
-        seen_dirs: set[str] = set()
-        for dirpath, dirnames, filenames in os.walk(self.root, onerror=failed, followlinks=True):
-            real = os.path.realpath(dirpath)
-            if real in seen_dirs:  # a symlink loop
-                dirnames[:] = []
+        loops: dict[str, str] = {}
+        links: dict[str, str] = {}
+        walked = {real_root}
+        # (path, rel, real paths of it and its ancestors, reached through a link)
+        todo: list[tuple[str, str, tuple[str, ...], bool]] = [(str(self.root), "", (real_root,), False)]
+        linked: list[tuple[str, str, tuple[str, ...]]] = []  # directory links, for after the plain walk
+        while todo or linked:
+            if not todo:
+                path, rel, chain = linked.pop(0)
+                real = os.path.realpath(path)
+                links[rel] = real
+                if any(_within(up, real) for up in chain):
+                    loops[rel] = _relative(real, real_root)
+                    continue
+                if real in walked:
+                    continue  # its files are read by another path
+                walked.add(real)
+                todo.append((path, rel, (*chain, real), True))
                 continue
-            seen_dirs.add(real)
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            rel_dir = Path(dirpath).relative_to(self.root)
-            for name in filenames:
-                if not name.startswith(".") and name.lower().endswith(SUFFIXES):
-                    found.add((rel_dir / name).as_posix())
-        return found, unreadable
+            path, rel, chain, via_link = todo.pop()
+            try:
+                entries = sorted(os.scandir(path), key=lambda e: e.name)
+            except OSError as e:
+                unreadable[rel or "."] = e.strerror or str(e)
+                continue
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                child = f"{rel}/{entry.name}" if rel else entry.name
+                try:
+                    is_dir, is_link = entry.is_dir(), entry.is_symlink()
+                except OSError:
+                    continue  # gone, or not even stat-able: nothing to read
+                if is_dir:
+                    if is_link:
+                        linked.append((entry.path, child, chain))
+                    else:
+                        real = os.path.join(chain[-1], entry.name)
+                        walked.add(real)
+                        todo.append((entry.path, child, (*chain, real), via_link))
+                elif entry.name.lower().endswith(SUFFIXES):
+                    real = os.path.realpath(entry.path) if is_link else os.path.join(chain[-1], entry.name)
+                    candidate = (via_link or is_link, _order(child), child)
+                    if real not in files or candidate < files[real]:
+                        files[real] = candidate
+        self._links = links
+        return {rel for _, _, rel in files.values()}, unreadable, loops
 
     def _classify(self, path: Path) -> str | None:
         """A path from the watcher: its relative name if it is a manifest file, ``"rescan"``
@@ -237,10 +335,15 @@ class DirectorySource:
             return "rescan"  # Kubernetes ConfigMap: the ..data symlink was swapped
         if any(part.startswith(".") for part in rel.parts):
             return None
+        name = rel.as_posix()
+        if any(name == link or name.startswith(link + "/") for link in self._links):
+            return "rescan"  # a path through a directory link: only a scan knows which file it is
         if (self.root / rel).is_dir():
             return "rescan"
         if rel.name.lower().endswith(SUFFIXES):
-            return rel.as_posix()
+            if os.path.realpath(self.root / rel) != os.path.join(os.path.realpath(self.root), name):
+                return "rescan"  # a symlink: it may name a file read by another path
+            return name
         prefix = rel.as_posix() + "/"
         if any(known.startswith(prefix) for known in self._files):
             return "rescan"  # a directory we read from was removed or renamed
@@ -264,7 +367,13 @@ class DirectorySource:
         digest = hashlib.sha256(data).hexdigest()
         if old is not None and old.digest == digest:
             return False
-        parsed = parse_text(data, rel, self.default_namespace, is_json=rel.lower().endswith(".json"))
+        parsed = parse_text(
+            data,
+            rel,
+            self.default_namespace,
+            is_json=rel.lower().endswith(".json"),
+            max_bytes=self.max_file_bytes,
+        )
         if parsed.failed:
             return self._fail(rel, old, digest, parsed.errors)
 
@@ -334,6 +443,33 @@ def _order(rel: str) -> tuple[str, ...]:
 
 def _under(rel: str, dirs: Mapping[str, str]) -> bool:
     return any(d == "." or rel.startswith(d + "/") for d in dirs)
+
+
+def _within(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+def _relative(real: str, real_root: str) -> str:
+    if real == real_root:
+        return "the config directory"
+    if real.startswith(real_root + os.sep):
+        return real[len(real_root) + 1 :]
+    return real
+
+
+def _any_of(e: BaseException, types: tuple[type[BaseException], ...]) -> bool:
+    if isinstance(e, BaseExceptionGroup):
+        return any(_any_of(inner, types) for inner in e.exceptions)
+    return isinstance(e, types)
+
+
+def _describe(e: BaseException) -> str:
+    """One line for an operator: watchfiles wraps its errors in exception groups."""
+    while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
+        e = e.exceptions[0]
+    if isinstance(e, BaseExceptionGroup):
+        return "; ".join(_describe(inner) for inner in e.exceptions)
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
 def _identity(root: Path) -> tuple[int, int] | None:

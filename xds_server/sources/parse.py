@@ -3,6 +3,10 @@
 Turns text (multi-document YAML, or JSON) into typed ``translators.model`` resources plus
 ``ConfigError``s that name the file, the resource and the field. Nothing here raises on
 bad input: every problem becomes a ``ConfigError``.
+
+YAML is composed by libyaml when present (``CSafeLoader``) and turned into Python objects
+here, checking as it goes: a duplicate key, or aliases that expand beyond a budget (an
+alias bomb), fail the file before any of it is validated.
 """
 
 from __future__ import annotations
@@ -18,7 +22,12 @@ from pydantic import BaseModel, ValidationError
 from translators.errors import ConfigError
 from translators.model import KINDS, Resource, ResourceKey
 
-_Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+#: Larger inputs are not parsed at all (the file source does not even read them).
+MAX_BYTES = 16 * 1024 * 1024
+#: Nodes that aliases may add to a file once expanded, beyond this or the number of nodes
+#: written in it (whichever is larger). Manifests rarely use aliases; a "billion laughs"
+#: document expands a few hundred bytes to billions of nodes.
+ALIAS_BUDGET = 10_000
 
 IGNORED_KIND = "kind {kind} is not read by meshpilot; ignored"
 UNKNOWN_FIELD = "field not supported by meshpilot yet; ignored"
@@ -54,9 +63,18 @@ class ParsedFile:
 
 
 def parse_text(
-    text: str | bytes, file: str, default_namespace: str = "default", *, is_json: bool = False
+    text: str | bytes,
+    file: str,
+    default_namespace: str = "default",
+    *,
+    is_json: bool = False,
+    max_bytes: int = MAX_BYTES,
 ) -> ParsedFile:
     """Parse every document of one file. ``file`` is only used to name it in errors and ``source``."""
+    if _too_large(text, max_bytes):
+        return ParsedFile(
+            errors=(ConfigError(file, "", "", f"file is larger than {max_bytes} bytes; not read"),)
+        )
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8-sig")
@@ -144,21 +162,39 @@ def parse_object(obj: Any, source: str, where: str, default_namespace: str = "de
 
 def unknown_fields(model: BaseModel, path: str = "") -> Iterator[str]:
     """Dotted paths of fields kept by ``extra="allow"`` but not modelled, in nested models too."""
-    for name in model.model_extra or {}:
-        yield _join(path, name)
-    for name in type(model).model_fields:
-        yield from _unknown_in(getattr(model, name), _join(path, name))
+    found: list[str] = []
+    _unknown_in(model, path, found)
+    return iter(found)
 
 
-def _unknown_in(value: Any, path: str) -> Iterator[str]:
+def _unknown_in(value: Any, path: str, found: list[str]) -> None:
+    # Runs on every field of every resource: scalars are skipped before any path is built.
     if isinstance(value, BaseModel):
-        yield from unknown_fields(value, path)
+        found.extend(_join(path, name) for name in value.__pydantic_extra__ or {})
+        fields = value.__dict__
+        for name in _field_names(type(value)):
+            v = fields.get(name)
+            if type(v) not in _ATOMS:
+                _unknown_in(v, _join(path, name), found)
     elif isinstance(value, list | tuple):
         for i, v in enumerate(value):
-            yield from _unknown_in(v, f"{path}[{i}]")
+            if type(v) not in _ATOMS:
+                _unknown_in(v, f"{path}[{i}]", found)
     elif isinstance(value, Mapping):
         for k, v in value.items():
-            yield from _unknown_in(v, _join(path, str(k)))
+            if type(v) not in _ATOMS:
+                _unknown_in(v, _join(path, str(k)), found)
+
+
+_ATOMS = frozenset({str, int, float, bool, type(None)})
+_FIELD_NAMES: dict[type[BaseModel], tuple[str, ...]] = {}
+
+
+def _field_names(cls: type[BaseModel]) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(cls.model_fields)
+    return names
 
 
 # ---------------------------------------------------------------- helpers
@@ -168,14 +204,50 @@ class _SyntaxProblem(Exception):
     pass
 
 
+def _make_loader(base: type[Any]) -> type[Any]:
+    if base.yaml_path_resolvers:
+        return base  # tags may depend on where a node is: resolve them the usual way
+
+    class Loader(base):  # type: ignore[valid-type,misc]
+        """A node's tag depends only on its kind and, for a plain scalar, its text: the
+        same few texts repeat, so their tags come from a cache."""
+
+        _tags: dict[str, str] = {}
+
+        def resolve(self, kind: type, value: Any, implicit: tuple[bool, bool]) -> str:
+            if kind is yaml.ScalarNode:
+                if not implicit[0]:
+                    return str(self.DEFAULT_SCALAR_TAG)
+                tag = self._tags.get(value)
+                if tag is None:
+                    tag = super().resolve(kind, value, implicit)
+                    if len(self._tags) < 20_000 and len(value) < 100:
+                        self._tags[value] = tag
+                return tag
+            return str(self.DEFAULT_SEQUENCE_TAG if kind is yaml.SequenceNode else self.DEFAULT_MAPPING_TAG)
+
+        def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+            pass
+
+        def ascend_resolver(self) -> None:
+            pass
+
+    return Loader
+
+
+# libyaml's parser and composer when PyYAML was built with it; the checks are the same either way.
+_Loader = _make_loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def _load_yaml(text: str) -> list[Any]:
     # All documents are loaded before any is used: a syntax error anywhere fails the whole
     # file, so a half-read file is never mistaken for a file that dropped resources.
     loader = _Loader(text)
     try:
+        build = _Builder(loader)
         docs = []
-        while loader.check_data():
-            docs.append(loader.get_data())
+        while loader.check_node():
+            docs.append(build.document(loader.get_node()))
         return docs
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -192,13 +264,196 @@ def _load_yaml(text: str) -> list[Any]:
         loader.dispose()
 
 
+_TAG = "tag:yaml.org,2002:"
+_STR, _INT, _BOOL, _NULL = _TAG + "str", _TAG + "int", _TAG + "bool", _TAG + "null"
+_MAP, _SEQ, _SET, _OMAP, _PAIRS = _TAG + "map", _TAG + "seq", _TAG + "set", _TAG + "omap", _TAG + "pairs"
+_MERGE, _VALUE = _TAG + "merge", _TAG + "value"
+
+
+class _Builder:
+    """Python objects from composed YAML nodes, as PyYAML's SafeConstructor builds them, but
+    refusing duplicate keys and alias bombs.
+
+    An alias is the same node object met again: its object is built once and shared (as
+    PyYAML does), and the nodes it stands for are counted against the budget, so counting
+    costs what the text costs however far the aliases would expand.
+    """
+
+    def __init__(self, loader: Any, budget: int = ALIAS_BUDGET):
+        self.loader = loader
+        self.budget = budget
+        self.nodes = 0  # nodes built from the text
+        self.aliased = 0  # nodes reached again through aliases, expanded
+        self.done: dict[int, tuple[Any, int]] = {}  # id(collection node) -> (object, expanded size)
+        self.open: set[int] = set()  # collections being built: met again, they contain themselves
+
+    def document(self, root: yaml.Node | None) -> Any:
+        self.done.clear()  # anchors do not cross documents (and ids of freed nodes are reused)
+        return None if root is None else self.build(root, root)[0]
+
+    def build(self, node: yaml.Node, parent: yaml.Node) -> tuple[Any, int]:
+        """The node's object and how many nodes it stands for once aliases are expanded."""
+        if type(node) is yaml.ScalarNode:
+            self.nodes += 1
+            return self.scalar(node), 1
+        key = id(node)
+        hit = self.done.get(key)
+        if hit is not None:
+            self.aliased += hit[1]
+            limit = max(self.budget, self.nodes)
+            if self.aliased > limit:
+                raise _SyntaxProblem(
+                    f"line {_line(parent)}: YAML aliases expand to more than {limit} nodes; "
+                    "refused (an alias bomb?)"
+                )
+            return hit
+        if key in self.open:
+            raise _SyntaxProblem(
+                f"line {_line(parent)}: a YAML alias refers to a collection that contains it"
+            )
+        self.nodes += 1
+        self.open.add(key)
+        result = self.mapping(node) if type(node) is yaml.MappingNode else self.sequence(node)
+        self.open.discard(key)
+        self.done[key] = result
+        return result
+
+    def scalar(self, node: yaml.Node) -> Any:
+        tag, value = node.tag, node.value
+        if tag in (_STR, _VALUE):
+            return value
+        if tag == _INT and value.isascii() and value.isdigit() and (value[0] != "0" or value == "0"):
+            return int(value)
+        if tag == _BOOL:
+            return self.loader.bool_values[value.lower()]
+        if tag == _NULL:
+            return None
+        # Other ints (0x1F, 1_000, -3), floats, timestamps, !!binary; an unknown tag raises.
+        return self.loader.construct_object(node, deep=True)
+
+    def mapping(self, node: yaml.Node) -> tuple[Any, int]:
+        if node.tag not in (_MAP, _SET):
+            raise _no_constructor(node)
+        out: dict[Any, Any] = {}
+        merged: dict[Any, Any] | None = None
+        size = 1
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE and type(key_node) is yaml.ScalarNode:
+                merged = {} if merged is None else merged
+                size += 1 + self.merge(value_node, node, merged)
+                continue
+            # Scalars inline (most nodes are): what build() does for them, without the calls.
+            if type(key_node) is yaml.ScalarNode:
+                key = key_node.value if key_node.tag == _STR else self.scalar(key_node)
+                self.nodes += 1
+                size += 1
+            else:
+                key, key_size = self.build(key_node, node)
+                size += key_size
+            if type(value_node) is yaml.ScalarNode:
+                value = self.scalar(value_node)
+                self.nodes += 1
+                size += 1
+            else:
+                value, value_size = self.build(value_node, node)
+                size += value_size
+            try:
+                seen = key in out
+            except TypeError:
+                raise _SyntaxProblem(
+                    f"line {_line(key_node)}: a mapping key must be a scalar, not a {type(key).__name__}"
+                ) from None
+            if seen:
+                first = next(
+                    (k, v)
+                    for k, v in node.value
+                    if type(k) is yaml.ScalarNode and k.tag != _MERGE and self.scalar(k) == key
+                )
+                raise _SyntaxProblem(
+                    f"line {_key_line(node, key_node, value_node)}: duplicate key {_show(key)} in a mapping "
+                    f"(first at line {_key_line(node, *first)})"
+                )
+            out[key] = value
+        if merged:  # explicit keys win over merged ones (YAML's merge key, `<<: *defaults`)
+            merged.update(out)
+            out = merged
+        return (set(out) if node.tag == _SET else out), size
+
+    def merge(self, value_node: yaml.Node, parent: yaml.Node, into: dict[Any, Any]) -> int:
+        sources = value_node.value if type(value_node) is yaml.SequenceNode else [value_node]
+        size = 0
+        for source in sources:
+            if type(source) is not yaml.MappingNode:
+                raise _SyntaxProblem(f"line {_line(source)}: `<<` merges a mapping or a list of mappings")
+            obj, n = self.build(source, parent)
+            size += n
+            for k, v in obj.items():
+                into.setdefault(k, v)  # the first mapping listed wins
+        return size
+
+    def sequence(self, node: yaml.Node) -> tuple[Any, int]:
+        items = []
+        size = 1
+        for child in node.value:
+            value, n = self.build(child, node)
+            items.append(value)
+            size += n
+        if node.tag == _SEQ:
+            return items, size
+        if node.tag in (_OMAP, _PAIRS):
+            if not all(isinstance(i, dict) and len(i) == 1 for i in items):
+                raise _SyntaxProblem(
+                    f"line {_line(node)}: {node.tag[len(_TAG) :]} items must be one-key mappings"
+                )
+            return [pair for i in items for pair in i.items()], size
+        raise _no_constructor(node)
+
+
+def _line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _key_line(mapping: yaml.Node, key: yaml.Node, value: yaml.Node) -> int:
+    # An alias key is its anchor's node, marked where the anchor is: then say where its value is.
+    return _line(key) if key.start_mark.index >= mapping.start_mark.index else _line(value)
+
+
+def _show(key: Any) -> str:
+    text = repr(key)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _no_constructor(node: yaml.Node) -> yaml.MarkedYAMLError:
+    return yaml.constructor.ConstructorError(
+        None, None, f"could not determine a constructor for the tag {node.tag!r}", node.start_mark
+    )
+
+
+def _too_large(text: str | bytes, limit: int) -> bool:
+    # A str's length in characters is a lower bound of its UTF-8 size: encode only when close.
+    if len(text) > limit:
+        return True
+    return (
+        isinstance(text, str) and len(text) * 4 > limit and len(text.encode("utf-8", "surrogatepass")) > limit
+    )
+
+
 def _load_json(text: str) -> list[Any]:
     try:
-        return [json.loads(text)]
+        return [json.loads(text, object_pairs_hook=_json_object)]
     except json.JSONDecodeError as e:
         raise _SyntaxProblem(f"JSON syntax error at line {e.lineno}, column {e.colno}: {e.msg}") from None
     except RecursionError:
         raise _SyntaxProblem("JSON nested too deeply") from None
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _SyntaxProblem(f"duplicate key {_show(key)} in an object")
+        out[key] = value
+    return out
 
 
 def _is_list(obj: Any) -> bool:
