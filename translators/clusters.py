@@ -20,9 +20,11 @@ from translators.features.connection_pool import (
     http2_upstream,
 )
 from translators.features.load_balancer import apply_load_balancer
+from translators.features.mtls import apply_mesh_tls, sni, spiffe_id
 from translators.features.outlier import apply_outlier_detection
 from translators.features.tls import apply_tls
 from translators.features.traffic_policy import NO_POLICY, ClusterPolicy
+from translators.model import ServiceEntry
 from translators.model.names import BLACKHOLE, HTTP2_UPSTREAM, inbound_cluster, is_http, outbound_cluster
 from translators.model.registry import Endpoint, MeshPort, MeshService
 from translators.policies import DestinationPolicy
@@ -42,7 +44,8 @@ def _attach_protocol_options(c: cluster_pb2.Cluster, options: hpo.HttpProtocolOp
     c.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(to_any(options))
 
 
-def _cluster(name: str, port: MeshPort, svc: MeshService, policy: ClusterPolicy, endpoints: tuple[Endpoint, ...]) -> cluster_pb2.Cluster:
+def _cluster(name: str, port: MeshPort, svc: MeshService, policy: ClusterPolicy, endpoints: tuple[Endpoint, ...],
+             subset: str = "", auto_mtls: bool = False) -> cluster_pb2.Cluster:
     c = Cluster(name=name)
     discovery = svc.shape.discovery
     if discovery == "EDS":
@@ -64,23 +67,45 @@ def _cluster(name: str, port: MeshPort, svc: MeshService, policy: ClusterPolicy,
     apply_outlier_detection(c, policy.outlier_detection)
     apply_load_balancer(c, policy.load_balancer)
     apply_tls(c, policy.tls, options)
+    tls = policy.tls
+    apply_mesh_tls(c, tls.mode if tls is not None else None, auto=auto_mtls,
+                   server_name=(tls.sni if tls is not None and tls.sni else sni(port.number, svc.host, subset)),
+                   sans=mesh_identities(svc), explicit_sans=tls.subjectAltNames if tls is not None else (),
+                   http2=options.explicit_http_config.HasField("http2_protocol_options"))
     if is_http(port.protocol):
         _attach_protocol_options(c, options)
     return c
 
 
-def service_clusters(svc: MeshService, policy: DestinationPolicy | None) -> list[tuple[str, cluster_pb2.Cluster]]:
-    """Every outbound cluster of ``svc``: one per port, plus one per port and subset."""
+def service_clusters(
+    svc: MeshService, policy: DestinationPolicy | None, auto_mtls: bool = False
+) -> list[tuple[str, cluster_pb2.Cluster]]:
+    """Every outbound cluster of ``svc``: one per port, plus one per port and subset.
+    ``auto_mtls``: originate mTLS to its endpoints that have a sidecar (features.mtls)."""
     out = []
     subsets = policy.subsets if policy else ()
     for port, eps in zip(svc.shape.ports, svc.endpoints, strict=True):
         name = outbound_cluster(port.number, svc.host)
-        out.append((name, _cluster(name, port, svc, policy.cluster_policy(port.number) if policy else NO_POLICY, eps)))
+        out.append((name, _cluster(name, port, svc, policy.cluster_policy(port.number) if policy else NO_POLICY, eps,
+                                   auto_mtls=auto_mtls)))
         for s in subsets:
             name = outbound_cluster(port.number, svc.host, s.name)
             subset_eps = tuple(e for e in eps if in_subset(s.labels, e))
-            out.append((name, _cluster(name, port, svc, policy.cluster_policy(port.number, s.name), subset_eps)))  # type: ignore[union-attr]
+            out.append((name, _cluster(name, port, svc, policy.cluster_policy(port.number, s.name), subset_eps,  # type: ignore[union-attr]
+                                       s.name, auto_mtls)))
     return out
+
+
+def in_mesh(svc: MeshService) -> bool:
+    """Kubernetes services and MESH_INTERNAL ServiceEntries: the ones auto mTLS may apply to."""
+    res = svc.resource
+    return svc.shape.kubernetes or (isinstance(res, ServiceEntry) and res.spec.location == "MESH_INTERNAL")
+
+
+def mesh_identities(svc: MeshService) -> tuple[str, ...]:
+    """The SPIFFE IDs the destination's certificate may carry: those of its workloads'
+    service accounts when the registry knows them, else none (any mesh identity)."""
+    return tuple(spiffe_id(svc.shape.namespace, sa) for sa in svc.shape.service_accounts)
 
 
 def blackhole() -> cluster_pb2.Cluster:

@@ -8,20 +8,26 @@ from envoy.config.core.v3 import address_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2 as ec
 from envoy.config.endpoint.v3 import endpoint_pb2
 
+from translators.features.mtls import endpoint_metadata
 from translators.model.names import outbound_cluster
 from translators.model.registry import Endpoint, MeshService
 from translators.policies import DestinationPolicy
 
 
-def load_assignment(name: str, endpoints: Iterable[Endpoint]) -> endpoint_pb2.ClusterLoadAssignment:
-    lb = [
-        ec.LbEndpoint(
-            endpoint=ec.Endpoint(
-                address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=e.address, port_value=e.port))
-            )
+def _lb_endpoint(e: Endpoint) -> ec.LbEndpoint:
+    lb = ec.LbEndpoint(
+        endpoint=ec.Endpoint(
+            address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=e.address, port_value=e.port))
         )
-        for e in endpoints
-    ]
+    )
+    metadata = endpoint_metadata(e.labels)  # tlsMode: istio, for auto mTLS
+    if metadata is not None:
+        lb.metadata.CopyFrom(metadata)
+    return lb
+
+
+def load_assignment(name: str, endpoints: Iterable[Endpoint]) -> endpoint_pb2.ClusterLoadAssignment:
+    lb = [_lb_endpoint(e) for e in endpoints]
     # An empty service still gets an (empty) assignment so the cluster finishes warming.
     localities = [ec.LocalityLbEndpoints(lb_endpoints=lb)] if lb else []
     return endpoint_pb2.ClusterLoadAssignment(cluster_name=name, endpoints=localities)

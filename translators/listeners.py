@@ -11,7 +11,7 @@ The virtual listeners 15001/15006 of Istio need capture and are not generated.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from envoy.config.core.v3 import address_pb2, base_pb2
@@ -26,7 +26,7 @@ from google.protobuf.message import Message
 
 from translators.clusters import ADS
 from translators.errors import ConfigError
-from translators.features import cors, fault
+from translators.features import cors, fault, mtls
 from translators.features._proto import to_any
 from translators.features.timeout import NO_TIMEOUT
 from translators.model import Pod, Resource, WorkloadEntry
@@ -39,6 +39,7 @@ from translators.model.names import (
     outbound_listener,
 )
 from translators.model.registry import MeshService
+from translators.security import NO_POLICY, InboundPolicy
 
 APP_ADDRESS_ANNOTATION = "sidecar.meshpilot.io/app-address"
 
@@ -53,12 +54,13 @@ _HTTP_FILTERS = (
 )
 
 
-def _listener(name: str, ip: str, port: int, direction: int, network_filter: Message, filter_name: str) -> listener_pb2.Listener:
+def _listener(name: str, ip: str, port: int, direction: int, network_filter: Message, filter_name: str,
+              before: Sequence[lc.Filter] = ()) -> listener_pb2.Listener:
     return listener_pb2.Listener(
         name=name,
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=ip, port_value=port)),
         traffic_direction=direction,  # type: ignore[arg-type]
-        filter_chains=[lc.FilterChain(filters=[lc.Filter(name=filter_name, typed_config=to_any(network_filter))])],
+        filter_chains=[lc.FilterChain(filters=[*before, lc.Filter(name=filter_name, typed_config=to_any(network_filter))])],
     )
 
 
@@ -67,14 +69,22 @@ def _stat_prefix(direction: int, port: int) -> str:
     return f"{'inbound' if direction == base_pb2.INBOUND else 'outbound'}_0.0.0.0_{port}"
 
 
-def _http(name: str, ip: str, port: int, direction: int, **route: Message | str) -> listener_pb2.Listener:
-    manager = hcm.HttpConnectionManager(stat_prefix=_stat_prefix(direction, port), http_filters=_HTTP_FILTERS, **route)  # type: ignore[arg-type]
+def _http(name: str, ip: str, port: int, direction: int, policy: InboundPolicy = NO_POLICY,
+          **route: Message | str) -> listener_pb2.Listener:
+    manager = hcm.HttpConnectionManager(stat_prefix=_stat_prefix(direction, port),
+                                        http_filters=[*policy.http_filters, *_HTTP_FILTERS], **route)  # type: ignore[arg-type]
+    if policy.http_filters:
+        manager.normalize_path.value = True  # policies match the path the app will see (istiod's default)
+    if direction == base_pb2.INBOUND:
+        # The app learns the mTLS caller's SPIFFE ID; what a caller sends itself is dropped.
+        manager.forward_client_cert_details = hcm.HttpConnectionManager.SANITIZE_SET
+        manager.set_current_client_cert_details.uri = True
     return _listener(name, ip, port, direction, manager, "envoy.filters.network.http_connection_manager")
 
 
-def _tcp(name: str, ip: str, port: int, direction: int, cluster: str) -> listener_pb2.Listener:
+def _tcp(name: str, ip: str, port: int, direction: int, cluster: str, policy: InboundPolicy = NO_POLICY) -> listener_pb2.Listener:
     proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)
-    return _listener(name, ip, port, direction, proxy, "envoy.filters.network.tcp_proxy")
+    return _listener(name, ip, port, direction, proxy, "envoy.filters.network.tcp_proxy", policy.network_filters)
 
 
 # ---------------------------------------------------------------- outbound
@@ -188,18 +198,26 @@ def _target(svc: MeshService, name: str, number: int, target: int | str | None, 
     return None
 
 
-def inbound(ip: str, port: InboundPort) -> listener_pb2.Listener:
+def inbound(ip: str, port: InboundPort, policy: InboundPolicy = NO_POLICY, mtls_mode: str = "DISABLE",
+            has_identity: bool = False) -> listener_pb2.Listener:
+    """``policy``: the workload's AuthorizationPolicies and RequestAuthentications (security.py);
+    ``mtls_mode``: its PeerAuthentication mode on this port (peer_auth.py), which needs
+    ``has_identity`` (a certificate over SDS) to terminate mTLS (features/mtls.py)."""
     name = inbound_listener(ip, port.target)
     cluster = inbound_cluster(port.target)
     direction = base_pb2.INBOUND
     if not port.http:
-        return _tcp(name, ip, port.target, direction, cluster)
-    route = rc.Route(name="default", match=rc.RouteMatch(prefix="/"), route=rc.RouteAction(cluster=cluster, timeout=NO_TIMEOUT))
-    config = route_pb2.RouteConfiguration(
-        name=cluster,
-        virtual_hosts=[rc.VirtualHost(name=f"inbound|http|{port.target}", domains=["*"], routes=[route])],
-    )
-    return _http(name, ip, port.target, direction, route_config=config)
+        listener = _tcp(name, ip, port.target, direction, cluster, policy)
+    else:
+        route = rc.Route(name="default", match=rc.RouteMatch(prefix="/"),
+                         route=rc.RouteAction(cluster=cluster, timeout=NO_TIMEOUT))
+        config = route_pb2.RouteConfiguration(
+            name=cluster,
+            virtual_hosts=[rc.VirtualHost(name=f"inbound|http|{port.target}", domains=["*"], routes=[route])],
+        )
+        listener = _http(name, ip, port.target, direction, policy, route_config=config)
+    mtls.secure_inbound(listener, mtls_mode, has_identity, port.http)
+    return listener
 
 
 def selects_workload(svc: MeshService, labels: Mapping[str, str]) -> bool:

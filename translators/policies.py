@@ -125,13 +125,10 @@ def _check(policy: TrafficPolicy | None, field: str, warn) -> None:  # type: ign
             if lb.localityLbSetting is not None and lb.localityLbSetting.enabled is not False:
                 warn(f"{where}.loadBalancer.localityLbSetting", "not supported yet: proxies carry no locality; "
                      "endpoints are balanced without locality preference")
-        if tls is not None:
-            if tls.mode == "ISTIO_MUTUAL":
-                warn(f"{where}.tls.mode", "ISTIO_MUTUAL needs the mesh CA (not built yet); plaintext is used")
-            elif tls.credentialName:
-                warn(f"{where}.tls.credentialName", "credentialName needs SDS (not supported yet): no TLS is "
-                     "originated, as istiod does for sidecars; use clientCertificate, privateKey and "
-                     "caCertificates files")
+        if tls is not None and tls.mode != "ISTIO_MUTUAL" and tls.credentialName:
+            warn(f"{where}.tls.credentialName", "credentialName needs SDS (not supported yet): no TLS is "
+                 "originated, as istiod does for sidecars; use clientCertificate, privateKey and "
+                 "caCertificates files")
 
 
 # ---------------------------------------------------------------- which rule a proxy sees

@@ -13,7 +13,11 @@ identity: models are frozen and a new World reuses unchanged objects):
                  destinations), then per namespace (and per set of source conditions a
                  proxy meets) a RouteConfiguration from the virtual hosts; VirtualServices
                  with a restricted exportTo replace parts in the namespaces they reach;
-* listeners    - per proxy: (outbound port table, workload, selecting services).
+* listeners    - per proxy: (outbound port table, workload, selecting services, the
+                 AuthorizationPolicies and RequestAuthentications selecting the workload
+                 (security.py), and the resolved ext_authz providers when they name one);
+                 a policy change makes proxies look their policies up again, and only
+                 those whose set of policy objects changed are rebuilt.
 
 ``update`` only reruns the stages the changed kinds can reach; a layer mapping (and each
 proto in it) is replaced only when one of its parts is, so the cache can share bytes.
@@ -28,15 +32,20 @@ from types import MappingProxyType
 from envoy.config.listener.v3 import listener_pb2
 from google.protobuf.message import Message
 
-from translators import api, clusters, endpoints, listeners, routes
+from translators import api, clusters, endpoints, listeners, peer_auth, routes, security
 from translators.errors import ConfigError
-from translators.features import delegate
+from translators.features import authz, delegate, mtls
+from translators.grpcgen import GrpcGenerator
 from translators.model import (
+    AuthorizationPolicy,
     DestinationRule,
+    PeerAuthentication,
+    RequestAuthentication,
     ResourceKey,
     VirtualService,
 )
 from translators.model.index import ResourceIndex
+from translators.model.mesh import MeshConfig
 from translators.model.names import BLACKHOLE, host_matches, is_http, resolve_host
 from translators.model.registry import KINDS as REGISTRY_KINDS
 from translators.model.registry import Registry
@@ -78,6 +87,7 @@ class _ProxyState:
     inbound_clusters: api.Layer
     errors: tuple[ConfigError, ...]
     generation: int = field(default=0)
+    security_epoch: int = field(default=0)
 
 
 class Translator:
@@ -115,8 +125,19 @@ class Translator:
         self._ns_routes: dict[tuple, _NamespaceRoutes] = {}  # (namespace, satisfied source conditions)
         self._port_table: dict[int, listeners.OutboundPort] = {}
         self._proxies: dict[tuple, _ProxyState] = {}
+        self._security_epoch = 0  # bumped when a security policy, the mesh config or the services change
+        self._providers: dict[str, authz.Provider] = {}  # the mesh config's ext_authz providers, resolved
+        self._policies_use_registry = False  # some policy names a service (CUSTOM provider, jwksUri)
+        # ids of (policies..., providers) -> (them, their InboundPolicy): workloads alike share one
+        self._inbound_policies: dict[tuple[int, ...], tuple[tuple, security.InboundPolicy]] = {}
         self._stage_errors: dict[str, list[ConfigError]] = {}
         self._errors: tuple[ConfigError, ...] | None = ()
+        self._grpc = GrpcGenerator(self)  # proxyless gRPC clients: reads the stages above
+        # PeerAuthentication (peer_auth.py), and the cluster layers of proxies without a mesh
+        # identity (auto mTLS left out): source layer id -> (source layer, plaintext layer).
+        self._peer_auth = peer_auth.PeerAuthIndex((), root_namespace)
+        self._plaintext_layers: dict[int, tuple[api.Layer, api.Layer]] = {}
+        self._plaintext_protos: dict[int, tuple[Message, Message]] = {}
 
     # ------------------------------------------------------------ the contract
 
@@ -144,8 +165,11 @@ class Translator:
         rule_hosts: set[str] = set()
         if DestinationRule.KIND in kinds:
             rule_hosts = self._rebuild_policies({k for k in changed if k.kind == DestinationRule.KIND})
-        if services or rule_hosts:
-            self._rebuild_clusters_and_endpoints(rule_hosts)
+        mtls_hosts: set[str] = set()
+        if not kinds.isdisjoint(peer_auth.KINDS):
+            mtls_hosts = self._rebuild_peer_auth()
+        if services or rule_hosts or mtls_hosts:
+            self._rebuild_clusters_and_endpoints(rule_hosts | mtls_hosts)
         touched: set[str] = set()
         if VirtualService.KIND in kinds:
             touched = self._rebuild_virtual_services({k for k in changed if k.kind == VirtualService.KIND})
@@ -153,6 +177,8 @@ class Translator:
             self._rebuild_route_table(shapes, touched, rule_hosts)
         if shapes:
             self._rebuild_port_table()
+        if shapes or not kinds.isdisjoint(security.KINDS):
+            self._rebuild_security(kinds, bool(shapes))
         self._errors = None
         self._proxies = {
             k: s for k, s in self._proxies.items() if s.generation > self._generation - PROXY_MEMO_UPDATES
@@ -166,10 +192,13 @@ class Translator:
             found = [e for errs in self._stage_errors.values() for e in errs]
             found += self._registry.errors
             found += [e for s in self._proxies.values() if s.generation == self._generation for e in s.errors]
+            found += self._grpc.errors()
             self._errors = tuple(sorted(set(found), key=lambda e: (e.file, e.resource, e.field, e.message)))
         return self._errors
 
     def for_proxy(self, proxy: Proxy) -> dict[str, list[api.Layer]]:
+        if proxy.generator == "grpc":
+            return self._grpc.for_proxy(proxy)
         out: dict[str, list[api.Layer]] = {
             api.CLUSTER: [self._clusters],
             api.ENDPOINT: [self._endpoints],
@@ -178,6 +207,8 @@ class Translator:
         if split is not None:
             out[api.CLUSTER].append(split[0])
             out[api.ENDPOINT].append(split[1])
+        if not proxy.identity:  # no certificate to do mTLS with: plaintext to every peer
+            out[api.CLUSTER] = [self._plaintext(layer) for layer in out[api.CLUSTER]]
         if proxy.role == "gateway":
             return out  # Gateway listeners and routes come with Gateway resources
         state = self._proxy_state(proxy)
@@ -288,10 +319,11 @@ class Translator:
 
     def _host_clusters(self, svc, policy, old):  # type: ignore[no-untyped-def]
         dns = svc.endpoints if svc.shape.discovery != "EDS" else None
-        inputs = (svc, svc.shape, dns, policy)
+        auto_mtls = clusters.in_mesh(svc) and self._peer_auth.service_mode(svc.shape.namespace) != "DISABLE"
+        inputs = (svc, svc.shape, dns, auto_mtls, policy)  # the policy last: see "used" above
         if old is not None and _same(old[0][1:], inputs[1:]):
             return old
-        return inputs, clusters.service_clusters(svc, policy)
+        return inputs, clusters.service_clusters(svc, policy, auto_mtls)
 
     def _host_endpoints(self, svc, policy, old):  # type: ignore[no-untyped-def]
         inputs = (svc, svc.shape, svc.endpoints, policy)
@@ -323,6 +355,43 @@ class Translator:
             layers = (_layer(("clusters-by-namespace", key), cs), _layer(("endpoints-by-namespace", key), es))
             self._split_layers[key] = layers
         return layers
+
+    # ------------------------------------------------------------ mutual TLS
+
+    def _rebuild_peer_auth(self) -> set[str]:
+        """Re-read the PeerAuthentications; the hosts whose auto mTLS (client side) may change.
+        Proxies look their own (server side) policy up again."""
+        old = self._peer_auth
+        self._peer_auth = peer_auth.PeerAuthIndex(
+            (pa for pa in self._index.all(PeerAuthentication.KIND) if isinstance(pa, PeerAuthentication)),
+            self._root_namespace)
+        self._stage_errors["peer-authentication"] = self._peer_auth.errors
+        self._security_epoch += 1
+        return {h for h, svc in self._registry.services.items()
+                if old.service_mode(svc.shape.namespace) != self._peer_auth.service_mode(svc.shape.namespace)}
+
+    def _plaintext(self, layer: api.Layer) -> api.Layer:
+        """``layer`` without auto mTLS, for proxies that have no certificate: the same object
+        while ``layer`` is, and each cluster's plaintext form the same while its source is."""
+        hit = self._plaintext_layers.get(id(layer))
+        if hit is not None and hit[0] is layer:
+            return hit[1]
+        parts = []
+        changed = False
+        for name, c in layer.resources.items():
+            memo = self._plaintext_protos.get(id(c))
+            if memo is None or memo[0] is not c:
+                memo = self._plaintext_protos[id(c)] = (c, mtls.without_auto_mtls(c))  # type: ignore[arg-type]
+            changed |= memo[1] is not c
+            parts.append((name, memo[1]))
+        result = _layer(("clusters-plaintext", layer.key), parts) if changed else layer
+        self._plaintext_layers[id(layer)] = (layer, result)
+        if len(self._plaintext_layers) > 4 + 2 * len(self._split_layers):  # forget what no proxy can ask for
+            live = {id(self._clusters), *(id(s[0]) for s in self._split_layers.values())}
+            self._plaintext_layers = {k: v for k, v in self._plaintext_layers.items() if k in live}
+            protos = {id(c) for src, _ in self._plaintext_layers.values() for c in src.resources.values()}
+            self._plaintext_protos = {k: v for k, v in self._plaintext_protos.items() if k in protos}
+        return result
 
     # ------------------------------------------------------------ routes
 
@@ -529,7 +598,8 @@ class Translator:
         key = proxy.key
         state = self._proxies.get(key)
         epoch = self._ns_epoch.get(proxy.namespace, 0)
-        if state is not None and state.epoch == epoch and state.port_table is self._port_table:
+        if (state is not None and state.epoch == epoch and state.port_table is self._port_table
+                and state.security_epoch == self._security_epoch):
             if state.generation != self._generation:
                 state.generation = self._generation
                 self._errors = None if state.errors else self._errors
@@ -539,20 +609,63 @@ class Translator:
         workload = self._index.workload_at(ns, proxy.ip)
         labels = listeners.workload_labels(workload, proxy.labels)
         selecting = self._registry.selecting(ns, labels)
-        inputs = (self._port_table, workload, *(s.shape for s in selecting))
+        # The policies that select this workload, if it has an inbound side for them to act on.
+        policies = security.selected(self._index, self._root_namespace, ns, labels, selecting) if selecting else ()
+        context = (self._providers,) if security.needs_registry(policies) else ()
+        peer = self._peer_auth.for_workload(ns, labels) if selecting else None  # interned: compared by identity
+        inputs = (self._port_table, workload, *(s.shape for s in selecting), *policies, *context, peer)
         if state is not None and _same(state.inputs, inputs):
             state.epoch, state.port_table, state.inputs = epoch, self._port_table, inputs
         else:
-            state = self._build_proxy_state(proxy, state, inputs, workload, selecting)
+            state = self._build_proxy_state(proxy, state, inputs, workload, selecting, policies, peer)
             state.epoch = epoch
+        state.security_epoch = self._security_epoch
         state.generation = self._generation
         self._proxies[key] = state
         if state.errors:
             self._errors = None
         return state
 
-    def _build_proxy_state(self, proxy, old, inputs, workload, selecting) -> _ProxyState:  # type: ignore[no-untyped-def]
+    def _rebuild_security(self, kinds: set[str], shapes: bool) -> None:
+        """Proxies look their policies up again (each is rebuilt only if the policies that
+        select it are other objects); the ext_authz providers follow the mesh config and
+        the services they name. A change of services alone matters to the proxies whose
+        policies look services up (CUSTOM, jwksUri)."""
+        changed = not kinds.isdisjoint(security.KINDS)
+        if changed:
+            policies = self._index.all(AuthorizationPolicy.KIND) + self._index.all(RequestAuthentication.KIND)
+            self._stage_errors["security-policies"] = security.policy_warnings(policies)
+            self._policies_use_registry = security.needs_registry(
+                p for p in policies if isinstance(p, AuthorizationPolicy | RequestAuthentication))
+        if shapes or MeshConfig.KIND in kinds:
+            found = [m for m in self._index.all(MeshConfig.KIND) if isinstance(m, MeshConfig)]
+            mesh = next((m for m in found if m.metadata.namespace == self._root_namespace), None)
+            chosen = str(mesh.key) if mesh else f"a MeshConfig in the root namespace {self._root_namespace}"
+            errors = [ConfigError(m.source, str(m.key), "metadata", f"ignored: the mesh config is {chosen}", "warning")
+                      for m in found if m is not mesh]
+            self._providers, problems = security.providers(mesh, self._registry.services)
+            self._stage_errors["mesh-config"] = errors + problems
+            self._inbound_policies = {}
+        if changed or self._policies_use_registry:
+            self._security_epoch += 1
+            self._inbound_policies = {}
+
+    def _inbound_policy(self, policies: tuple) -> security.InboundPolicy:
+        if not policies:
+            return security.NO_POLICY
+        inputs = (*policies, self._providers)  # the providers change with the services too
+        key = tuple(id(x) for x in inputs)
+        hit = self._inbound_policies.get(key)
+        if hit is not None and _same(hit[0], inputs):
+            return hit[1]
+        policy = security.inbound_policy(policies, self._providers, self._registry.services)
+        self._inbound_policies[key] = (inputs, policy)
+        return policy
+
+    def _build_proxy_state(self, proxy, old, inputs, workload, selecting, policies=(), peer=None) -> _ProxyState:  # type: ignore[no-untyped-def]
         inbound, errors = listeners.inbound_ports(selecting, workload)
+        policy = self._inbound_policy(policies) if inbound else security.NO_POLICY
+        errors.extend(policy.errors)
         by_target = {p.target: p for p in inbound}
         outbound: dict[int, tuple[listeners.OutboundPort, listener_pb2.Listener]] = {}
         for number, port in self._port_table.items():
@@ -565,9 +678,12 @@ class Translator:
             prev = old.outbound.get(number) if old is not None else None
             outbound[number] = prev if prev is not None and prev[0] is port else (port, listeners.outbound(proxy.ip, port))
         named = [(lst.name, lst) for _, lst in outbound.values()]
-        named += [(lst.name, lst) for lst in (listeners.inbound(proxy.ip, p) for p in inbound)]
+        peer = peer or peer_auth.PERMISSIVE
+        named += [(lst.name, lst) for lst in (listeners.inbound(proxy.ip, p, policy, peer.for_port(p.target),
+                                                                bool(proxy.identity)) for p in inbound)]
         address = listeners.app_address(workload)
         inbound_clusters = [(c.name, c) for c in (clusters.inbound(p.target, address, p.protocol) for p in inbound)]
+        inbound_clusters += [(c.name, c) for c in policy.clusters]
         return _ProxyState(
             epoch=0,
             port_table=self._port_table,

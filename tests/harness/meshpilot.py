@@ -33,6 +33,8 @@ class MeshpilotServer:
         host: str = "127.0.0.1",
         xds_port: int | None = None,
         http_port: int | None = None,
+        tls_port: int | None = None,
+        ca_state: Path | None = None,
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         name: str = "meshpilot",
@@ -41,6 +43,9 @@ class MeshpilotServer:
         self.host = host
         self.xds_port = xds_port or free_port(host)
         self.http_port = http_port or free_port(host)
+        self.tls_port = tls_port or free_port(host)
+        # The CA's state (root, token key) stays in the test's directory, never the user's.
+        self.ca_state = ca_state or workdir / "ca-state"
         self.name = name
         self.log_path = workdir / f"{name}.log"
         argv = [
@@ -48,6 +53,8 @@ class MeshpilotServer:
             "--config-dir", str(config_dir),
             "--xds-address", self.xds_address,
             "--http-address", self.http_address,
+            "--xds-tls-address", self.xds_tls_address,
+            "--ca-state", str(self.ca_state),
             *extra_args,
         ]
         self._child = ChildProcess(name, argv, log_path=self.log_path,
@@ -57,6 +64,11 @@ class MeshpilotServer:
     def xds_address(self) -> str:
         """``HOST:PORT``, what ``build_bootstrap(xds_address=...)`` takes."""
         return f"{self.host}:{self.xds_port}"
+
+    @property
+    def xds_tls_address(self) -> str:
+        """The TLS xDS port, where proxies with a token get their certificates."""
+        return f"{self.host}:{self.tls_port}"
 
     @property
     def http_address(self) -> str:

@@ -3,9 +3,11 @@ bootstrap made from it (EDS clusters get their assignments inline, RDS routes ar
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -64,7 +66,47 @@ def _bootstrap(case: str) -> dict:
                 packed = any_pb2.Any()
                 packed.Pack(manager)
                 f.typed_config.CopyFrom(packed)
-    return json.loads(json_format.MessageToJson(b))
+    return _static_secrets(json.loads(json_format.MessageToJson(b)))
+
+
+@functools.cache
+def _mesh_secrets() -> list[dict]:
+    """``default`` and ``ROOTCA`` as a proxy gets them over SDS, from a throwaway CA."""
+    # Imported here: at collection, this directory's sys.path entry lets tests/ca shadow ca.
+    from ca import CertificateAuthority, WorkloadIdentity
+
+    with tempfile.TemporaryDirectory() as state:
+        ca = CertificateAuthority.load_or_create(Path(state) / "ca")
+        cert = ca.issue(WorkloadIdentity.of("default", "default"))
+        return [
+            {"name": "default", "tlsCertificate": {"certificateChain": {"inlineString": cert.chain_pem.decode()},
+                                                   "privateKey": {"inlineString": cert.private_key.reveal().decode()}}},
+            {"name": "ROOTCA", "validationContext": {"trustedCa": {"inlineString": ca.trust_bundle().decode()}}},
+        ]
+
+
+def _static_secrets(bootstrap: dict) -> dict:
+    """SDS over ADS made static, like EDS and RDS above: the secrets go into the bootstrap and
+    the references lose their config source (``envoy --mode validate`` crashes on SDS over ADS
+    in static clusters)."""
+    found = False
+
+    def walk(node: object) -> None:
+        nonlocal found
+        if isinstance(node, dict):
+            if node.get("name") in ("default", "ROOTCA") and "sdsConfig" in node:
+                del node["sdsConfig"]
+                found = True
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(bootstrap)
+    if found:
+        bootstrap["staticResources"]["secrets"] = _mesh_secrets()
+    return bootstrap
 
 
 @pytest.mark.skipif(ENVOY is None, reason="no envoy binary (set MESHPILOT_ENVOY)")

@@ -17,6 +17,11 @@ def _evolve(world: World, *replaced: Resource) -> World:
     return world.evolve(MappingProxyType(resources))
 
 
+#: The outbound clusters of the cases' proxies: they proved no mesh identity (no certificate),
+#: so they get the shared layer's plaintext form (no auto mTLS), itself shared by all such proxies.
+OUTBOUND_CLUSTERS = ("clusters-plaintext", ("clusters", "outbound"))
+
+
 def _layer(out: dict[str, list[api.Layer]], type_url: str, key: object) -> api.Layer:
     return next(layer for layer in out[type_url] if layer.key == key)
 
@@ -42,7 +47,7 @@ def test_layer_keys() -> None:
     out = t.for_proxy(proxy)
     # This proxy serves nothing, so it has no inbound layer and shares its cluster view
     # with every proxy like it (the inbound golden case covers a proxy that has one).
-    assert [layer.key for layer in out[api.CLUSTER]] == [("clusters", "outbound")]
+    assert [layer.key for layer in out[api.CLUSTER]] == [OUTBOUND_CLUSTERS]
     assert [layer.key for layer in out[api.ENDPOINT]] == [("endpoints", "outbound")]
     assert [layer.key for layer in out[api.ROUTE]] == [("routes", "default")]
     assert [layer.key for layer in out[api.LISTENER]] == [("listeners", proxy.key)]
@@ -61,8 +66,8 @@ def test_virtual_service_change_touches_routes_only() -> None:
         assert all(x.resources is y.resources for x, y in zip(before[type_url], after[type_url], strict=True))
     assert after[api.ROUTE][0].resources is not before[api.ROUTE][0].resources
     assert len(after[api.ROUTE][0].resources["9080"].virtual_hosts[0].routes) == 1
-    old_clusters = _layer(before, api.CLUSTER, ("clusters", "outbound")).resources
-    new_clusters = _layer(after, api.CLUSTER, ("clusters", "outbound")).resources
+    old_clusters = _layer(before, api.CLUSTER, OUTBOUND_CLUSTERS).resources
+    new_clusters = _layer(after, api.CLUSTER, OUTBOUND_CLUSTERS).resources
     assert all(new_clusters[name] is old_clusters[name] for name in old_clusters)
 
 
@@ -140,7 +145,7 @@ def test_workload_change_rebuilds_inbound_only_for_its_namespace() -> None:
     address = inbound["inbound|8080||"].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
     assert address.socket_address.address == "127.0.0.3"
     assert after[api.ROUTE][0].resources is before[api.ROUTE][0].resources
-    assert _layer(after, api.CLUSTER, ("clusters", "outbound")) is _layer(before, api.CLUSTER, ("clusters", "outbound"))
+    assert _layer(after, api.CLUSTER, OUTBOUND_CLUSTERS) is _layer(before, api.CLUSTER, OUTBOUND_CLUSTERS)
 
 
 # ---------------------------------------------------------------- narrowing and views

@@ -26,6 +26,7 @@ from translators.model.kube import (
     SliceEndpoint,
     SlicePort,
 )
+from translators.model.mesh import MeshConfig
 from translators.model.networking import (
     ClientTLSSettings,
     ConnectionPoolSettings,
@@ -62,12 +63,14 @@ from translators.model.networking import (
     WorkloadEntrySpec,
     WorkloadSelector,
 )
+from translators.model.security import AuthorizationPolicy, PeerAuthentication, RequestAuthentication
 from translators.model.types import Duration, Percent
 
 #: kind -> model class, for the loaders.
 KINDS: dict[str, type[Resource]] = {
     cls.KIND: cls
-    for cls in (Service, EndpointSlice, Pod, ServiceEntry, WorkloadEntry, VirtualService, DestinationRule)
+    for cls in (Service, EndpointSlice, Pod, ServiceEntry, WorkloadEntry, VirtualService, DestinationRule,
+                AuthorizationPolicy, RequestAuthentication, MeshConfig, PeerAuthentication)
 }
 
 
@@ -91,4 +94,5 @@ __all__ = [
     "ServicePort", "ServiceSpec", "SliceEndpoint", "SlicePort", "StringMatch", "Subset", "TrafficPolicy",
     "VirtualService", "VirtualServiceSpec", "WorkloadEntry", "WorkloadEntrySpec", "WorkloadSelector",
     "parse_resource",
+    "AuthorizationPolicy", "MeshConfig", "PeerAuthentication", "RequestAuthentication",
 ]

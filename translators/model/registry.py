@@ -58,6 +58,9 @@ class ServiceShape:
     ports: tuple[MeshPort, ...]
     discovery: Discovery = "EDS"
     selector: Labels | None = None  # Service selector / ServiceEntry workloadSelector, for inbound
+    #: The service accounts of its pods, sorted: the identities mTLS clients expect (Istio's
+    #: push.ServiceAccounts); empty when unknown (any mesh identity is then accepted).
+    service_accounts: tuple[str, ...] = ()
 
 
 Endpoints = tuple[tuple[Endpoint, ...], ...]  # aligned with shape.ports
@@ -151,7 +154,8 @@ def _kube_service(inputs: tuple) -> MeshService:
                     found.add(Endpoint(pod.ips[0], tp, _labels(pod.metadata.labels)))
         eps.append(tuple(sorted(found, key=lambda e: (e.address, e.port))))
     selector = _labels(svc.spec.selector) if svc.spec.selector else None
-    shape = ServiceShape(kube_host(name, ns), ns, name, True, ports, "EDS", selector)
+    accounts = tuple(sorted({p.spec.serviceAccountName for p in pods if isinstance(p, Pod)}))
+    shape = ServiceShape(kube_host(name, ns), ns, name, True, ports, "EDS", selector, accounts)
     return MeshService(shape, tuple(eps), svc)
 
 

@@ -44,6 +44,8 @@ class World:
 
 
 Role = Literal["sidecar", "gateway"]
+#: Who reads the config: Envoy ("envoy"), or gRPC's own xDS client (node metadata GENERATOR=grpc).
+Generator = Literal["envoy", "grpc"]
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,13 @@ class Proxy:
     labels: Mapping[str, str] = field(default_factory=dict)
     service_account: str = "default"
     pod_name: str = ""
+    #: The SPIFFE ID the control plane verified for this proxy's stream (never what the node
+    #: claims): only then will it have the certificates that mutual TLS config needs.
+    identity: str = ""
+    generator: Generator = "envoy"
 
     @property
-    def key(self) -> tuple[str, str, str, tuple[tuple[str, str], ...]]:
+    def key(self) -> tuple[str, str, str, tuple[tuple[str, str], ...], bool, str]:
         """What translation of this proxy depends on (two proxies with one key get one config)."""
-        return (self.role, self.ip, self.namespace, tuple(sorted(self.labels.items())))
+        return (self.role, self.ip, self.namespace, tuple(sorted(self.labels.items())), bool(self.identity),
+                self.generator)

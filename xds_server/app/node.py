@@ -1,7 +1,8 @@
 """Who is on the other end of a stream: the Envoy node, read the way Istio writes it.
 
 ``node.id`` is ``<type>~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local`` and
-``node.metadata`` carries NAMESPACE, LABELS, SERVICE_ACCOUNT, INSTANCE_IPS and NAME.
+``node.metadata`` carries NAMESPACE, LABELS, SERVICE_ACCOUNT, INSTANCE_IPS and NAME, and
+GENERATOR=grpc for proxyless gRPC applications (their own xDS client, not Envoy).
 Metadata wins over what the id says; the id fills the gaps.
 """
 
@@ -34,6 +35,9 @@ def proxy_from_node(node: Node) -> Proxy:
     ip = ips[0].strip()
     if not ip:
         raise NodeError(f"node {node.id}: no IP (metadata INSTANCE_IPS, or the second part of the node id)")
+    generator = str(meta.get("GENERATOR") or "envoy")
+    if generator not in ("envoy", "grpc"):
+        raise NodeError(f"node {node.id}: metadata GENERATOR must be grpc (or absent, for Envoy), not {generator!r}")
     labels = meta.get("LABELS") or {}
     if not isinstance(labels, dict):
         raise NodeError(f"node {node.id}: metadata LABELS must be an object of strings")
@@ -45,4 +49,5 @@ def proxy_from_node(node: Node) -> Proxy:
         labels={str(k): str(v) for k, v in labels.items()},
         service_account=str(meta.get("SERVICE_ACCOUNT") or "default"),
         pod_name=str(meta.get("NAME") or id_pod),
+        generator=generator,  # type: ignore[arg-type]
     )

@@ -11,43 +11,75 @@ import logging
 import signal
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from ca import DEFAULT_WORKLOAD_TTL, CAError, default_state_dir
 from translators.errors import ConfigError
 from translators.model.world import World
 from xds_server.app.debounce import Debouncer
 from xds_server.app.httpd import HttpServer, Reply, json_reply, text_reply
+from xds_server.app.mesh_ca import MeshCA
 from xds_server.app.pipeline import Pipeline, full_collection
-from xds_server.sources.files import DirectorySource, LoadResult
+from xds_server.sources.files import RESCAN_EVERY, DirectorySource, LoadResult
+from xds_server.sources.kubernetes import KubernetesSource
 from xds_server.xds.server import XdsServer, start_grpc
-from xds_server.xds.status import CONFIG_ERRORS, short
+from xds_server.xds.status import CONFIG_ERRORS, RESCANS, WATCH_FAILURES, WATCHING, short
 
 log = structlog.get_logger("meshpilot")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config-dir", required=True, type=Path, help="directory of Kubernetes/Istio YAML manifests")
-    p.add_argument("--xds-address", default="127.0.0.1:15010", help="xDS gRPC listen address (HOST:PORT)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config-dir", type=Path, help="directory of Kubernetes/Istio YAML manifests")
+    source.add_argument("--kubeconfig", type=Path, metavar="FILE",
+                        help="watch the cluster of this kubeconfig (its current context) instead")
+    p.add_argument("--xds-address", default="127.0.0.1:15010",
+                   help="plaintext xDS gRPC listen address (HOST:PORT): config only, never a secret")
+    p.add_argument("--xds-tls-address", default="127.0.0.1:15012",
+                   help="TLS xDS gRPC listen address (HOST:PORT), where proxies that prove their identity "
+                   "also get their certificates over SDS; 'off' to serve no TLS port")
+    p.add_argument("--xds-tls-san", action="append", default=[], metavar="NAME",
+                   help="another DNS name or IP for the TLS port's certificate (repeatable)")
+    p.add_argument("--ca-state", type=Path, default=None, metavar="DIR",
+                   help="the CA's private state directory (root, token key), shared with `meshpilot bootstrap` "
+                   f"(default: {default_state_dir()})")
+    p.add_argument("--cacerts", type=Path, default=None, metavar="DIR",
+                   help="sign with a plugged-in CA laid out like Istio's cacerts (ca-cert.pem, ca-key.pem, "
+                   "cert-chain.pem, root-cert.pem) instead of the self-signed root in --ca-state")
+    p.add_argument("--workload-cert-ttl", type=float, default=DEFAULT_WORKLOAD_TTL.total_seconds(),
+                   metavar="SECONDS", help="lifetime of workload certificates; renewed at half life (default 24 h)")
     p.add_argument("--http-address", default="127.0.0.1:15014", help="health, metrics and debug (HOST:PORT)")
     p.add_argument("--namespace", default="default", help="namespace of manifests that name none")
     p.add_argument("--debounce-quiet", type=float, default=0.1, metavar="SECONDS", help="push after this much quiet")
     p.add_argument("--debounce-max", type=float, default=10.0, metavar="SECONDS", help="push at the latest after this")
     p.add_argument("--poll", action="store_true", help="poll the directory instead of using inotify")
+    p.add_argument(
+        "--rescan-interval",
+        type=float,
+        default=RESCAN_EVERY,
+        metavar="SECONDS",
+        help=f"rescan the whole directory this often, for changes the watcher missed; 0: never "
+        f"(default {RESCAN_EVERY:g})",
+    )
     p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
 
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, args.log_level)
-    if not args.config_dir.is_dir():
+    if args.config_dir is not None and not args.config_dir.is_dir():
         log.error("config directory not found", path=str(args.config_dir))
+        return 2
+    if args.kubeconfig is not None and not args.kubeconfig.is_file():
+        log.error("kubeconfig not found", path=str(args.kubeconfig))
         return 2
     try:
         asyncio.run(ControlPlane(args).run())
-    except OSError as e:
+    except (OSError, CAError) as e:
         log.error("cannot start", error=str(e))
         return 1
     return 0
@@ -79,11 +111,21 @@ def split_address(address: str) -> tuple[str, int]:
 class ControlPlane:
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        self.source = DirectorySource(args.config_dir, default_namespace=args.namespace)
+        self.source: DirectorySource | KubernetesSource = (
+            KubernetesSource(args.kubeconfig)
+            if args.kubeconfig is not None
+            else DirectorySource(args.config_dir, default_namespace=args.namespace)
+        )
         self.pipeline = Pipeline()
         self.cache = self.pipeline.cache
-        self.xds = XdsServer(self.cache)
+        if args.workload_cert_ttl <= 0:
+            raise CAError(f"--workload-cert-ttl must be positive, not {args.workload_cert_ttl}")
+        self.mesh_ca = MeshCA(args.ca_state or default_state_dir(), cacerts=args.cacerts,
+                              workload_ttl=timedelta(seconds=args.workload_cert_ttl))
+        self.xds = XdsServer(self.cache, self.mesh_ca.secrets)
         self.ready = False
+        # What keeps config from following the files ("watcher", or a task that ended): why.
+        self.failures: dict[str, str] = {}
         self._last_apply = 0.0
         self._reported: set[str] = set()
         self.debouncer: Debouncer[LoadResult] = Debouncer(
@@ -98,47 +140,101 @@ class ControlPlane:
                 "/debug/syncz": self.debug_syncz,
                 "/debug/config": self.debug_config,
                 "/debug/world": self.debug_world,
+                "/debug/ca": self.debug_ca,
             }
         )
         host, port = split_address(self.args.http_address)
         await http.start(host, port)
         grpc_server = await start_grpc(self.xds, self.args.xds_address)
+        servers = [grpc_server]
+        tls_address = self.args.xds_tls_address
+        if tls_address and tls_address != "off":
+            tls_host, _ = split_address(tls_address)
+            credentials = self.mesh_ca.server_credentials(tls_host, self.args.xds_tls_san)
+            servers.append(await start_grpc(self.xds, tls_address, credentials))
         log.info(
             "meshpilot serving",
             xds=self.args.xds_address,
+            xds_tls=tls_address if len(servers) > 1 else None,
             http=self.args.http_address,
-            config_dir=str(self.args.config_dir),
+            config_dir=str(self.args.config_dir or self.args.kubeconfig),
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         tasks = [
-            asyncio.create_task(self.debouncer.run()),
-            asyncio.create_task(self.watch()),
-            asyncio.create_task(self.collect_when_quiet()),
+            asyncio.create_task(self.debouncer.run(), name="debouncer"),
+            asyncio.create_task(self.watch(), name="watcher"),
+            asyncio.create_task(self.collect_when_quiet(), name="collector"),
+            asyncio.create_task(self.mesh_ca.run(), name="certificates"),
         ]
+        for t in tasks:
+            t.add_done_callback(self._task_ended)
         await stop.wait()
         log.info("shutting down")
         for t in tasks:
             t.cancel()
-        await grpc_server.stop(grace=1)
+        for server in servers:
+            await server.stop(grace=1)
+        self.mesh_ca.close()
         await http.close()
 
     async def watch(self) -> None:
         first = True
+        restarted = False
+        WATCHING.set(1)
         while True:
             try:
-                async for result in self.source.changes(force_polling=True if self.args.poll else None):
+                async for result in self.source.changes(
+                    force_polling=True if self.args.poll else None,
+                    rescan_every=self.args.rescan_interval,
+                    on_failure=self._watch_failed,
+                    on_recovery=self._watch_recovered,
+                    on_rescan=self._rescanned,
+                ):
+                    if restarted:
+                        restarted = False
+                        self._watch_recovered()
                     if first:
                         # The first config is applied at once: there is nothing to merge it with.
                         first = False
                         await self.apply(result, 1)
                     else:
                         self.debouncer.submit(result)
-            except Exception:
-                log.exception("watching the config directory failed; starting over")
+            except Exception as e:  # changes() handles its own failures: this is a bug, but survive it
+                log.exception("watching the config source failed; starting over")
+                self._watch_failed(f"{type(e).__name__}: {e}", 1.0)
+                restarted = True
                 await asyncio.sleep(1)
+
+    def _watch_failed(self, why: str, retry_in: float) -> None:
+        WATCH_FAILURES.inc()
+        WATCHING.set(0)
+        what = "the config directory" if self.args.config_dir is not None else "the Kubernetes API"
+        meanwhile = "scanning it every second meanwhile, " if self.args.config_dir is not None else ""
+        self.failures["watcher"] = f"watching {what} failed: {why}; {meanwhile}retrying in {retry_in:g} s"
+        log.error("config watcher failed", error=why, retry_in_s=retry_in)
+
+    def _watch_recovered(self) -> None:
+        WATCHING.set(1)
+        if self.failures.pop("watcher", None) is not None:
+            log.info("config watcher running again")
+
+    def _rescanned(self, result: LoadResult, changed: bool) -> None:
+        RESCANS.labels("changed" if changed else "unchanged").inc()
+        if changed:
+            files = sorted(result.changed_files)
+            log.warning("periodic rescan found changes the watcher had not reported", files=files)
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        why = f"{type(error).__name__}: {error}" if error else "returned"
+        name = task.get_name()
+        self.failures[name] = f"the {name} task ended ({why}); config no longer follows the files"
+        log.error("control plane task ended", task=name, error=why)
 
     async def apply(self, result: LoadResult, merged: int) -> None:
         try:
@@ -195,13 +291,24 @@ class ControlPlane:
     # ---------------------------------------------------------------- HTTP pages
 
     def healthz(self, _q: dict[str, list[str]]) -> Reply:
-        return text_reply("ok\n") if self.ready else text_reply("config not loaded yet\n", 503)
+        if not self.ready:
+            return text_reply("config not loaded yet\n", 503)
+        if self.failures:
+            return text_reply("".join(f"degraded: {why}\n" for _, why in sorted(self.failures.items())), 503)
+        return text_reply("ok\n")
 
     def debug_errors(self, _q: dict[str, list[str]]) -> Reply:
-        return json_reply([e.as_dict() for e in self.errors])
+        failures = [
+            ConfigError(str(self.args.config_dir or self.args.kubeconfig), "", "", why) for _, why in sorted(self.failures.items())
+        ]
+        return json_reply([e.as_dict() for e in (*failures, *self.errors)])
 
     def debug_syncz(self, _q: dict[str, list[str]]) -> Reply:
-        return json_reply(sorted((s.as_dict() for s in self.xds.streams.values()), key=lambda s: s["proxy"]))
+        return json_reply(self.xds.syncz())
+
+    def debug_ca(self, _q: dict[str, list[str]]) -> Reply:
+        """The CA, the xDS serving certificate and each identity's certificate: names and dates only."""
+        return json_reply(self.mesh_ca.describe())
 
     def debug_world(self, _q: dict[str, list[str]]) -> Reply:
         return json_reply(

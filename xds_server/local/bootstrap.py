@@ -10,6 +10,16 @@ The node is written the way Istio writes it, so the server reads it back the sam
 Everything else comes over ADS. Without traffic capture each proxy owns one IP: its
 listeners bind there, its admin listens there and its connection to meshpilot leaves
 from there, so one machine can host many proxies on 127.0.0.0/8.
+
+Two ways to reach meshpilot:
+
+* ``--xds-address``: the plaintext port (15010). Config only: no certificate is ever
+  served there, so the proxy has no mesh identity and talks plaintext;
+* ``--xds-tls-address``: the TLS port (15012). The bootstrap embeds the mesh's trust
+  bundle, which the xDS cluster verifies meshpilot's certificate against, and a token
+  for ``--namespace``/``--service-account`` (from the CA state shared with ``serve``),
+  sent as ``authorization: Bearer`` on every stream: with it the proxy gets its own
+  certificate over SDS. The token is a credential: the file is written 0600.
 """
 
 from __future__ import annotations
@@ -17,10 +27,17 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import os
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
 from typing import Any, Literal
 
+from ca import CAError, CertificateAuthority, TokenAuthority, WorkloadIdentity, default_state_dir
+from ca.identity import InvalidIdentity
+from ca.tokens import DEFAULT_TOKEN_TTL
 from translators.model.types import ENVOY_MAX_PROGRAM_SIZE
 
 #: Same values as ``translators.model.world.Role``; kept here so a bootstrap needs no translator.
@@ -30,6 +47,22 @@ XDS_CLUSTER = "xds-grpc"
 DEFAULT_ADMIN_PORT = 15000
 
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_UPSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+
+
+@dataclass(frozen=True)
+class XdsTls:
+    """How a proxy reaches meshpilot's TLS port: the roots it trusts and the token it presents."""
+
+    #: PEM of the mesh's trust bundle: meshpilot's serving certificate must chain to it.
+    root_pem: bytes
+    #: The identity token (``ca.tokens``); without one the proxy gets config but no certificate.
+    token: str | None = None
+    #: The name meshpilot's certificate must carry (DNS or IP SAN); default: the address's host.
+    server_name: str | None = None
+
+    def __repr__(self) -> str:  # a bootstrap's token is a credential: never print it
+        return f"XdsTls(server_name={self.server_name!r}, token={'<redacted>' if self.token else None})"
 
 
 def parse_host_port(value: str) -> tuple[str, int]:
@@ -63,7 +96,29 @@ def _socket_address(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
-def _xds_cluster(xds_host: str, xds_port: int, proxy_ip: str, bind_source: bool) -> dict[str, Any]:
+def _upstream_tls(xds_host: str, tls: XdsTls) -> dict[str, Any]:
+    name = tls.server_name or xds_host
+    san_type = "IP_ADDRESS" if _is_ip(name) else "DNS"
+    context: dict[str, Any] = {
+        "@type": f"type.googleapis.com/{_UPSTREAM_TLS}",
+        "common_tls_context": {
+            "alpn_protocols": ["h2"],
+            "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+            "validation_context": {
+                "trusted_ca": {"inline_string": tls.root_pem.decode()},
+                "match_typed_subject_alt_names": [{"san_type": san_type, "matcher": {"exact": name}}],
+            },
+        },
+    }
+    if not _is_ip(name):
+        context["sni"] = name
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
+
+def _xds_cluster(
+    xds_host: str, xds_port: int, proxy_ip: str, bind_source: bool, tls: XdsTls | None = None
+) -> dict[str, Any]:
     cluster: dict[str, Any] = {
         "name": XDS_CLUSTER,
         "type": "STATIC" if _is_ip(xds_host) else "STRICT_DNS",
@@ -94,6 +149,8 @@ def _xds_cluster(xds_host: str, xds_port: int, proxy_ip: str, bind_source: bool)
     }
     if not _is_ip(xds_host):
         cluster["dns_lookup_family"] = "V4_PREFERRED"
+    if tls is not None:
+        cluster["transport_socket"] = _upstream_tls(xds_host, tls)
     if bind_source:
         # The stream to meshpilot leaves from the proxy's own address, like all its traffic.
         cluster["upstream_bind_config"] = {"source_address": {"address": proxy_ip, "port_value": 0}}
@@ -113,8 +170,12 @@ def build_bootstrap(
     admin_port: int = DEFAULT_ADMIN_PORT,
     admin_address: str | None = None,
     bind_source: bool = True,
+    xds_tls: XdsTls | None = None,
 ) -> dict[str, Any]:
-    """The bootstrap as a JSON-ready dict. Raises ``ValueError`` on bad input."""
+    """The bootstrap as a JSON-ready dict. Raises ``ValueError`` on bad input.
+
+    With ``xds_tls``, ``xds_address`` is meshpilot's TLS port: the connection verifies the
+    server against ``xds_tls.root_pem`` and every stream carries ``xds_tls.token``."""
     if role not in ("sidecar", "gateway"):
         raise ValueError(f"role must be sidecar or gateway, not {role!r}")
     if not _is_ip(proxy_ip):
@@ -129,6 +190,10 @@ def build_bootstrap(
     app = labels.get("app") or labels.get("app.kubernetes.io/name") or pod
 
     ads = {"ads": {}, "resource_api_version": "V3"}
+    grpc_service: dict[str, Any] = {"envoy_grpc": {"cluster_name": XDS_CLUSTER}}
+    if xds_tls is not None and xds_tls.token:
+        # Sent as request headers on each stream: over TLS only, it is a credential.
+        grpc_service["initial_metadata"] = [{"key": "authorization", "value": f"Bearer {xds_tls.token}"}]
     return {
         "node": {
             "id": node_id(role, proxy_ip, pod, namespace),
@@ -148,12 +213,12 @@ def build_bootstrap(
                 "api_type": "DELTA_GRPC" if delta else "GRPC",
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                "grpc_services": [grpc_service],
             },
             "cds_config": dict(ads),
             "lds_config": dict(ads),
         },
-        "static_resources": {"clusters": [_xds_cluster(xds_host, xds_port, proxy_ip, bind_source)]},
+        "static_resources": {"clusters": [_xds_cluster(xds_host, xds_port, proxy_ip, bind_source, xds_tls)]},
         # A connection limit, mostly so Envoy does not warn at start that there is none.
         "overload_manager": {
             "resource_monitors": [
@@ -188,7 +253,19 @@ def _label(value: str) -> tuple[str, str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--xds-address", required=True, metavar="HOST:PORT", help="meshpilot's xDS (gRPC) address")
+    parser.add_argument("--xds-address", metavar="HOST:PORT",
+                        help="meshpilot's plaintext xDS address (15010): config only, the proxy gets no certificate")
+    parser.add_argument("--xds-tls-address", metavar="HOST:PORT",
+                        help="meshpilot's TLS xDS address (15012): verified against the mesh root, with a token "
+                        "for --namespace/--service-account, so the proxy gets its certificate over SDS")
+    parser.add_argument("--xds-server-name", metavar="NAME",
+                        help="the name (DNS or IP) meshpilot's TLS certificate must carry (default: its host)")
+    parser.add_argument("--ca-state", type=Path, default=None, metavar="DIR",
+                        help=f"the CA state shared with `meshpilot serve` (default: {default_state_dir()})")
+    parser.add_argument("--cacerts", type=Path, default=None, metavar="DIR",
+                        help="serve's plugged-in CA (Istio's cacerts layout): its root-cert.pem is the trust bundle")
+    parser.add_argument("--token-ttl", type=float, default=DEFAULT_TOKEN_TTL.total_seconds(), metavar="SECONDS",
+                        help="lifetime of the embedded identity token (default 30 days)")
     parser.add_argument("--proxy-ip", required=True, metavar="IP",
                         help="the proxy's own IP: listeners, admin and the xDS connection use it")
     parser.add_argument("--namespace", required=True, metavar="NS")
@@ -203,12 +280,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-bind-source", dest="bind_source", action="store_false",
                         help="do not bind the xDS connection's source address to the proxy IP")
     parser.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
+    parser.add_argument("--format", choices=("envoy", "grpc"), default="envoy",
+                        help="envoy: an Envoy bootstrap (default); grpc: the xDS bootstrap of a proxyless gRPC "
+                        "application (for GRPC_XDS_BOOTSTRAP), with the same identity flags")
+
+
+def xds_tls_for(
+    state_dir: Path,
+    namespace: str,
+    service_account: str,
+    *,
+    cacerts: Path | None = None,
+    token_ttl: timedelta = DEFAULT_TOKEN_TTL,
+    server_name: str | None = None,
+) -> XdsTls:
+    """The trust bundle and a fresh token for one identity, from the CA state ``serve`` uses."""
+    if cacerts is not None:
+        authority = CertificateAuthority.from_cacerts(cacerts)
+    else:
+        authority = CertificateAuthority.load_or_create(state_dir)
+    tokens = TokenAuthority.load_or_create(state_dir, trust_domain=authority.trust_domain)
+    try:
+        identity = WorkloadIdentity(authority.trust_domain, namespace, service_account)
+    except InvalidIdentity as e:
+        raise ValueError(str(e)) from None
+    token = tokens.issue_token(identity, token_ttl)
+    return XdsTls(authority.trust_bundle(), token, server_name)
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "format", "envoy") == "grpc":
+        from xds_server.local import grpc_bootstrap
+
+        return grpc_bootstrap.run(args)
+    if bool(args.xds_address) == bool(args.xds_tls_address):
+        print("meshpilot bootstrap: give one of --xds-address (plaintext) or --xds-tls-address (TLS)",
+              file=sys.stderr)
+        return 2
     try:
+        tls = None
+        if args.xds_tls_address:
+            tls = xds_tls_for(args.ca_state or default_state_dir(), args.namespace, args.service_account,
+                              cacerts=args.cacerts, token_ttl=timedelta(seconds=args.token_ttl),
+                              server_name=args.xds_server_name)
         config = build_bootstrap(
-            xds_address=args.xds_address,
+            xds_address=args.xds_tls_address or args.xds_address,
             proxy_ip=args.proxy_ip,
             namespace=args.namespace,
             pod=args.pod,
@@ -219,13 +335,16 @@ def run(args: argparse.Namespace) -> int:
             admin_port=args.admin_port,
             admin_address=args.admin_address,
             bind_source=args.bind_source,
+            xds_tls=tls,
         )
-    except ValueError as e:
+    except (ValueError, CAError) as e:
         print(f"meshpilot bootstrap: {e}", file=sys.stderr)
         return 2
     text = json.dumps(config, indent=2) + "\n"
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
+        # 0600 from the first byte: a TLS bootstrap holds a token.
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
     else:
         sys.stdout.write(text)

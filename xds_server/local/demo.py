@@ -263,6 +263,7 @@ class DemoMesh:
             "--config-dir", str(self.config_dir),
             "--xds-address", f"127.0.0.1:{self.xds_port}",
             "--http-address", f"127.0.0.1:{self.http_port}",
+            "--xds-tls-address", f"127.0.0.1:{free_port('127.0.0.1')}",  # not 15012: another serve may hold it
         ], "meshpilot.log")
         wait_for(functools.partial(self._answers, "127.0.0.1", self.http_port, "/healthz", None),
                  timeout=self.startup_timeout, what="meshpilot serve to answer /healthz", check=self._check_children)

@@ -89,9 +89,10 @@ class ResourceSet:
 
     key: object
     type_url: str
-    source: Mapping[str, Message]
-    resources: dict[str, Resource]
-    previous: ResourceSet | None = None
+    # Not in repr: large, and for secrets they hold keys.
+    source: Mapping[str, Message] = field(repr=False)
+    resources: dict[str, Resource] = field(repr=False)
+    previous: ResourceSet | None = field(default=None, repr=False)
     #: names added, changed or removed relative to ``previous``
     changed: frozenset[str] = frozenset()
 

@@ -9,8 +9,10 @@ testable exactly:
   the config changes again.
 * a request whose nonce is not the latest sent for its type is stale and ignored
   (SotW); in delta, stale requests still carry subscription changes, which are applied.
-* LDS and CDS are wildcard; EDS and RDS are named, and a name subscribed before it
-  exists is sent when it appears.
+* LDS and CDS are wildcard, unless the client names what it wants (gRPC does): a
+  response then carries every named resource that exists, changed or not, since for
+  these types a resource left out is a resource deleted. EDS and RDS are named, and a
+  name subscribed before it exists is sent when it appears.
 * make-before-break: clusters, endpoints, listeners, routes; removals afterwards.
 * cluster warming: Envoy keeps an EDS cluster it adds *or updates* warming until that
   cluster's ClusterLoadAssignment arrives, even one it already has (else it waits out
@@ -45,6 +47,8 @@ from xds_server.xds.status import StreamStatus
 
 WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
 KNOWN_TYPES = frozenset({CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET})
+#: Secrets first: a certificate is never newer in the config that uses it than in the proxy.
+SEND_ORDER: tuple[str, ...] = (SECRET, *PUSH_ORDER)
 #: Removals go the other way round: drop what refers before what is referred to.
 REMOVE_ORDER: tuple[str, ...] = (LISTENER, ROUTE, CLUSTER, ENDPOINT)
 CONTROL_PLANE = ControlPlane(identifier="meshpilot")
@@ -230,7 +234,10 @@ class SotwStream(_Stream):
         if added and not wildcard:
             # The response moves the client's base to ``tv``: it must carry whatever
             # changed since the old base too, not only the names just added.
-            names_out = {n for n in added if tv.get(n) is not None} | set(_pending(st, tv))
+            if type_url in WILDCARD_TYPES:
+                names_out = set(st.interesting(tv))  # LDS/CDS by name: the full state of what is named
+            else:
+                names_out = {n for n in added if tv.get(n) is not None} | set(_pending(st, tv))
             return [self._sent(self._encode(type_url, st, tv, list(names_out)))]
         return []
 
@@ -238,7 +245,7 @@ class SotwStream(_Stream):
         out: list[Outgoing | None] = []  # None: the CDS response, encoded once we know what else moves
         cds_removed: list[Resource] = []
         warm: frozenset[str] = frozenset()  # assignments the clusters in this push make Envoy wait for
-        for type_url in self._order(PUSH_ORDER):
+        for type_url in self._order(SEND_ORDER):
             st = self.types[type_url]
             if not st.nonce:
                 continue
@@ -255,20 +262,20 @@ class SotwStream(_Stream):
                 st.base = tv
                 continue
             changes = tv.changes_since(base) if base is not None else None
-            if changes is not None and not changes:
-                st.base = tv
+            if changes is not None and (not changes or not (st.wildcard or any(map(st.wants, changes)))):
+                st.base = tv  # nothing changed, or nothing the client named
                 continue
             if type_url == CLUSTER:
                 if base is not None:
-                    cds_removed = [r for r in base.resources() if tv.get(r.name) is None]
+                    cds_removed = [r for r in base.resources() if tv.get(r.name) is None and st.wants(r.name)]
                 warm = self._warm(view, st)
                 out.append(None)
                 continue
-            out.append(self._encode(type_url, st, tv, list(tv.names())))
+            out.append(self._encode(type_url, st, tv, list(st.interesting(tv))))
         if None in out:
             at = out.index(None)
             st, tv = self.types[CLUSTER], view.of(CLUSTER)
-            names = list(tv.names())
+            names = list(st.interesting(tv))
             if cds_removed and len(out) > 1:
                 # Keep clusters that are going away until listeners and routes have moved
                 # off them, then send the final list.
@@ -448,7 +455,7 @@ class DeltaStream(_Stream):
         for type_url, st in self.types.items():
             for part in self._push(view, type_url, st, warm if type_url == ENDPOINT else frozenset()):
                 (removals if part.removal else upserts)[type_url] = part
-        out = [upserts[t] for t in self._order(PUSH_ORDER) if t in upserts]
+        out = [upserts[t] for t in self._order(SEND_ORDER) if t in upserts]
         out += [removals[t] for t in self._order(REMOVE_ORDER) if t in removals]
         return [self._sent(o) for o in out]
 

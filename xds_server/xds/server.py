@@ -1,28 +1,40 @@
-"""gRPC: the ADS (state of the world) and Delta ADS services over grpc.aio.
+"""gRPC: ADS (state of the world and delta) and the standalone SDS service, over grpc.aio.
 
 Responses leave as bytes already assembled from each resource's pre-encoded entry, so
 the methods are registered with an identity serializer instead of the generated stubs.
+
+One ``XdsServer`` serves two kinds of port: the plaintext one (istiod's 15010), which
+serves config and never a secret, and the TLS one (15012), where a stream that proves its
+identity with a mesh token also gets that identity's certificate (see ``secrets``).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import grpc
 import structlog
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
 
+from translators.api import SECRET
+from translators.model.world import Proxy
 from xds_server.app.node import NodeError, proxy_from_node
-from xds_server.xds.cache import XdsCache
+from xds_server.xds.cache import ProxyView, TypeView, XdsCache
 from xds_server.xds.protocol import DeltaStream, SharedResponses, SotwStream
+from xds_server.xds.secrets import Grant, SecretStore
 from xds_server.xds.status import STREAMS, StreamStatus
 
 log = structlog.get_logger("xds")
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+SDS_SERVICE = "envoy.service.secret.v3.SecretDiscoveryService"
 _VIEW_CHANGED = object()
+
+_PLAINTEXT = Grant(None, "plaintext", "the plaintext xDS port never serves secrets; use the TLS port")
+_NO_CA = Grant(None, "disabled", "this server has no certificate authority")
 
 
 def _identity(payload: bytes) -> bytes:
@@ -30,36 +42,70 @@ def _identity(payload: bytes) -> bytes:
 
 
 class XdsServer:
-    def __init__(self, cache: XdsCache):
+    def __init__(self, cache: XdsCache, secrets: SecretStore | None = None):
         self.cache = cache
+        self.secrets = secrets
         self.streams: dict[int, StreamStatus] = {}
+        #: per stream: which port it came in on and what identity it proved (for /debug/syncz)
+        self.security: dict[int, dict[str, Any]] = {}
         self.shared = SharedResponses()
         self._ids = 0
 
-    def handler(self) -> grpc.GenericRpcHandler:
+    def handler(self, *, tls: bool = False) -> grpc.GenericRpcHandler:
+        """The ADS service; ``tls``: this handler serves the TLS port, where secrets may go."""
+
+        async def sotw(requests: AsyncIterator[DiscoveryRequest], context: Any) -> None:
+            await self._serve(requests, context, "sotw", tls=tls)
+
+        async def delta(requests: AsyncIterator[DeltaDiscoveryRequest], context: Any) -> None:
+            await self._serve(requests, context, "delta", tls=tls)
+
         return grpc.method_handlers_generic_handler(
             ADS_SERVICE,
             {
                 "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
-                    self.stream_sotw,
-                    request_deserializer=DiscoveryRequest.FromString,
-                    response_serializer=_identity,
+                    sotw, request_deserializer=DiscoveryRequest.FromString, response_serializer=_identity
                 ),
                 "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
-                    self.stream_delta,
-                    request_deserializer=DeltaDiscoveryRequest.FromString,
-                    response_serializer=_identity,
+                    delta, request_deserializer=DeltaDiscoveryRequest.FromString, response_serializer=_identity
                 ),
             },
         )
 
-    async def stream_sotw(self, requests: AsyncIterator[DiscoveryRequest], context: Any) -> None:
-        await self._serve(requests, context, "sotw")
+    def sds_handler(self, *, tls: bool = False) -> grpc.GenericRpcHandler:
+        """The standalone SecretDiscoveryService: the same streams, restricted to secrets."""
 
-    async def stream_delta(self, requests: AsyncIterator[DeltaDiscoveryRequest], context: Any) -> None:
-        await self._serve(requests, context, "delta")
+        async def sotw(requests: AsyncIterator[DiscoveryRequest], context: Any) -> None:
+            await self._serve(requests, context, "sotw", tls=tls, secrets_only=True)
 
-    async def _serve(self, requests: AsyncIterator[Any], context: Any, protocol: str) -> None:
+        async def delta(requests: AsyncIterator[DeltaDiscoveryRequest], context: Any) -> None:
+            await self._serve(requests, context, "delta", tls=tls, secrets_only=True)
+
+        return grpc.method_handlers_generic_handler(
+            SDS_SERVICE,
+            {
+                "StreamSecrets": grpc.stream_stream_rpc_method_handler(
+                    sotw, request_deserializer=DiscoveryRequest.FromString, response_serializer=_identity
+                ),
+                "DeltaSecrets": grpc.stream_stream_rpc_method_handler(
+                    delta, request_deserializer=DeltaDiscoveryRequest.FromString, response_serializer=_identity
+                ),
+            },
+        )
+
+    def handlers(self, *, tls: bool = False) -> tuple[grpc.GenericRpcHandler, ...]:
+        return (self.handler(tls=tls), self.sds_handler(tls=tls))
+
+    def _grant(self, proxy: Proxy, context: Any, tls: bool) -> Grant:
+        if not tls:
+            return _PLAINTEXT
+        if self.secrets is None:
+            return _NO_CA
+        return self.secrets.authenticate(context.invocation_metadata() or (), proxy.namespace, proxy.service_account)
+
+    async def _serve(
+        self, requests: AsyncIterator[Any], context: Any, protocol: str, *, tls: bool, secrets_only: bool = False
+    ) -> None:
         try:
             first = await anext(aiter(requests))
         except StopAsyncIteration:
@@ -70,18 +116,35 @@ class XdsServer:
             log.warning("stream refused", reason=str(e), protocol=protocol)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             return
+        grant = self._grant(proxy, context, tls)
+        if grant.ok:
+            assert grant.identity is not None
+            # Translation gives mTLS config only to proxies that will have the secrets it needs.
+            proxy = replace(proxy, identity=grant.identity.spiffe_id)
+        elif tls:
+            SecretStore.reject(grant, proxy.id, port="tls")
         self._ids += 1
         sid = self._ids
         status = StreamStatus(proxy.id, protocol)
         stream = (SotwStream if protocol == "sotw" else DeltaStream)(status, self.shared)
         queue: asyncio.Queue[Any] = asyncio.Queue()
         view_pending = False
+        secret_view: TypeView | None = None  # set once the stream asked for secrets it may have
+        refused_logged = tls  # on the TLS port the refusal was logged at open
 
-        def on_view(_view: object) -> None:
+        def on_view(_view: object = None) -> None:
             nonlocal view_pending
             if not view_pending:  # merge bursts: the stream reads the latest view anyway
                 view_pending = True
                 queue.put_nowait(_VIEW_CHANGED)
+
+        def view() -> ProxyView:
+            config = ProxyView(self.cache.generation, {}) if secrets_only else self.cache.view(proxy)
+            if secret_view is None:
+                return config
+            assert self.secrets is not None and grant.identity is not None
+            current = self.secrets.current(grant.identity) or secret_view
+            return ProxyView(config.generation, {**config.types, SECRET: current})
 
         async def read() -> None:
             try:
@@ -90,19 +153,35 @@ class XdsServer:
             finally:
                 queue.put_nowait(None)
 
-        unwatch = self.cache.watch(proxy, on_view)
+        unwatch = (lambda: None) if secrets_only else self.cache.watch(proxy, on_view)
+        unwatch_secrets = None
         self.streams[sid] = status
+        self.security[sid] = {"port": "tls" if tls else "plaintext", "secrets": grant.reason,
+                              "identity": grant.identity.spiffe_id if grant.identity else None}
         STREAMS.labels(protocol).inc()
         reader = asyncio.create_task(read())
-        log.info("stream opened", proxy=proxy.id, ip=proxy.ip, namespace=proxy.namespace, protocol=protocol)
+        log.info("stream opened", proxy=proxy.id, ip=proxy.ip, namespace=proxy.namespace, protocol=protocol,
+                 port="tls" if tls else "plaintext", identity=proxy.identity or None,
+                 service="sds" if secrets_only else "ads")
         try:
             item: Any = first
             while item is not None:
                 if item is _VIEW_CHANGED:
                     view_pending = False
-                    outgoing = stream.on_view(self.cache.view(proxy))
+                    outgoing = stream.on_view(view())
                 else:
-                    outgoing = stream.on_request(item, self.cache.view(proxy))
+                    if secrets_only and item.type_url != SECRET:
+                        item = await queue.get()
+                        continue
+                    if item.type_url == SECRET and secret_view is None:
+                        if grant.ok:
+                            assert self.secrets is not None and grant.identity is not None
+                            unwatch_secrets = self.secrets.watch(grant.identity, on_view)
+                            secret_view = await self.secrets.view(grant.identity)
+                        elif not refused_logged:
+                            refused_logged = True
+                            SecretStore.reject(grant, proxy.id, port="plaintext")
+                    outgoing = stream.on_request(item, view())
                 for out in outgoing:
                     await context.write(out.payload)
                 item = await queue.get()
@@ -114,13 +193,33 @@ class XdsServer:
             raise
         finally:
             unwatch()
+            if unwatch_secrets is not None:
+                unwatch_secrets()
             reader.cancel()
             del self.streams[sid]
+            del self.security[sid]
             STREAMS.labels(protocol).dec()
             log.info("stream closed", proxy=proxy.id, protocol=protocol)
 
+    def syncz(self) -> list[dict[str, Any]]:
+        """Every stream's status, with the port it uses and the identity it proved (no secrets)."""
+        out = []
+        for sid, status in self.streams.items():
+            d = status.as_dict()
+            sec = dict(self.security.get(sid, {}))
+            if self.secrets is not None and sec.get("identity"):
+                described = self.secrets.describe_spiffe(sec["identity"])
+                if described is not None:
+                    sec["certificate"] = described
+            d["security"] = sec
+            out.append(d)
+        return sorted(out, key=lambda s: s["proxy"])
 
-async def start_grpc(server_impl: XdsServer, address: str) -> grpc.aio.Server:
+
+async def start_grpc(
+    server_impl: XdsServer, address: str, credentials: grpc.ServerCredentials | None = None
+) -> grpc.aio.Server:
+    """Serve ADS and SDS on ``address``: over TLS with ``credentials`` (secrets allowed), else plaintext."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_send_message_length", 256 * 1024 * 1024),
@@ -133,8 +232,11 @@ async def start_grpc(server_impl: XdsServer, address: str) -> grpc.aio.Server:
             ("grpc.server_max_unrequested_time_in_server", 600),
         ]
     )
-    server.add_generic_rpc_handlers((server_impl.handler(),))
-    port = server.add_insecure_port(address)
+    server.add_generic_rpc_handlers(server_impl.handlers(tls=credentials is not None))
+    if credentials is not None:
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen for xDS on {address}")
     await server.start()

@@ -19,6 +19,19 @@ NACKS = Counter("meshpilot_xds_nacks_total", "xDS responses rejected by proxies"
 STREAMS = Gauge("meshpilot_xds_streams", "Open xDS streams", ["protocol"])
 PUSH_BYTES = Counter("meshpilot_xds_push_bytes_total", "Bytes of xDS responses sent", ["type"])
 CONFIG_ERRORS = Gauge("meshpilot_config_errors", "Current configuration problems", ["severity"])
+WATCH_FAILURES = Counter(
+    "meshpilot_source_watch_failures_total",
+    "Times the config directory watcher failed (it restarts with backoff)",
+)
+WATCHING = Gauge(
+    "meshpilot_source_watching",
+    "1 while the config directory watcher runs, 0 while it is failing",
+)
+RESCANS = Counter(
+    "meshpilot_source_rescans_total",
+    "Periodic full rescans of the config directory (changed: found what the watcher had not reported)",
+    ["result"],
+)
 TRANSLATE_SECONDS = Histogram(
     "meshpilot_translate_seconds",
     "Time to apply a new config snapshot (translate + cache + notify)",

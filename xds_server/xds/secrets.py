@@ -1,0 +1,275 @@
+"""SDS: each proxy's ``default`` (its chain and key) and ``ROOTCA`` (the trust bundle).
+
+Envoy here runs without an agent beside it, so the control plane itself hands every proxy
+its key. Two rules follow, and this module is where they hold:
+
+* a stream gets secrets only for the identity it *proved*: a token from the mesh
+  (``ca.tokens``) sent as gRPC metadata on a TLS connection, naming the same namespace and
+  service account as the node metadata. Anything else (no token, a bad or expired one, a
+  token for another identity, the plaintext port) gets config but no secret, one log line
+  and a count in ``meshpilot_sds_identity_rejected_total{reason}``;
+* a key never leaves except inside an SDS response to that identity: not in logs, not in
+  ``/debug/*`` (:meth:`SecretStore.describe` shows name, version, SPIFFE ID and dates),
+  not in versions (a secret's version is its certificate's serial, not a hash of the key).
+
+Secrets are per identity, not per proxy: proxies of one namespace and service account
+share one certificate and the same encoded response, as they share one SPIFFE ID. Issuance
+runs on the signer's threads (``ca.Signer``), so a burst of new proxies does not stall
+pushes to the others; the signer re-issues at half life and :meth:`SecretStore.run` pushes
+the new certificates to every stream of that identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import structlog
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
+from prometheus_client import Counter, Gauge
+
+from ca import IssuedCertificate, Signer, TokenAuthority, TokenError, WorkloadIdentity
+from ca.tokens import ExpiredToken
+from translators.api import SECRET
+from xds_server.xds.cache import Resource, ResourceSet, TypeView
+
+log = structlog.get_logger("sds")
+
+#: Istio's names: the workload's own certificate and the roots to verify peers with.
+DEFAULT_SECRET = "default"
+ROOT_SECRET = "ROOTCA"
+SECRET_NAMES = (DEFAULT_SECRET, ROOT_SECRET)
+
+#: gRPC metadata keys a proxy may carry its token in (``authorization: Bearer <token>`` first).
+AUTHORIZATION = "authorization"
+TOKEN_HEADER = "x-meshpilot-token"
+
+REJECTED = Counter(
+    "meshpilot_sds_identity_rejected_total",
+    "xDS streams refused secrets: reason is plaintext, missing_token, invalid_token, expired_token or "
+    "identity_mismatch",
+    ["reason"],
+)
+ISSUED = Counter("meshpilot_sds_certificates_issued_total", "Workload certificates issued for SDS", ["why"])
+IDENTITIES = Gauge("meshpilot_sds_identities", "Identities with at least one stream holding their secrets")
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a stream proved: the identity it may have secrets for (None: no secrets) and why."""
+
+    identity: WorkloadIdentity | None
+    reason: str  # "ok" or the rejection reason
+    detail: str = ""  # for the log line: never a token or key
+    token_id: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.identity is not None
+
+
+@dataclass(eq=False)
+class _Entry:
+    cert: IssuedCertificate
+    bundle: bytes
+    view: TypeView
+
+
+class SecretStore:
+    """Issues, caches and refreshes the SDS secrets of every identity with a live stream."""
+
+    def __init__(self, signer: Signer, tokens: TokenAuthority) -> None:
+        self.signer = signer
+        self.tokens = tokens
+        self._entries: dict[WorkloadIdentity, _Entry] = {}
+        self._watchers: dict[WorkloadIdentity, dict[int, Callable[[], None]]] = {}
+        self._next = 0
+
+    # ------------------------------------------------------------ identity proof
+
+    def authenticate(self, metadata: Iterable[tuple[str, Any]], namespace: str, service_account: str) -> Grant:
+        """The identity a stream's gRPC ``metadata`` proves, checked against what its node claims."""
+        token = bearer_token(metadata)
+        if token is None:
+            return Grant(None, "missing_token", "no token in the stream's metadata")
+        try:
+            claims = self.tokens.claims(token)
+        except ExpiredToken as e:
+            return Grant(None, "expired_token", str(e))
+        except TokenError as e:
+            return Grant(None, "invalid_token", str(e))
+        ident = claims.identity
+        if (ident.namespace, ident.service_account) != (namespace, service_account):
+            claimed = f"spiffe://{ident.trust_domain}/ns/{namespace}/sa/{service_account}"
+            return Grant(None, "identity_mismatch",
+                         f"node metadata claims {claimed} but the token is for {ident.spiffe_id}", claims.token_id)
+        return Grant(ident, "ok", token_id=claims.token_id)
+
+    @staticmethod
+    def reject(grant: Grant, proxy_id: str, **context: Any) -> None:
+        """Log and count a stream refused secrets (``grant.detail`` never holds a token)."""
+        REJECTED.labels(grant.reason).inc()
+        log.warning("sds: no secrets for this stream", proxy=proxy_id, reason=grant.reason, detail=grant.detail,
+                    token_id=grant.token_id or None, **context)
+
+    # ------------------------------------------------------------ secrets
+
+    async def view(self, identity: WorkloadIdentity) -> TypeView:
+        """The secrets of ``identity`` as a TypeView, issuing its certificate if none is fresh."""
+        cert = await self.signer.get(identity)
+        entry = self._entries.get(identity)
+        if entry is None or entry.cert is not cert:
+            ISSUED.labels("new" if entry is None else "renewed").inc()
+            entry = self._build(identity, cert, entry)
+            log.info("sds: certificate ready", identity=identity.spiffe_id, serial=cert.serial_hex,
+                     not_after=cert.not_after.isoformat())
+        return entry.view
+
+    def current(self, identity: WorkloadIdentity) -> TypeView | None:
+        entry = self._entries.get(identity)
+        return entry.view if entry is not None else None
+
+    def watch(self, identity: WorkloadIdentity, on_change: Callable[[], None]) -> Callable[[], None]:
+        """Call ``on_change`` when the secrets of ``identity`` change; returns the function that stops it.
+        When the last watcher of an identity goes, its key is dropped from memory."""
+        self._next += 1
+        wid = self._next
+        self._watchers.setdefault(identity, {})[wid] = on_change
+        IDENTITIES.set(len(self._watchers))
+
+        def unwatch() -> None:
+            watchers = self._watchers.get(identity)
+            if watchers is None:
+                return
+            watchers.pop(wid, None)
+            if not watchers:
+                del self._watchers[identity]
+                self._entries.pop(identity, None)
+                self.signer.forget(identity)
+                IDENTITIES.set(len(self._watchers))
+
+        return unwatch
+
+    async def run(self) -> None:
+        """Forever: re-issue certificates at half life (or after a root rotation) and push them."""
+        await self.signer.run_refresher(self._refreshed)
+
+    def _refreshed(self, certs: list[IssuedCertificate]) -> None:
+        for cert in certs:
+            ident = cert.identity
+            if ident is None or ident not in self._watchers:
+                continue
+            entry = self._entries.get(ident)
+            if entry is not None and entry.cert is cert:
+                continue
+            ISSUED.labels("renewed").inc()
+            self._build(ident, cert, entry)
+            log.info("sds: certificate renewed", identity=ident.spiffe_id, serial=cert.serial_hex,
+                     not_after=cert.not_after.isoformat(), streams=len(self._watchers[ident]))
+            for notify in list(self._watchers[ident].values()):
+                notify()
+
+    def _build(self, identity: WorkloadIdentity, cert: IssuedCertificate, old: _Entry | None) -> _Entry:
+        bundle = self.signer.ca.trust_bundle()
+        resources = {
+            DEFAULT_SECRET: _resource(DEFAULT_SECRET, tls_certificate_secret(cert), cert.serial_hex),
+            ROOT_SECRET: _resource(ROOT_SECRET, root_secret(bundle), _digest(bundle)),
+        }
+        previous = old.view.layers[0] if old is not None else None
+        changed = frozenset(n for n, r in resources.items()
+                            if previous is None or previous.resources[n].version != r.version)
+        if previous is not None:  # keep unchanged resources as the same objects
+            resources = {n: (r if n in changed else previous.resources[n]) for n, r in resources.items()}
+        rs = ResourceSet(("secrets", identity), SECRET, MappingProxyType({n: r.message for n, r in resources.items()}),
+                         resources, previous, changed)
+        if previous is not None:
+            previous.previous = None  # history of one: enough for "what changed", and frees old keys
+        entry = _Entry(cert, bundle, TypeView(SECRET, (rs,)))
+        self._entries[identity] = entry
+        return entry
+
+    # ------------------------------------------------------------ debug
+
+    def describe(self, identity: WorkloadIdentity | None = None) -> dict[str, Any] | list[dict[str, Any]]:
+        """What ``/debug/*`` may show: names, versions, SPIFFE IDs, dates. Never key material."""
+        if identity is not None:
+            entry = self._entries.get(identity)
+            return self._describe(identity, entry) if entry is not None else {"identity": identity.spiffe_id}
+        return [self._describe(i, e) for i, e in sorted(self._entries.items())]
+
+    def describe_spiffe(self, spiffe_id: str) -> dict[str, Any] | None:
+        for identity, entry in self._entries.items():
+            if identity.spiffe_id == spiffe_id:
+                return entry.cert.describe()
+        return None
+
+    def _describe(self, identity: WorkloadIdentity, entry: _Entry) -> dict[str, Any]:
+        layer = entry.view.layers[0]
+        return {
+            "identity": identity.spiffe_id,
+            "streams": len(self._watchers.get(identity, {})),
+            "secrets": {name: layer.resources[name].version for name in SECRET_NAMES},
+            "certificate": entry.cert.describe(),
+        }
+
+
+def bearer_token(metadata: Iterable[tuple[str, Any]]) -> str | None:
+    """The token in ``authorization: Bearer <token>`` or ``x-meshpilot-token``, else None."""
+    found: dict[str, str] = {}
+    for key, value in metadata:
+        if isinstance(value, bytes):
+            continue  # binary (-bin) metadata never carries a token
+        found.setdefault(key.lower(), value)
+    auth = found.get(AUTHORIZATION, "")
+    scheme, _, credential = auth.strip().partition(" ")
+    if scheme.lower() == "bearer" and credential.strip():
+        return credential.strip()
+    token = found.get(TOKEN_HEADER, "").strip()
+    return token or None
+
+
+def tls_certificate_secret(cert: IssuedCertificate) -> secret_pb2.Secret:
+    return secret_pb2.Secret(
+        name=DEFAULT_SECRET,
+        tls_certificate=common_pb2.TlsCertificate(
+            certificate_chain=base_pb2.DataSource(inline_bytes=cert.chain_pem),
+            private_key=base_pb2.DataSource(inline_bytes=cert.private_key.reveal()),
+        ),
+    )
+
+
+def root_secret(bundle: bytes) -> secret_pb2.Secret:
+    return secret_pb2.Secret(
+        name=ROOT_SECRET,
+        validation_context=common_pb2.CertificateValidationContext(
+            trusted_ca=base_pb2.DataSource(inline_bytes=bundle)
+        ),
+    )
+
+
+class _SecretResource(Resource):
+    """A Resource whose version is given (a serial), not a hash of its bytes (which hold a key)."""
+
+    __slots__ = ()
+
+    def __init__(self, name: str, message: secret_pb2.Secret, version: str) -> None:
+        self.name = name
+        self.type_url = SECRET
+        self.data = message.SerializeToString(deterministic=True)
+        self.message = message
+        self.version = version
+
+    def __repr__(self) -> str:
+        return f"<secret {self.name} version={self.version}>"
+
+
+def _resource(name: str, message: secret_pb2.Secret, version: str) -> Resource:
+    return _SecretResource(name, message, version)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
