@@ -224,8 +224,8 @@ def _http_routes(
     entry: OwnedRoute, port: MeshPort, dests: Destinations, errors: list[ConfigError]
 ) -> list[tuple[rc.Route, SourceCondition | None, str]]:
     """(route, who gets it, the match's field under the entry) per match for this port."""
-    vs, http = entry.vs, entry.http
-    base_name = http.name or f"{vs.metadata.namespace}/{vs.metadata.name}.{entry.field.removeprefix('spec.')}"
+    http = entry.http
+    base_name = http.name  # as istiod: unnamed entries make unnamed routes (bytes in every proxy's RDS)
     out = []
     for j, m in enumerate(http.match or [None]):  # type: ignore[list-item]
         if m is not None and m.port is not None and m.port != port.number:

@@ -20,11 +20,19 @@ CONNECT_TIMEOUT = duration_pb2.Duration(seconds=10)  # Istio's mesh default conn
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
+_DEFAULT_BREAKERS = circuit_breaker_pb2.CircuitBreakers(thresholds=[circuit_breaker_pb2.CircuitBreakers.Thresholds(
+    max_connections=u32(MAX), max_pending_requests=u32(MAX), max_requests=u32(MAX), max_retries=u32(MAX),
+    track_remaining=True,
+)])
+
+
 def thresholds(pool: ConnectionPoolSettings | None) -> circuit_breaker_pb2.CircuitBreakers:
-    t = circuit_breaker_pb2.CircuitBreakers.Thresholds(
-        max_connections=u32(MAX), max_pending_requests=u32(MAX), max_requests=u32(MAX), max_retries=u32(MAX),
-        track_remaining=True,
-    )
+    """The circuit breakers (callers copy from it: the default is one shared message)."""
+    if pool is None or (pool.http is None and (pool.tcp is None or not pool.tcp.maxConnections)):
+        return _DEFAULT_BREAKERS
+    out = circuit_breaker_pb2.CircuitBreakers()
+    out.CopyFrom(_DEFAULT_BREAKERS)
+    t = out.thresholds[0]
     if pool is not None:
         if pool.http is not None:
             h = pool.http
@@ -36,7 +44,7 @@ def thresholds(pool: ConnectionPoolSettings | None) -> circuit_breaker_pb2.Circu
                 t.max_retries.value = h.maxRetries
         if pool.tcp is not None and pool.tcp.maxConnections:
             t.max_connections.value = pool.tcp.maxConnections
-    return circuit_breaker_pb2.CircuitBreakers(thresholds=[t])
+    return out
 
 
 def http2_upstream(pool: ConnectionPoolSettings | None, port_is_http2: bool) -> bool | None:

@@ -26,6 +26,7 @@ no mTLS config at all: it could never get the certificates.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -114,10 +115,18 @@ def _mesh_common(alpn: Sequence[str], sans: Sequence[str] = ()) -> tls_pb2.Commo
 # ---------------------------------------------------------------- client side
 
 
-def upstream_context(server_name: str, sans: Sequence[str], http2: bool) -> tls_pb2.UpstreamTlsContext:
+@functools.lru_cache(maxsize=4096)
+def _client_common(http2: bool, sans: tuple[str, ...]) -> tls_pb2.CommonTlsContext:
+    """Shared by every cluster with the same ALPN and SANs (callers copy from it)."""
     common = _mesh_common(CLIENT_ALPN_H2 if http2 else CLIENT_ALPN, sans)
     common.tls_params.CopyFrom(_TLS_PARAMS)
-    return tls_pb2.UpstreamTlsContext(common_tls_context=common, sni=server_name)
+    return common
+
+
+def upstream_context(server_name: str, sans: Sequence[str], http2: bool) -> tls_pb2.UpstreamTlsContext:
+    ctx = tls_pb2.UpstreamTlsContext(sni=server_name)
+    ctx.common_tls_context.CopyFrom(_client_common(http2, tuple(sans)))
+    return ctx
 
 
 def _tls_socket(ctx: tls_pb2.UpstreamTlsContext | tls_pb2.DownstreamTlsContext) -> base_pb2.TransportSocket:

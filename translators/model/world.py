@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Literal, TypeVar
 
@@ -68,7 +69,7 @@ class Proxy:
     identity: str = ""
     generator: Generator = "envoy"
 
-    @property
+    @cached_property  # asked several times per proxy per push; the dataclass is frozen
     def key(self) -> tuple[str, str, str, tuple[tuple[str, str], ...], bool, str]:
         """What translation of this proxy depends on (two proxies with one key get one config)."""
         return (self.role, self.ip, self.namespace, tuple(sorted(self.labels.items())), bool(self.identity),
