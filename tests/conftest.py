@@ -44,6 +44,13 @@ def _track(request: pytest.FixtureRequest, process: _HasLog) -> None:
     request.node.stash.setdefault(_PROCESSES, []).append(process)
 
 
+def assert_no_private_keys(log_paths: list[Path]) -> None:
+    """Private keys live in memory only: no log of any process the suite starts may show one
+    (checked at the teardown of every test that started meshpilot or Envoy)."""
+    leaked = [str(p) for p in log_paths if p.exists() and b"PRIVATE KEY" in p.read_bytes()]
+    assert not leaked, f"private key material in the logs of {leaked}"
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
@@ -118,6 +125,7 @@ def start_envoy(request: pytest.FixtureRequest, envoy_binary: str, tmp_path: Pat
     yield start
     for envoy in reversed(started):
         envoy.stop()
+    assert_no_private_keys([e.log_path for e in started])
 
 
 @pytest.fixture
@@ -153,3 +161,4 @@ def start_meshpilot(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     yield start
     for server in reversed(started):
         server.stop()
+    assert_no_private_keys([s.log_path for s in started])
