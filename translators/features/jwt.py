@@ -22,7 +22,6 @@ the system roots).
 from __future__ import annotations
 
 import functools
-import ipaddress
 from collections.abc import Callable, Sequence
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -38,6 +37,7 @@ from translators.features._proto import to_any
 from translators.features.connection_pool import CONNECT_TIMEOUT
 from translators.features.tls import SOCKET, upstream_tls
 from translators.model import ClientTLSSettings
+from translators.model.names import is_ip
 from translators.model.registry import Endpoint
 from translators.model.security import JWTRule, RequestAuthentication, jwks_uri_parts
 
@@ -64,13 +64,6 @@ def jwks_cluster_name(host: str, port: int) -> str:
     return f"jwks|{port}||{host}"
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
 
 @functools.lru_cache(maxsize=256)
 def jwks_cluster(scheme: str, host: str, port: int) -> cluster_pb2.Cluster:
@@ -79,13 +72,13 @@ def jwks_cluster(scheme: str, host: str, port: int) -> cluster_pb2.Cluster:
     name = jwks_cluster_name(host, port)
     c = cluster_pb2.Cluster(name=name, connect_timeout=CONNECT_TIMEOUT,
                             load_assignment=load_assignment(name, (Endpoint(host, port),)))
-    if _is_ip(host):
+    if is_ip(host):
         c.type = cluster_pb2.Cluster.STATIC
     else:
         c.type = cluster_pb2.Cluster.STRICT_DNS
         c.dns_lookup_family = cluster_pb2.Cluster.V4_ONLY
     if scheme == "https":
-        tls = upstream_tls(ClientTLSSettings(mode="SIMPLE", sni="" if _is_ip(host) else host, subjectAltNames=[host]))
+        tls = upstream_tls(ClientTLSSettings(mode="SIMPLE", sni="" if is_ip(host) else host, subjectAltNames=[host]))
         assert tls is not None
         c.transport_socket.CopyFrom(base_pb2.TransportSocket(name=SOCKET, typed_config=to_any(tls)))
     return c

@@ -3,6 +3,7 @@ protocols, host name resolution and label selection."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 
 DOMAIN_SUFFIX = "svc.cluster.local"
@@ -39,6 +40,15 @@ def resolve_host(host: str, namespace: str) -> str:
     if "." in host or host == "*":
         return host
     return kube_host(host, namespace)
+
+
+def is_ip(host: str) -> bool:
+    """An IPv4 or IPv6 address, not a host name."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def host_matches(pattern: str, host: str) -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Literal
 
@@ -21,6 +20,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from translators.model.base import IstioModel, Resource
+from translators.model.names import is_ip
 from translators.model.types import (
     AnyDuration,
     Duration,
@@ -113,13 +113,6 @@ def export_to_problems(p: Problems, loc: Loc, export_to: list[str], namespace: s
             if special in export_to:
                 p.add(loc, f"exportTo {special!r} ({what}) cannot be combined with other entries", export_to)
 
-
-def _ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 # ---------------------------------------------------------------- workloads and service entries
@@ -734,7 +727,7 @@ class VirtualServiceSpec(IstioModel):
                 p.add(("gateways", i), problem, gw)
         valid = True
         for i, host in enumerate(self.hosts):
-            if (problem := domain_problem(host)) is not None and not _ip(host):
+            if (problem := domain_problem(host)) is not None and not is_ip(host):
                 p.add(("hosts", i), problem, host)
                 valid = False
             elif host == "*" and self.applies_to_mesh:

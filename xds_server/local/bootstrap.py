@@ -25,7 +25,6 @@ Two ways to reach meshpilot:
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import sys
@@ -38,6 +37,7 @@ from typing import Any, Literal
 from ca import CAError, CertificateAuthority, TokenAuthority, WorkloadIdentity, default_state_dir
 from ca.identity import InvalidIdentity
 from ca.tokens import DEFAULT_TOKEN_TTL
+from translators.model.names import is_ip
 from translators.model.types import ENVOY_MAX_PROGRAM_SIZE
 
 #: Same values as ``translators.model.world.Role``; kept here so a bootstrap needs no translator.
@@ -75,13 +75,6 @@ def parse_host_port(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
 
 def default_pod_name(role: Role, proxy_ip: str) -> str:
     return f"{role}-{proxy_ip.replace('.', '-').replace(':', '-')}"
@@ -98,7 +91,7 @@ def _socket_address(host: str, port: int) -> dict[str, Any]:
 
 def _upstream_tls(xds_host: str, tls: XdsTls) -> dict[str, Any]:
     name = tls.server_name or xds_host
-    san_type = "IP_ADDRESS" if _is_ip(name) else "DNS"
+    san_type = "IP_ADDRESS" if is_ip(name) else "DNS"
     context: dict[str, Any] = {
         "@type": f"type.googleapis.com/{_UPSTREAM_TLS}",
         "common_tls_context": {
@@ -110,7 +103,7 @@ def _upstream_tls(xds_host: str, tls: XdsTls) -> dict[str, Any]:
             },
         },
     }
-    if not _is_ip(name):
+    if not is_ip(name):
         context["sni"] = name
     return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
@@ -121,7 +114,7 @@ def _xds_cluster(
 ) -> dict[str, Any]:
     cluster: dict[str, Any] = {
         "name": XDS_CLUSTER,
-        "type": "STATIC" if _is_ip(xds_host) else "STRICT_DNS",
+        "type": "STATIC" if is_ip(xds_host) else "STRICT_DNS",
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": XDS_CLUSTER,
@@ -147,7 +140,7 @@ def _xds_cluster(
             ]
         },
     }
-    if not _is_ip(xds_host):
+    if not is_ip(xds_host):
         cluster["dns_lookup_family"] = "V4_PREFERRED"
     if tls is not None:
         cluster["transport_socket"] = _upstream_tls(xds_host, tls)
@@ -178,7 +171,7 @@ def build_bootstrap(
     server against ``xds_tls.root_pem`` and every stream carries ``xds_tls.token``."""
     if role not in ("sidecar", "gateway"):
         raise ValueError(f"role must be sidecar or gateway, not {role!r}")
-    if not _is_ip(proxy_ip):
+    if not is_ip(proxy_ip):
         raise ValueError(f"proxy IP {proxy_ip!r} is not an IP address")
     if not namespace:
         raise ValueError("namespace must not be empty")

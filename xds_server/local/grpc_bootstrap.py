@@ -16,7 +16,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from xds_server.local.bootstrap import _is_ip, default_pod_name, node_id, parse_host_port
+from translators.model.names import is_ip
+from xds_server.local.bootstrap import default_pod_name, node_id, parse_host_port
 
 #: As istio-agent writes it: ``%s`` is the server's listening ``IP:port``.
 SERVER_LISTENER_TEMPLATE = "xds.istio.io/grpc/lds/inbound/%s"
@@ -33,7 +34,7 @@ def build_grpc_bootstrap(
 ) -> dict[str, Any]:
     """The gRPC bootstrap as a JSON-ready dict (plaintext to meshpilot's xDS port). Raises
     ``ValueError`` on bad input."""
-    if not _is_ip(proxy_ip):
+    if not is_ip(proxy_ip):
         raise ValueError(f"proxy IP {proxy_ip!r} is not an IP address")
     if not namespace:
         raise ValueError("namespace must not be empty")
