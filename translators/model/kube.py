@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from translators.model.base import KubeModel, Resource
 
@@ -63,6 +63,12 @@ class EndpointSlice(Resource):
     addressType: Literal["IPv4", "IPv6", "FQDN"] = "IPv4"
     endpoints: list[SliceEndpoint] = []
     ports: list[SlicePort] = []
+
+    @field_validator("endpoints", "ports", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: object) -> object:
+        # The API server writes a slice with no endpoints (a Service none of whose pods has an IP yet) as null.
+        return [] if value is None else value
 
     @property
     def service_name(self) -> str | None:

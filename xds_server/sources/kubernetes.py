@@ -1,7 +1,8 @@
 """The Kubernetes config source: the mesh's resources listed and watched from an API server.
 
 One informer per kind (Namespaces, Services, Pods, EndpointSlices, and Istio's
-VirtualService, DestinationRule, ServiceEntry and WorkloadEntry), each a thread that
+VirtualService, DestinationRule, ServiceEntry, WorkloadEntry, PeerAuthentication,
+AuthorizationPolicy and RequestAuthentication), each a thread that
 lists, then watches from the list's resourceVersion with bookmarks; it lists again when
 the server answers 410 Gone, and reconnects with backoff (resuming from the last
 resourceVersion it saw) when the connection fails. Objects are parsed in those threads
@@ -76,6 +77,9 @@ WATCHED: tuple[Kind, ...] = (
     _istio("DestinationRule", "destinationrules"),
     _istio("ServiceEntry", "serviceentries"),
     _istio("WorkloadEntry", "workloadentries"),
+    _istio("PeerAuthentication", "peerauthentications"),
+    _istio("AuthorizationPolicy", "authorizationpolicies"),
+    _istio("RequestAuthentication", "requestauthentications"),
 )
 
 
@@ -104,18 +108,19 @@ class _Stopped(Exception):
 
 
 class KubernetesSource:
-    """The mesh's resources in the cluster ``kubeconfig`` (its current context, or ``context``)."""
+    """The mesh's resources in the cluster ``kubeconfig`` (its current context, or ``context``);
+    with ``kubeconfig`` None, the cluster of the pod this runs in (its ServiceAccount's token)."""
 
     def __init__(
         self,
-        kubeconfig: Path | str,
+        kubeconfig: Path | str | None,
         *,
         context: str | None = None,
         kinds: tuple[Kind, ...] = WATCHED,
         watch_seconds: int = WATCH_SECONDS,
         crd_recheck: float = CRD_RECHECK,
     ) -> None:
-        self.kubeconfig = Path(kubeconfig)
+        self.kubeconfig = Path(kubeconfig) if kubeconfig is not None else None
         self.context = context
         self.kinds = kinds
         self.watch_seconds = watch_seconds
@@ -444,13 +449,17 @@ class _Informer:
         return _Entry(uid, rv, order, resource, parsed.errors, labels)
 
 
-def _api_client(kubeconfig: Path, context: str | None) -> Any:
+def _api_client(kubeconfig: Path | None, context: str | None) -> Any:
     from kubernetes import client, config
 
     cfg = client.Configuration()
-    config.load_kube_config(
-        config_file=str(kubeconfig), context=context, client_configuration=cfg, persist_config=False
-    )
+    if kubeconfig is None:
+        # In a pod: KUBERNETES_SERVICE_HOST/PORT and the mounted ServiceAccount token (re-read as it rotates).
+        config.load_incluster_config(client_configuration=cfg)
+    else:
+        config.load_kube_config(
+            config_file=str(kubeconfig), context=context, client_configuration=cfg, persist_config=False
+        )
     # A watch per kind holds a connection; lists need more besides.
     cfg.connection_pool_maxsize = 4 * len(WATCHED)
     return client.ApiClient(cfg)
