@@ -93,6 +93,7 @@ class CertificateAuthority:
         self._issuer = issuer
         self._roots = tuple(roots)
         self._retired = tuple(retired)
+        self._pending_issuer: Issuer | None = None  # a new root read from the state, not signing yet
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ construction
@@ -305,6 +306,51 @@ class CertificateAuthority:
             self._roots = (root,)
             self._issuer = Issuer(root, key, ())
         return root
+
+    def state_stamp(self) -> tuple[tuple[int, int, int], ...]:
+        """What changes when another process rewrites the state files (``ca rotate-root``)."""
+        if self._state_dir is None:
+            return ()
+        stamps = []
+        for name in (ROOT_FILE, RETIRED_FILE):
+            try:
+                st = (self._state_dir / name).stat()
+            except FileNotFoundError:
+                stamps.append((0, 0, 0))
+                continue
+            stamps.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        return tuple(stamps)
+
+    def reload_state(self) -> bool:
+        """Re-read the state files; True when they hold a new root.
+
+        A new root is trusted at once (in :meth:`trust_bundle`, beside the retired one) but
+        not yet signed with: :meth:`adopt_new_root` switches the signer, once every proxy
+        holds the new bundle, so no peer ever sees a certificate it cannot verify yet.
+        """
+        if self._state_dir is None:
+            return False
+        with self._lock, locked(self._state_dir):
+            root, key = read_root(self._state_dir / ROOT_FILE)
+            retired = read_retired(self._state_dir / RETIRED_FILE)
+        if root_trust_domain(root) != self.trust_domain:
+            raise StateError(f"the new root in {self._state_dir} is for another trust domain")
+        fresh = not same(root, [self._issuer.cert]) and not same(root, list(self._roots))
+        # Until the switch, the current signer stays trusted even if the file retired it already.
+        self._retired = tuple(retired)
+        self._roots = (root,) if same(root, [self._issuer.cert]) else (root, self._issuer.cert)
+        if fresh:
+            self._pending_issuer = Issuer(root, key, ())
+        return fresh
+
+    def adopt_new_root(self) -> bool:
+        """Sign with the root :meth:`reload_state` found; True if the signer changed."""
+        pending, self._pending_issuer = self._pending_issuer, None
+        if pending is None:
+            return False
+        self._issuer = pending
+        self._roots = (pending.cert,)
+        return True
 
     def drop_root(self, root_fingerprint: str) -> None:
         """Stop trusting a retired root now (e.g. once every proxy has a new certificate)."""

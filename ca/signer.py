@@ -210,11 +210,11 @@ class Signer:
         for key in [k for k in self._cache if k[0] == identity]:
             del self._cache[key]
 
-    def next_refresh_at(self) -> datetime | None:
+    def next_refresh_at(self, now: datetime | None = None) -> datetime | None:
         if not self._cache:
             return None
         signer = self.ca.signer_id
-        now = self.ca.now()
+        now = now or self.ca.now()
         return min(now if c.signer_id != signer else c.refresh_at for c in self._cache.values())
 
     async def refresh_due(self) -> list[IssuedCertificate]:
@@ -232,7 +232,9 @@ class Signer:
         while True:
             self._changed.clear()
             now = self.ca.now()
-            wake = self.next_refresh_at()
+            # The same ``now``: a rotated signer makes everything due "now", which read later
+            # would be a microsecond ahead and the loop would sleep forever in tiny steps.
+            wake = self.next_refresh_at(now)
             delay = MAX_REFRESH_SLEEP if wake is None else min(wake - now, MAX_REFRESH_SLEEP)
             if delay > timedelta(0):
                 self._wake_at = now + delay
@@ -261,6 +263,10 @@ class Signer:
         )
         self._changed.set()
         return root
+
+    def wake(self) -> None:
+        """Have the refresher look again now (the signer changed behind its back)."""
+        self._changed.set()
 
     def close(self) -> None:
         """Stop the signing threads once queued work is done; later requests fail."""

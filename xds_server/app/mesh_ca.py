@@ -30,6 +30,11 @@ from xds_server.xds.secrets import SecretStore
 
 log = structlog.get_logger("ca")
 
+#: How often ``serve`` looks for a root rotated by ``meshpilot ca rotate-root`` (seconds).
+STATE_POLL = 1.0
+#: How long a rotation waits for every proxy to acknowledge the new trust bundle (seconds).
+BUNDLE_ACK_TIMEOUT = 30.0
+
 #: Names every serving cert carries, whatever address it listens on.
 DEFAULT_SERVER_NAMES = ("localhost",)
 
@@ -124,14 +129,45 @@ class MeshCA:
     # ------------------------------------------------------------ running
 
     async def run(self) -> None:
-        """Renew workload certificates (pushing them over SDS) and the serving certificate."""
-        renew = asyncio.create_task(self._renew_server_cert(), name="server-cert")
+        """Renew workload certificates (pushing them over SDS) and the serving certificate,
+        and follow root rotations made in the state directory."""
+        helpers = [asyncio.create_task(self._renew_server_cert(), name="server-cert"),
+                   asyncio.create_task(self._watch_state(), name="ca-state")]
         try:
             await self.secrets.run()
         finally:
-            renew.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renew
+            for task in helpers:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _watch_state(self, every: float = STATE_POLL) -> None:
+        """Poll the state files: another process (``meshpilot ca rotate-root``) may rewrite them."""
+        stamp = self.ca.state_stamp()
+        if not stamp:
+            return  # a plugged-in CA: nothing here to follow
+        while True:
+            await asyncio.sleep(every)
+            now = self.ca.state_stamp()
+            if now == stamp:
+                continue
+            stamp = now
+            try:
+                await self.follow_state()
+            except Exception:
+                log.exception("re-reading the CA state failed; keeping the current root")
+
+    async def follow_state(self) -> None:
+        """Apply the state files: the new trust bundle to every proxy first, then (once each has
+        acknowledged it) certificates signed by the new root. Peers never meet a certificate
+        they cannot verify, so traffic keeps flowing through the rotation."""
+        fresh = self.ca.reload_state()
+        log.info("ca state changed", new_root=fresh, **{"roots": len(self.ca.trusted_roots())})
+        acked = await self.secrets.push_bundle(BUNDLE_ACK_TIMEOUT)
+        if fresh and self.ca.adopt_new_root():
+            log.info("signing with the new root; re-issuing workload certificates", signer=self.ca.signer_id[:16],
+                     bundle_acked=acked)
+            self.signer.wake()
 
     def close(self) -> None:
         self.signer.close()

@@ -21,11 +21,13 @@ the new certificates to every stream of that identity.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from envoy.config.core.v3 import base_pb2
@@ -72,6 +74,14 @@ class Grant:
         return self.identity is not None
 
 
+class SyncProbe(Protocol):
+    """What the xDS server tells about its streams' secrets: what was sent, what was acknowledged."""
+
+    def secret_nonces(self) -> dict[int, str]: ...
+
+    def secrets_acked_since(self, before: dict[int, str]) -> bool: ...
+
+
 @dataclass(eq=False)
 class _Entry:
     cert: IssuedCertificate
@@ -88,6 +98,7 @@ class SecretStore:
         self._entries: dict[WorkloadIdentity, _Entry] = {}
         self._watchers: dict[WorkloadIdentity, dict[int, Callable[[], None]]] = {}
         self._next = 0
+        self.probe: SyncProbe | None = None  # set by the xDS server that serves these secrets
 
     # ------------------------------------------------------------ identity proof
 
@@ -172,6 +183,31 @@ class SecretStore:
                      not_after=cert.not_after.isoformat(), streams=len(self._watchers[ident]))
             for notify in list(self._watchers[ident].values()):
                 notify()
+
+    async def push_bundle(self, timeout: float = 30.0) -> bool:
+        """Push the CA's current trust bundle (certificates unchanged) to every stream and wait
+        until each has acknowledged it, at most ``timeout`` seconds; False if some did not."""
+        probe = self.probe
+        before = probe.secret_nonces() if probe is not None else {}
+        bundle = self.signer.ca.trust_bundle()
+        pushed = 0
+        for ident, entry in list(self._entries.items()):
+            if entry.bundle == bundle or ident not in self._watchers:
+                continue
+            self._build(ident, entry.cert, entry)
+            for notify in list(self._watchers[ident].values()):
+                notify()
+                pushed += 1
+        log.info("sds: trust bundle pushed", streams=pushed, roots=bundle.count(b"BEGIN CERTIFICATE"))
+        if probe is None or not pushed:
+            return True
+        deadline = time.monotonic() + timeout
+        while not probe.secrets_acked_since(before):
+            if time.monotonic() > deadline:
+                log.warning("sds: not every stream acknowledged the trust bundle; going on", timeout_s=timeout)
+                return False
+            await asyncio.sleep(0.1)
+        return True
 
     def _build(self, identity: WorkloadIdentity, cert: IssuedCertificate, old: _Entry | None) -> _Entry:
         bundle = self.signer.ca.trust_bundle()

@@ -11,7 +11,7 @@ identity with a mesh token also gets that identity's certificate (see ``secrets`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -25,7 +25,7 @@ from xds_server.app.node import NodeError, proxy_from_node
 from xds_server.xds.cache import ProxyView, TypeView, XdsCache
 from xds_server.xds.protocol import DeltaStream, SharedResponses, SotwStream
 from xds_server.xds.secrets import Grant, SecretStore
-from xds_server.xds.status import STREAMS, StreamStatus
+from xds_server.xds.status import STREAMS, StreamStatus, TypeStatus
 
 log = structlog.get_logger("xds")
 
@@ -50,6 +50,8 @@ class XdsServer:
         self.security: dict[int, dict[str, Any]] = {}
         self.shared = SharedResponses()
         self._ids = 0
+        if secrets is not None:
+            secrets.probe = self  # so a root rotation can wait for every proxy to hold the new bundle
 
     def handler(self, *, tls: bool = False) -> grpc.GenericRpcHandler:
         """The ADS service; ``tls``: this handler serves the TLS port, where secrets may go."""
@@ -201,6 +203,26 @@ class XdsServer:
             STREAMS.labels(protocol).dec()
             log.info("stream closed", proxy=proxy.id, protocol=protocol)
 
+    def _secret_streams(self) -> Iterator[tuple[int, TypeStatus]]:
+        """Streams that proved an identity and asked for secrets, with their SDS status."""
+        for sid, status in list(self.streams.items()):
+            st = status.types.get(SECRET)
+            if st is not None and self.security.get(sid, {}).get("secrets") == "ok":
+                yield sid, st
+
+    def secret_nonces(self) -> dict[int, str]:
+        return {sid: st.sent_nonce for sid, st in self._secret_streams()}
+
+    def secrets_acked_since(self, before: dict[int, str]) -> bool:
+        """Has every such stream been sent secrets since ``before`` and acknowledged (or rejected) them?"""
+        for sid, st in self._secret_streams():
+            if not st.sent_nonce or st.sent_nonce == before.get(sid):
+                return False
+            rejected = st.nack is not None and st.nack.get("nonce") == st.sent_nonce
+            if st.acked_nonce != st.sent_nonce and not rejected:
+                return False
+        return True
+
     def syncz(self) -> list[dict[str, Any]]:
         """Every stream's status, with the port it uses and the identity it proved (no secrets)."""
         out = []
@@ -230,6 +252,10 @@ async def start_grpc(
             # A thousand proxies connecting at once can queue calls for a while; the
             # default would cancel them after 30 s.
             ("grpc.server_max_unrequested_time_in_server", 600),
+            # grpc.aio counts open streams against these (defaults 1,000 and 3,000): past about
+            # 1,800 streams new ones failed with INTERNAL (tests/xds_server/test_protocol_abuse.py).
+            ("grpc.server.max_pending_requests", 100_000),
+            ("grpc.server.max_pending_requests_hard_limit", 100_000),
         ]
     )
     server.add_generic_rpc_handlers(server_impl.handlers(tls=credentials is not None))
