@@ -19,6 +19,7 @@ from translate_cases import TESTDATA, load_case, world_of
 
 from translators import Translator, api
 from translators.model.types import ENVOY_MAX_PROGRAM_SIZE
+from translators.model.world import Proxy
 
 HCM = "envoy.filters.network.http_connection_manager"
 
@@ -35,7 +36,11 @@ CASES = sorted(p.name.removesuffix(".in.yaml") for p in TESTDATA.glob("*.in.yaml
 
 
 def _bootstrap(case: str) -> dict:
-    resources, proxy = load_case(case)
+    return bootstrap_for(*load_case(case))
+
+
+def bootstrap_for(resources: list, proxy: Proxy) -> dict:
+    """A static bootstrap of ``proxy``'s translation of ``resources``, for ``envoy --mode validate``."""
     t = Translator()
     t.update(world_of(resources))
     out = t.for_proxy(proxy)

@@ -57,8 +57,13 @@ _nonces = itertools.count(1)
 _interned: dict[frozenset[str], frozenset[str]] = {}
 
 
+_issued = 0  # the latest nonce handed out
+
+
 def next_nonce() -> str:
-    return str(next(_nonces))
+    global _issued
+    _issued = next(_nonces)
+    return str(_issued)
 
 
 def intern_names(names: Iterable[str]) -> frozenset[str]:
@@ -200,18 +205,27 @@ class SotwStream(_Stream):
     def on_request(self, req: DiscoveryRequest, view: ProxyView) -> list[Outgoing]:
         type_url = req.type_url
         if type_url not in KNOWN_TYPES:
+            self.status.protocol_error("unknown type", type_url)
             return []
         st = self.types.get(type_url)
         names = list(req.resource_names)
         if st is None:
             st = self.types[type_url] = _TypeState()
         elif req.response_nonce != st.nonce:
+            if not _could_be_stale(req.response_nonce):
+                self.status.protocol_error("unknown nonce", type_url, nonce=req.response_nonce[:64])
             return []  # stale: an answer to a response that has been superseded
         elif st.nonce:
             if req.HasField("error_detail"):
                 self.status.nacked(type_url, req.version_info, req.response_nonce, req.error_detail.message)
             else:
-                self.status.acked(type_url, req.version_info, req.response_nonce)
+                # The nonce says which response is ACKed; a version that is not that response's
+                # is the client's mistake, and /debug/syncz shows what the proxy really has.
+                sent_version = self.status.of(type_url).sent_version
+                if req.version_info != sent_version:
+                    self.status.protocol_error("ack of a version never sent", type_url,
+                                               version=req.version_info[:64], sent=sent_version)
+                self.status.acked(type_url, sent_version, req.response_nonce)
         first = not st.nonce
         wildcard = type_url in WILDCARD_TYPES and (not names or "*" in names)
         new_names = intern_names(n for n in names if n != "*")
@@ -369,6 +383,7 @@ class DeltaStream(_Stream):
     def on_request(self, req: DeltaDiscoveryRequest, view: ProxyView) -> list[Outgoing]:
         type_url = req.type_url
         if type_url not in KNOWN_TYPES:
+            self.status.protocol_error("unknown type", type_url)
             return []
         st = self.types.get(type_url)
         first = st is None
@@ -376,6 +391,8 @@ class DeltaStream(_Stream):
             st = self.types[type_url] = _TypeState()
         if req.response_nonce:
             version = st.pending.pop(req.response_nonce, None)
+            if version is None and not first:
+                self.status.protocol_error("unknown nonce", type_url, nonce=req.response_nonce[:64])
             if version is not None:
                 if req.HasField("error_detail"):
                     self.status.nacked(type_url, version, req.response_nonce, req.error_detail.message)
@@ -563,6 +580,12 @@ def _diff(
         elif res.version != have or name in force:
             upserts.append(res)
     return upserts, removed
+
+
+def _could_be_stale(nonce: str) -> bool:
+    """Whether ``nonce`` may be one this server sent (Envoy answers a superseded response now and
+    then: that is normal); nonces come from one counter, so others are made up."""
+    return len(nonce) <= 20 and nonce.isascii() and nonce.isdigit() and int(nonce) <= _issued
 
 
 def _same_layers(a: TypeView, b: TypeView) -> bool:

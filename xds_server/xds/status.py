@@ -32,6 +32,11 @@ RESCANS = Counter(
     "Periodic full rescans of the config directory (changed: found what the watcher had not reported)",
     ["result"],
 )
+PROTOCOL_ERRORS = Counter(
+    "meshpilot_xds_protocol_errors_total",
+    "Client requests the xDS protocol says to ignore (unknown type, stale or unknown nonce, ...)",
+    ["kind"],
+)
 TRANSLATE_SECONDS = Histogram(
     "meshpilot_translate_seconds",
     "Time to apply a new config snapshot (translate + cache + notify)",
@@ -62,6 +67,8 @@ class StreamStatus:
     protocol: str  # "sotw" | "delta"
     connected_at: float = field(default_factory=time.time)
     types: dict[str, TypeStatus] = field(default_factory=dict)
+    #: kinds of protocol error already logged for this stream: a misbehaving client repeats itself
+    reported: set[str] = field(default_factory=set)
 
     def of(self, type_url: str) -> TypeStatus:
         st = self.types.get(type_url)
@@ -85,6 +92,14 @@ class StreamStatus:
         self.of(type_url).nack = {"version": version, "nonce": nonce, "message": message, "at": time.time()}
         NACKS.labels(short(type_url)).inc()
         log.warning("config rejected by proxy", proxy=self.proxy_id, type=short(type_url), version=version, error=message)
+
+    def protocol_error(self, kind: str, type_url: str, **details: Any) -> None:
+        """A request the protocol says to ignore: counted every time, logged once per stream and kind."""
+        PROTOCOL_ERRORS.labels(kind).inc()
+        if kind not in self.reported:
+            self.reported.add(kind)
+            log.warning("xds request ignored", reason=kind, proxy=self.proxy_id, protocol=self.protocol,
+                        type=short(type_url), note="logged once per stream", **details)
 
     def as_dict(self) -> dict[str, Any]:
         return {
