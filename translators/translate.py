@@ -168,7 +168,7 @@ class Translator:
         mtls_hosts: set[str] = set()
         if not kinds.isdisjoint(peer_auth.KINDS):
             mtls_hosts = self._rebuild_peer_auth()
-        if services or rule_hosts or mtls_hosts:
+        if services or rule_hosts or mtls_hosts or DestinationRule.KIND in kinds:  # (also: unused-rule warnings)
             self._rebuild_clusters_and_endpoints(rule_hosts | mtls_hosts)
         touched: set[str] = set()
         if VirtualService.KIND in kinds:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
@@ -20,14 +21,16 @@ import structlog
 from ca import DEFAULT_WORKLOAD_TTL, CAError, default_state_dir
 from translators.errors import ConfigError
 from translators.model.world import World
+from xds_server.app.config_dump import proxy_config
 from xds_server.app.debounce import Debouncer
 from xds_server.app.httpd import HttpServer, Reply, json_reply, text_reply
 from xds_server.app.mesh_ca import MeshCA
 from xds_server.app.pipeline import Pipeline, full_collection
+from xds_server.app.verbs.common import client_version
 from xds_server.sources.files import RESCAN_EVERY, DirectorySource, LoadResult
 from xds_server.sources.kubernetes import KubernetesSource
 from xds_server.xds.server import XdsServer, start_grpc
-from xds_server.xds.status import CONFIG_ERRORS, RESCANS, WATCH_FAILURES, WATCHING, short
+from xds_server.xds.status import CONFIG_ERRORS, RESCANS, WATCH_FAILURES, WATCHING
 
 log = structlog.get_logger("meshpilot")
 
@@ -37,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     source.add_argument("--config-dir", type=Path, help="directory of Kubernetes/Istio YAML manifests")
     source.add_argument("--kubeconfig", type=Path, metavar="FILE",
                         help="watch the cluster of this kubeconfig (its current context) instead")
+    source.add_argument("--in-cluster", action="store_true",
+                        help="watch the cluster this runs in, as its pod's ServiceAccount (the Helm chart's way)")
     p.add_argument("--xds-address", default="127.0.0.1:15010",
                    help="plaintext xDS gRPC listen address (HOST:PORT): config only, never a secret")
     p.add_argument("--xds-tls-address", default="127.0.0.1:15012",
@@ -77,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
     if args.kubeconfig is not None and not args.kubeconfig.is_file():
         log.error("kubeconfig not found", path=str(args.kubeconfig))
         return 2
+    if getattr(args, "in_cluster", False) and not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        log.error("--in-cluster outside a Kubernetes pod (KUBERNETES_SERVICE_HOST is not set)")
+        return 2
     try:
         asyncio.run(ControlPlane(args).run())
     except (OSError, CAError) as e:
@@ -113,7 +121,7 @@ class ControlPlane:
         self.args = args
         self.source: DirectorySource | KubernetesSource = (
             KubernetesSource(args.kubeconfig)
-            if args.kubeconfig is not None
+            if args.kubeconfig is not None or getattr(args, "in_cluster", False)
             else DirectorySource(args.config_dir, default_namespace=args.namespace)
         )
         self.pipeline = Pipeline()
@@ -132,6 +140,10 @@ class ControlPlane:
             self.apply, quiet=args.debounce_quiet, max_delay=args.debounce_max
         )
 
+    @property
+    def source_name(self) -> str:
+        return str(self.args.config_dir or self.args.kubeconfig or "in-cluster")
+
     async def run(self) -> None:
         http = HttpServer(
             {
@@ -141,6 +153,7 @@ class ControlPlane:
                 "/debug/config": self.debug_config,
                 "/debug/world": self.debug_world,
                 "/debug/ca": self.debug_ca,
+                "/version": self.version,
             }
         )
         host, port = split_address(self.args.http_address)
@@ -157,7 +170,7 @@ class ControlPlane:
             xds=self.args.xds_address,
             xds_tls=tls_address if len(servers) > 1 else None,
             http=self.args.http_address,
-            config_dir=str(self.args.config_dir or self.args.kubeconfig),
+            config_dir=self.source_name,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -299,7 +312,7 @@ class ControlPlane:
 
     def debug_errors(self, _q: dict[str, list[str]]) -> Reply:
         failures = [
-            ConfigError(str(self.args.config_dir or self.args.kubeconfig), "", "", why) for _, why in sorted(self.failures.items())
+            ConfigError(self.source_name, "", "", why) for _, why in sorted(self.failures.items())
         ]
         return json_reply([e.as_dict() for e in (*failures, *self.errors)])
 
@@ -315,22 +328,20 @@ class ControlPlane:
             {"version": self.world.version, "resources": sorted(str(k) for k in self.world.resources)}
         )
 
+    def version(self, _q: dict[str, list[str]]) -> Reply:
+        return json_reply({"version": client_version(), "http_address": self.args.http_address})
+
     def debug_config(self, q: dict[str, list[str]]) -> Reply:
-        """What a connected proxy should have: names and versions per type (``?proxy=<node id>``)."""
+        """What a connected proxy should have (``?proxy=<node id>``): per type, names and versions,
+        and each resource in Envoy's JSON (secrets: names and certificate dates only)."""
         wanted = (q.get("proxy") or [""])[0]
         for proxy in self.cache.proxies():
             if proxy.id == wanted:
-                view = self.cache.view(proxy)
-                return json_reply(
-                    {
-                        "proxy": wanted,
-                        "generation": view.generation,
-                        "types": {
-                            short(t): {"version": tv.version, "resources": {r.name: r.version for r in tv.resources()}}
-                            for t, tv in view.types.items()
-                        },
-                    }
-                )
+                proved = {s["security"].get("identity") for s in self.xds.syncz() if s["proxy"] == wanted}
+                described = self.mesh_ca.secrets.describe()
+                secrets = [d for d in described if isinstance(d, dict) and d.get("identity") in proved]
+                roots = self.mesh_ca.ca.describe().get("roots") if secrets else None
+                return json_reply(proxy_config(wanted, self.cache.view(proxy), secrets, roots))
         known = sorted({p.id for p in self.cache.proxies()})
         return json_reply({"error": f"no connected proxy {wanted!r}", "connected": known}, 404)
 

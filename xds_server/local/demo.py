@@ -26,10 +26,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import yaml
 
-from xds_server.local.bootstrap import build_bootstrap
+from xds_server.local.bootstrap import build_bootstrap, node_id
 from xds_server.local.envoy_binary import EnvoyNotFound, find_envoy
 from xds_server.local.processes import (
     ChildProcess,
@@ -345,6 +346,8 @@ class DemoMesh:
             "",
             "Look inside meshpilot:",
             *(f"  {ctl}{path}" for path in self._server_pages()),
+            f"or with the CLI: meshpilot proxy-status --http-address 127.0.0.1:{self.http_port}",
+            f"  meshpilot proxy-config route {c.name} --http-address 127.0.0.1:{self.http_port}",
             f"and {c.name}'s Envoy:",
             f"  http://{c.ip}:{ADMIN_PORT}/config_dump   http://{c.ip}:{ADMIN_PORT}/clusters",
             f"  logs and bootstraps: {self.log_dir}",
@@ -360,7 +363,9 @@ class DemoMesh:
             status, body, _ = http_request("127.0.0.1", self.http_port, "/", timeout=1)
             pages = [line.strip() for line in body.decode().splitlines() if line.startswith("/")]
             if status == 200 and pages:
-                return pages
+                # /debug/config answers only for one proxy: link the client's.
+                client = quote(node_id("sidecar", self.client.ip, self.client.name, self.client.namespace), safe="")
+                return [f"{p}?proxy={client}" if p == "/debug/config" else p for p in pages]
         except (OSError, UnicodeDecodeError):
             pass
         return ["/healthz", "/debug/syncz"]

@@ -1,0 +1,93 @@
+"""``meshpilot proxy-status``: every connected proxy and, per xDS type, whether it has what it should.
+
+Per type, from ``/debug/syncz``:
+
+* SYNCED: the proxy ACKed the last response sent;
+* NACKED: it rejected the last response sent (Envoy's message is shown; it keeps its last good config);
+* STALE: a response was sent and not answered yet;
+* NOT SENT: nothing of this type was sent on this stream (the proxy did not ask, or there is nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from xds_server.app.verbs.common import (
+    ServerError,
+    add_http_address,
+    add_output,
+    fail,
+    get_json,
+    print_json,
+    print_yaml,
+    table,
+)
+
+HELP = "show every connected proxy and whether each xDS type is SYNCED, NOT SENT, STALE or NACKED"
+TYPES = ("cds", "lds", "eds", "rds", "sds")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("proxy", nargs="?", default=None,
+                   help="only proxies whose node id contains this (a pod name, an IP, a full id)")
+    add_http_address(p)
+    add_output(p, ("table", "json", "yaml"))
+
+
+def type_status(st: dict[str, Any] | None) -> str:
+    if not st or not st.get("sent_nonce"):
+        return "NOT SENT"
+    nack = st.get("nack")
+    if nack and nack.get("nonce") == st["sent_nonce"]:
+        return "NACKED"
+    return "SYNCED" if st.get("acked_nonce") == st["sent_nonce"] else "STALE"
+
+
+def statuses(syncz: list[dict[str, Any]], server: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for stream in syncz:
+        types = stream.get("types") or {}
+        per_type = {}
+        for t in sorted(set(TYPES) | set(types)):
+            st = types.get(t)
+            entry: dict[str, Any] = {"status": type_status(st)}
+            if st:
+                entry.update({k: st[k] for k in ("sent_version", "acked_version") if k in st})
+                if entry["status"] == "NACKED":
+                    entry["message"] = st["nack"].get("message", "")
+            per_type[t] = entry
+        out.append({
+            "proxy": stream["proxy"],
+            "protocol": stream.get("protocol"),
+            "control_plane": server,
+            "types": per_type,
+        })
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        syncz = get_json(args.http_address, "/debug/syncz")
+        server = {"address": args.http_address, "version": get_json(args.http_address, "/version").get("version")}
+    except ServerError as e:
+        return fail(str(e))
+    if args.proxy:
+        syncz = [s for s in syncz if args.proxy in s["proxy"]]
+    result = statuses(syncz, server)
+    if args.output == "json":
+        print_json(result)
+        return 0
+    if args.output == "yaml":
+        print_yaml(result)
+        return 0
+    if not result:
+        print(f"no proxies connected to meshpilot at {args.http_address}")
+        return 0
+    instance = f"meshpilot {server['version']} @ {args.http_address}"
+    rows = [[r["proxy"], *(r["types"][t]["status"] for t in TYPES), r["protocol"], instance] for r in result]
+    print(table(["NAME", "CDS", "LDS", "EDS", "RDS", "SDS", "XDS", "CONTROL PLANE"], rows))
+    nacks = [(r["proxy"], t, e["message"]) for r in result for t, e in r["types"].items() if e["status"] == "NACKED"]
+    for proxy, t, message in nacks:
+        print(f"\n{t.upper()} NACKED by {proxy}: {message}")
+    return 0
