@@ -66,6 +66,9 @@ def _cluster(name: str, port: MeshPort, svc: MeshService, policy: ClusterPolicy,
     apply_connection_pool(c, policy.connection_pool, options)
     apply_outlier_detection(c, policy.outlier_detection)
     apply_load_balancer(c, policy.load_balancer)
+    setting = policy.load_balancer.localityLbSetting if policy.load_balancer is not None else None
+    if setting is not None and setting.distribute and setting.enabled is not False:
+        c.common_lb_config.locality_weighted_lb_config.SetInParent()  # weights come with the endpoints
     apply_tls(c, policy.tls, options)
     tls = policy.tls
     apply_mesh_tls(c, tls.mode if tls is not None else None, auto=auto_mtls,

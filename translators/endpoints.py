@@ -8,6 +8,7 @@ from envoy.config.core.v3 import address_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2 as ec
 from envoy.config.endpoint.v3 import endpoint_pb2
 
+from translators.features import locality
 from translators.features.mtls import endpoint_metadata
 from translators.model.names import outbound_cluster
 from translators.model.registry import Endpoint, MeshService
@@ -27,10 +28,17 @@ def _lb_endpoint(e: Endpoint) -> ec.LbEndpoint:
 
 
 def load_assignment(name: str, endpoints: Iterable[Endpoint]) -> endpoint_pb2.ClusterLoadAssignment:
-    lb = [_lb_endpoint(e) for e in endpoints]
-    # An empty service still gets an (empty) assignment so the cluster finishes warming.
-    localities = [ec.LocalityLbEndpoints(lb_endpoints=lb)] if lb else []
-    return endpoint_pb2.ClusterLoadAssignment(cluster_name=name, endpoints=localities)
+    """Endpoints grouped by locality (in locality order), as istiod groups them. An empty
+    service still gets an (empty) assignment so the cluster finishes warming."""
+    groups: dict[str, list[ec.LbEndpoint]] = {}
+    for e in endpoints:
+        groups.setdefault(e.locality, []).append(_lb_endpoint(e))
+    out = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+    for loc in sorted(groups):
+        g = out.endpoints.add(lb_endpoints=groups[loc])
+        if loc:
+            g.locality.region, g.locality.zone, g.locality.sub_zone = locality.parse(loc)
+    return out
 
 
 def in_subset(subset_labels: tuple[tuple[str, str], ...], endpoint: Endpoint) -> bool:

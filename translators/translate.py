@@ -34,7 +34,7 @@ from google.protobuf.message import Message
 
 from translators import api, clusters, endpoints, listeners, peer_auth, routes, security
 from translators.errors import ConfigError
-from translators.features import authz, delegate, mtls
+from translators.features import authz, delegate, locality, mtls
 from translators.grpcgen import GrpcGenerator
 from translators.model import (
     AuthorizationPolicy,
@@ -105,6 +105,9 @@ class Translator:
         self._split: dict[str, dict[str, DestinationPolicy | None]] = {}  # host -> namespace -> rule
         self._split_layers: dict[tuple, tuple[api.Layer, api.Layer]] = {}
         self._split_parts: dict[tuple[str, int], tuple[tuple, tuple]] = {}
+        self._localized_layers: dict[tuple[int, str], tuple[api.Layer, api.Layer]] = {}
+        self._localized_protos: dict[tuple[int, str], tuple[Message, Message]] = {}
+        self._locality_memo: dict[str, tuple[DestinationPolicy, object]] = {}
         self._merge_memo: dict[tuple[int, ...], tuple[tuple[DestinationPolicy, ...], DestinationPolicy]] = {}
         self._merged_into: dict[ResourceKey, DestinationPolicy] = {}
         self._cluster_parts: dict[str, tuple[tuple, list[tuple[str, Message]]]] = {}
@@ -207,6 +210,8 @@ class Translator:
         if split is not None:
             out[api.CLUSTER].append(split[0])
             out[api.ENDPOINT].append(split[1])
+        if proxy.locality:  # locality load balancing: priorities or weights as seen from it
+            out[api.ENDPOINT] = [self._localized(layer, proxy.locality) for layer in out[api.ENDPOINT]]
         if not proxy.identity:  # no certificate to do mTLS with: plaintext to every peer
             out[api.CLUSTER] = [self._plaintext(layer) for layer in out[api.CLUSTER]]
         if proxy.role == "gateway":
@@ -369,6 +374,49 @@ class Translator:
         self._security_epoch += 1
         return {h for h, svc in self._registry.services.items()
                 if old.service_mode(svc.shape.namespace) != self._peer_auth.service_mode(svc.shape.namespace)}
+
+    def _localized(self, layer: api.Layer, where: str) -> api.Layer:
+        """``layer`` as a proxy in locality ``where`` sees it: the assignments of clusters with
+        locality load balancing (features.locality) localized, the rest as they are. The same
+        object while ``layer`` is, so proxies of one locality share it."""
+        key = (id(layer), where)
+        hit = self._localized_layers.get(key)
+        if hit is not None and hit[0] is layer:
+            return hit[1]
+        proxy_loc = locality.parse(where)
+        parts, changed = [], False
+        for name, cla in layer.resources.items():
+            lb = self._locality_setting(name)
+            if lb is not False:
+                memo = self._localized_protos.get((id(cla), where))
+                if memo is None or memo[0] is not cla:
+                    memo = (cla, locality.localize(cla, proxy_loc, lb))  # type: ignore[arg-type]
+                    self._localized_protos[(id(cla), where)] = memo
+                cla, changed = memo[1], True
+            parts.append((name, cla))
+        result = _layer(("endpoints-locality", layer.key, where), parts) if changed else layer
+        if len(self._localized_layers) > 64:  # forget layers that are no longer current
+            self._localized_layers, self._localized_protos = {}, {}
+        self._localized_layers[key] = (layer, result)
+        return result
+
+    def _locality_setting(self, cluster: str):  # type: ignore[no-untyped-def]
+        """The load balancer settings of ``cluster`` if locality load balancing applies to it,
+        else False (memoized on the rule's identity)."""
+        parts = cluster.split("|")
+        if len(parts) != 4 or parts[0] != "outbound":
+            return False
+        svc = self._registry.services.get(parts[3])
+        policy = self._policy(parts[3], svc.shape.namespace) if svc is not None else None
+        if policy is None:
+            return False
+        memo = self._locality_memo.get(cluster)
+        if memo is not None and memo[0] is policy:
+            return memo[1]
+        cp = policy.cluster_policy(int(parts[1]), parts[2])
+        found = cp.load_balancer if locality.applies(cp.load_balancer, cp.outlier_detection) else False
+        self._locality_memo[cluster] = (policy, found)
+        return found
 
     def _plaintext(self, layer: api.Layer) -> api.Layer:
         """``layer`` without auto mTLS, for proxies that have no certificate: the same object

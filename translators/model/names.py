@@ -94,3 +94,23 @@ def port_protocol(name: str, app_protocol: str | None = None, declared: str = ""
 
 def is_http(protocol: str) -> bool:
     return protocol in HTTP_FAMILY
+
+
+# ---------------------------------------------------------------- localities
+
+
+def parse_locality(text: str) -> tuple[str, str, str]:
+    """``region/zone/subzone`` (missing parts empty); also Istio's label form ``a.b.c``."""
+    parts = (text.replace(".", "/") if "/" not in text else text).split("/")
+    parts += ["", "", ""]
+    return parts[0], parts[1], parts[2]
+
+
+def locality_of_labels(labels: Mapping[str, str]) -> str:
+    """A pod's locality from its labels: Istio's ``istio-locality`` or the topology labels."""
+    if labels.get("istio-locality"):
+        return "/".join(parse_locality(labels["istio-locality"])).rstrip("/")
+    region = labels.get("topology.kubernetes.io/region", "")
+    zone = labels.get("topology.kubernetes.io/zone", "")
+    sub = labels.get("topology.istio.io/subzone", "")
+    return "/".join((region, zone, sub)).rstrip("/") if region or zone or sub else ""

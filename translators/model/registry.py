@@ -25,7 +25,7 @@ from translators.model import (
     WorkloadEntrySpec,
 )
 from translators.model.index import ResourceIndex
-from translators.model.names import kube_host, port_protocol, selects
+from translators.model.names import kube_host, locality_of_labels, port_protocol, selects
 
 #: Kinds whose change can change the registry.
 KINDS = frozenset({Service.KIND, EndpointSlice.KIND, Pod.KIND, ServiceEntry.KIND, WorkloadEntry.KIND})
@@ -39,6 +39,7 @@ class Endpoint:
     address: str
     port: int
     labels: Labels = ()
+    locality: str = ""  # region/zone/subzone
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,12 +147,14 @@ def _kube_service(inputs: tuple) -> MeshService:
                     if slice_port is None or e.conditions.ready is False:
                         continue
                     labels = _labels(pod.metadata.labels) if pod is not None else ()
-                    found.update(Endpoint(a, slice_port, labels) for a in e.addresses)
+                    where = locality_of_labels(pod.metadata.labels) if pod is not None else ""
+                    where = where or (e.zone and f"/{e.zone}") or ""
+                    found.update(Endpoint(a, slice_port, labels, where) for a in e.addresses)
         else:
             for pod in pods:
                 tp = _target_port(mp.target, mp.number, pod)
                 if tp is not None and _pod_ready(pod):
-                    found.add(Endpoint(pod.ips[0], tp, _labels(pod.metadata.labels)))
+                    found.add(Endpoint(pod.ips[0], tp, _labels(pod.metadata.labels), locality_of_labels(pod.metadata.labels)))
         eps.append(tuple(sorted(found, key=lambda e: (e.address, e.port))))
     selector = _labels(svc.spec.selector) if svc.spec.selector else None
     accounts = tuple(sorted({p.spec.serviceAccountName for p in pods if isinstance(p, Pod)}))
@@ -186,7 +189,8 @@ def _workloads(selected: Iterable[Resource]) -> list[WorkloadEntrySpec]:
         if isinstance(w, WorkloadEntry):
             out.append(w.spec)
         elif isinstance(w, Pod):
-            out.append(WorkloadEntrySpec(address=w.ips[0], labels=w.metadata.labels))
+            out.append(WorkloadEntrySpec(address=w.ips[0], labels=w.metadata.labels,
+                                         locality=locality_of_labels(w.metadata.labels)))
     return out
 
 
@@ -205,7 +209,8 @@ def _service_entry(inputs: tuple) -> tuple[list[MeshService], list[ConfigError]]
         for w in workloads:
             if not w.address:
                 continue
-            found.add(Endpoint(w.address, w.ports.get(mp.name) or mp.target or mp.number, _labels(w.labels)))  # type: ignore[arg-type]
+            found.add(Endpoint(w.address, w.ports.get(mp.name) or mp.target or mp.number, _labels(w.labels),  # type: ignore[arg-type]
+                               w.locality or locality_of_labels(w.labels)))
         eps.append(tuple(sorted(found, key=lambda e: (e.address, e.port))))
     selector = _labels(spec.workloadSelector.labels) if spec.workloadSelector else None
     out = []

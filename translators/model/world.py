@@ -68,9 +68,11 @@ class Proxy:
     #: claims): only then will it have the certificates that mutual TLS config needs.
     identity: str = ""
     generator: Generator = "envoy"
+    #: region/zone/subzone (Envoy's node.locality): for locality load balancing.
+    locality: str = ""
 
     @cached_property  # asked several times per proxy per push; the dataclass is frozen
-    def key(self) -> tuple[str, str, str, tuple[tuple[str, str], ...], bool, str]:
+    def key(self) -> tuple[str, str, str, tuple[tuple[str, str], ...], bool, str, str]:
         """What translation of this proxy depends on (two proxies with one key get one config)."""
         return (self.role, self.ip, self.namespace, tuple(sorted(self.labels.items())), bool(self.identity),
-                self.generator)
+                self.generator, self.locality)

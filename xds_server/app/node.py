@@ -50,4 +50,5 @@ def proxy_from_node(node: Node) -> Proxy:
         service_account=str(meta.get("SERVICE_ACCOUNT") or "default"),
         pod_name=str(meta.get("NAME") or id_pod),
         generator=generator,  # type: ignore[arg-type]
+        locality="/".join((node.locality.region, node.locality.zone, node.locality.sub_zone)).rstrip("/"),
     )

@@ -37,7 +37,7 @@ from typing import Any, Literal
 from ca import CAError, CertificateAuthority, TokenAuthority, WorkloadIdentity, default_state_dir
 from ca.identity import InvalidIdentity
 from ca.tokens import DEFAULT_TOKEN_TTL
-from translators.model.names import is_ip
+from translators.model.names import is_ip, parse_locality
 from translators.model.types import ENVOY_MAX_PROGRAM_SIZE
 
 #: Same values as ``translators.model.world.Role``; kept here so a bootstrap needs no translator.
@@ -164,6 +164,7 @@ def build_bootstrap(
     admin_address: str | None = None,
     bind_source: bool = True,
     xds_tls: XdsTls | None = None,
+    locality: str = "",
 ) -> dict[str, Any]:
     """The bootstrap as a JSON-ready dict. Raises ``ValueError`` on bad input.
 
@@ -199,6 +200,8 @@ def build_bootstrap(
                 "NAME": pod,
                 "MESHPILOT_ROLE": role,
             },
+            **({"locality": dict(zip(("region", "zone", "sub_zone"), parse_locality(locality), strict=True))}
+               if locality else {}),
         },
         "admin": {"address": _socket_address(admin_address or proxy_ip, admin_port)},
         "dynamic_resources": {
@@ -268,6 +271,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a workload label (repeatable); `app` also names node.cluster")
     parser.add_argument("--role", choices=("sidecar", "gateway"), default="sidecar")
     parser.add_argument("--delta", action="store_true", help="use Delta xDS (DELTA_GRPC) instead of SotW")
+    parser.add_argument("--locality", default="", metavar="REGION/ZONE/SUBZONE",
+                        help="the proxy's locality, for locality load balancing (node.locality)")
     parser.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT, metavar="PORT")
     parser.add_argument("--admin-address", metavar="IP", help="admin bind address (default: the proxy IP)")
     parser.add_argument("--no-bind-source", dest="bind_source", action="store_false",
@@ -325,6 +330,7 @@ def run(args: argparse.Namespace) -> int:
             labels=dict(args.label),
             role=args.role,
             delta=args.delta,
+            locality=args.locality,
             admin_port=args.admin_port,
             admin_address=args.admin_address,
             bind_source=args.bind_source,
