@@ -118,13 +118,9 @@ def _check(policy: TrafficPolicy | None, field: str, warn) -> None:  # type: ign
         if od is not None and od.consecutiveErrors is not None:
             warn(f"{where}.outlierDetection.consecutiveErrors", "deprecated and ignored (as by istiod); "
                  "use consecutive5xxErrors or consecutiveGatewayErrors")
-        if lb is not None:
-            if lb.simple == "PASSTHROUGH":
-                warn(f"{where}.loadBalancer.simple", "PASSTHROUGH needs traffic capture (original destination); "
-                     "the default LEAST_REQUEST is used")
-            if lb.localityLbSetting is not None and lb.localityLbSetting.failoverPriority:
-                warn(f"{where}.loadBalancer.localityLbSetting.failoverPriority", "not supported yet: failover "
-                     "follows region, zone and subzone")
+        if lb is not None and lb.simple == "PASSTHROUGH":
+            warn(f"{where}.loadBalancer.simple", "PASSTHROUGH needs traffic capture (original destination); "
+                 "the default LEAST_REQUEST is used")
         if tls is not None and tls.mode != "ISTIO_MUTUAL" and tls.credentialName:
             warn(f"{where}.tls.credentialName", "credentialName needs SDS (not supported yet): no TLS is "
                  "originated, as istiod does for sidecars; use clientCertificate, privateKey and "

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from google.protobuf.message import Message
 
@@ -42,6 +43,7 @@ from translators.model import (
     PeerAuthentication,
     RequestAuthentication,
     ResourceKey,
+    TrafficPolicy,
     VirtualService,
 )
 from translators.model.index import ResourceIndex
@@ -105,9 +107,10 @@ class Translator:
         self._split: dict[str, dict[str, DestinationPolicy | None]] = {}  # host -> namespace -> rule
         self._split_layers: dict[tuple, tuple[api.Layer, api.Layer]] = {}
         self._split_parts: dict[tuple[str, int], tuple[tuple, tuple]] = {}
-        self._localized_layers: dict[tuple[int, str], tuple[api.Layer, api.Layer]] = {}
-        self._localized_protos: dict[tuple[int, str], tuple[Message, Message]] = {}
+        self._localized_layers: dict[tuple, tuple[api.Layer, api.Layer]] = {}
+        self._localized_protos: dict[tuple, tuple[Message, Message]] = {}
         self._locality_memo: dict[str, tuple[DestinationPolicy, object]] = {}
+        self._failover_priority: frozenset[str] = frozenset()  # label keys any failoverPriority names
         self._merge_memo: dict[tuple[int, ...], tuple[tuple[DestinationPolicy, ...], DestinationPolicy]] = {}
         self._merged_into: dict[ResourceKey, DestinationPolicy] = {}
         self._cluster_parts: dict[str, tuple[tuple, list[tuple[str, Message]]]] = {}
@@ -210,8 +213,8 @@ class Translator:
         if split is not None:
             out[api.CLUSTER].append(split[0])
             out[api.ENDPOINT].append(split[1])
-        if proxy.locality:  # locality load balancing: priorities or weights as seen from it
-            out[api.ENDPOINT] = [self._localized(layer, proxy.locality) for layer in out[api.ENDPOINT]]
+        if proxy.locality or self._failover_priority:  # locality load balancing, as seen from the proxy
+            out[api.ENDPOINT] = [self._localized(layer, proxy) for layer in out[api.ENDPOINT]]
         if not proxy.identity:  # no certificate to do mTLS with: plaintext to every peer
             out[api.CLUSTER] = [self._plaintext(layer) for layer in out[api.CLUSTER]]
         if proxy.role == "gateway":
@@ -239,6 +242,10 @@ class Translator:
         patterns |= {policies[k].host for k in changed if k in policies}
         self._policies = policies
         self._rules = RuleIndex(self._merged(policies), self._root_namespace)
+        self._failover_priority = frozenset(
+            entry.partition("=")[0] for p in policies.values() for tp in _traffic_policies(p)
+            for lb in (tp.loadBalancer, *(s.loadBalancer for s in tp.portLevelSettings))
+            if lb is not None and lb.localityLbSetting is not None for entry in lb.localityLbSetting.failoverPriority)
         exact = {h for h in patterns if not h.startswith("*")}
         wild = [h for h in patterns if h.startswith("*")]
         services = self._registry.services
@@ -375,11 +382,14 @@ class Translator:
         return {h for h, svc in self._registry.services.items()
                 if old.service_mode(svc.shape.namespace) != self._peer_auth.service_mode(svc.shape.namespace)}
 
-    def _localized(self, layer: api.Layer, where: str) -> api.Layer:
-        """``layer`` as a proxy in locality ``where`` sees it: the assignments of clusters with
-        locality load balancing (features.locality) localized, the rest as they are. The same
-        object while ``layer`` is, so proxies of one locality share it."""
-        key = (id(layer), where)
+    def _localized(self, layer: api.Layer, proxy: Proxy) -> api.Layer:
+        """``layer`` as ``proxy`` sees it: the assignments of clusters with locality load
+        balancing (features.locality) localized, the rest as they are. The same object while
+        ``layer`` is, so proxies of one locality (and, with failoverPriority, the same labels
+        it names) share it."""
+        where = proxy.locality
+        labels = tuple(sorted((k, proxy.labels.get(k, "")) for k in self._failover_priority))
+        key = (id(layer), where, labels)
         hit = self._localized_layers.get(key)
         if hit is not None and hit[0] is layer:
             return hit[1]
@@ -387,18 +397,43 @@ class Translator:
         parts, changed = [], False
         for name, cla in layer.resources.items():
             lb = self._locality_setting(name)
-            if lb is not False:
-                memo = self._localized_protos.get((id(cla), where))
+            if lb is not False and (where or (lb is not None and lb.localityLbSetting.failoverPriority)):
+                memo = self._localized_protos.get((id(cla), where, labels))
                 if memo is None or memo[0] is not cla:
-                    memo = (cla, locality.localize(cla, proxy_loc, lb))  # type: ignore[arg-type]
-                    self._localized_protos[(id(cla), where)] = memo
+                    if lb is not None and lb.localityLbSetting is not None and lb.localityLbSetting.failoverPriority:
+                        localized = self._by_label_priority(name, cla, lb.localityLbSetting.failoverPriority, proxy)
+                    else:
+                        localized = locality.localize(cla, proxy_loc, lb)  # type: ignore[arg-type]
+                    memo = (cla, localized)
+                    self._localized_protos[(id(cla), where, labels)] = memo
                 cla, changed = memo[1], True
             parts.append((name, cla))
-        result = _layer(("endpoints-locality", layer.key, where), parts) if changed else layer
+        result = _layer(("endpoints-locality", layer.key, where, labels), parts) if changed else layer
         if len(self._localized_layers) > 64:  # forget layers that are no longer current
             self._localized_layers, self._localized_protos = {}, {}
         self._localized_layers[key] = (layer, result)
         return result
+
+    def _by_label_priority(self, name: str, cla: Message, order: list[str], proxy: Proxy) -> Message:
+        """Istio's failoverPriority: endpoints by how many of ``order``'s labels they share
+        with ``proxy``, from the registry (the assignment carries no labels)."""
+        _, port, subset, host = name.split("|")
+        svc = self._registry.services[host]
+        index = next(i for i, p in enumerate(svc.shape.ports) if p.number == int(port))
+        policy = self._policy(host, svc.shape.namespace)
+        wanted = policy.subset(subset) if policy is not None and subset else None
+        chosen = [e for e in svc.endpoints[index] if wanted is None or endpoints.in_subset(wanted.labels, e)]
+        proxy_where = locality.parse(proxy.locality)
+        ranks = {e: locality.label_priority(order, dict(proxy.labels), proxy_where, dict(e.labels),
+                                            locality.parse(e.locality)) for e in chosen}
+        dense = {r: i for i, r in enumerate(sorted(set(ranks.values())))}
+        out = endpoint_pb2.ClusterLoadAssignment(cluster_name=cla.cluster_name)  # type: ignore[attr-defined]
+        for rank in sorted(dense):
+            part = endpoints.load_assignment(name, [e for e in chosen if ranks[e] == rank])
+            for g in part.endpoints:
+                g.priority = dense[rank]
+                out.endpoints.append(g)
+        return out
 
     def _locality_setting(self, cluster: str):  # type: ignore[no-untyped-def]
         """The load balancer settings of ``cluster`` if locality load balancing applies to it,
@@ -741,6 +776,10 @@ class Translator:
             inbound_clusters=_layer(("clusters-inbound", proxy.key), inbound_clusters),
             errors=tuple(errors),
         )
+
+
+def _traffic_policies(p: DestinationPolicy) -> list[TrafficPolicy]:
+    return [tp for tp in (p.traffic_policy, *(s.traffic_policy for s in p.subsets)) if tp is not None]
 
 
 def _public(export_to: list[str]) -> bool:

@@ -16,10 +16,10 @@ from xds_server.local.bootstrap import build_bootstrap
 PORT, TARGET = 9080, 8080
 
 
-def _pod(name: str, ip: str, where: str) -> dict[str, Any]:
+def _pod(name: str, ip: str, where: str, tier: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": "default",
-                         "labels": {"app": "backend", "istio-locality": where.replace("/", ".")}},
+                         "labels": {"app": "backend", "tier": tier, "istio-locality": where.replace("/", ".")}},
             "status": {"phase": "Running", "podIP": ip}}
 
 
@@ -44,14 +44,15 @@ def client(config_dir: ConfigDir, pods: dict[str, ControlledUpstream], loopback:
     config_dir.write("backend.yaml", [
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "backend", "namespace": "default"},
          "spec": {"selector": {"app": "backend"}, "ports": [{"name": "http", "port": PORT, "targetPort": TARGET}]}},
-        _pod("backend-local", pods["local"].ip, "us-east/z1"),
-        _pod("backend-same-region", pods["same-region"].ip, "us-east/z2"),
-        _pod("backend-far", pods["far"].ip, "eu-west/z1"),
+        _pod("backend-local", pods["local"].ip, "us-east/z1", "gold"),
+        _pod("backend-same-region", pods["same-region"].ip, "us-east/z2", "silver"),
+        _pod("backend-far", pods["far"].ip, "eu-west/z1", "silver"),
     ])
     server = start_meshpilot(config_dir)
     ip = loopback.allocate()
     start_envoy(build_bootstrap(xds_address=server.xds_address, proxy_ip=ip, namespace="default", pod="client",
-                                labels={"app": "client"}, locality="us-east/z1"), wait="live", name="client")
+                                labels={"app": "client", "tier": "silver"}, locality="us-east/z1"),
+                wait="live", name="client")
     return ip
 
 
@@ -91,3 +92,18 @@ def test_distribute_splits_between_zones(client: str, config_dir: ConfigDir) -> 
         return counts
 
     eventually(split, timeout=30, interval=0.5, message="an 80/20 split between the two us-east zones")
+
+
+def test_failover_priority_orders_endpoints_by_the_labels_they_share(
+        client: str, config_dir: ConfigDir, pods: dict[str, ControlledUpstream]) -> None:
+    """The client is tier silver in us-east: silver pods in us-east first (both labels match),
+    then silver elsewhere, then the gold pod, even though it is in the client's own zone."""
+    config_dir.write("rule.yaml", _rule({
+        "outlierDetection": {"consecutive5xxErrors": 1, "interval": "1s", "baseEjectionTime": "30s",
+                             "maxEjectionPercent": 100},
+        "loadBalancer": {"localityLbSetting": {"failoverPriority": ["tier", "topology.kubernetes.io/region"]}}}))
+    eventually(lambda: _hits(client, 30) == collections.Counter({"same-region": 30}), timeout=15,
+               message="the endpoint sharing both labels takes all traffic")
+    pods["same-region"].status = 503
+    eventually(lambda: _hits(client, 20) == collections.Counter({"far": 20}), timeout=15,
+               message="then the one sharing the first label")

@@ -78,3 +78,27 @@ def localize(cla: endpoint_pb2.ClusterLoadAssignment, proxy: Locality,
     for g, r in zip(out.endpoints, ranks, strict=True):
         g.priority = dense[r]
     return out
+
+
+TOPOLOGY = {"topology.kubernetes.io/region": 0, "topology.kubernetes.io/zone": 1, "topology.istio.io/subzone": 2}
+
+
+def _value(key: str, labels: dict[str, str], where: Locality) -> str | None:
+    if key in TOPOLOGY:
+        return where[TOPOLOGY[key]] or None
+    return labels.get(key)
+
+
+def label_priority(order: list[str], proxy_labels: dict[str, str], proxy_where: Locality,
+                   labels: dict[str, str], where: Locality) -> int:
+    """Istio's failoverPriority: an endpoint that matches the proxy on the first N labels of
+    ``order`` (``key`` compares with the proxy's value, ``key=value`` with that value) gets
+    priority len(order) - N. Topology labels read the localities."""
+    matched = 0
+    for entry in order:
+        key, _, fixed = entry.partition("=")
+        want = fixed if fixed else _value(key, proxy_labels, proxy_where)
+        if want is None or _value(key, labels, where) != want:
+            break
+        matched += 1
+    return len(order) - matched
