@@ -10,13 +10,10 @@ handshake per request, and not one request may fail.
 from __future__ import annotations
 
 import base64
-import collections
 import hashlib
 import json
-import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +30,7 @@ from tests.e2e.test_mtls import (  # noqa: F401, F811  (make_mesh is a fixture)
     PORT,
     Mesh,
     make_mesh,
+    mtls_load,
     secrets_of,
     xfcc,
 )
@@ -77,28 +75,7 @@ def test_root_rotation_with_overlap_keeps_traffic_flowing(make_mesh: Callable[..
         leaf, bundle = leaf_and_bundle(envoy)
         assert signed_by(leaf, old_root) and [fingerprint(c) for c in bundle] == [fingerprint(old_root)]
 
-    results: collections.Counter[str] = collections.Counter()
-    hashes: list[str] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        while not stop.is_set():
-            try:
-                status, body = mesh.call(client_ip)
-            except OSError as e:
-                results[f"error {type(e).__name__}"] += 1
-                continue
-            results[str(status)] += 1
-            m = re.search(r"Hash=([0-9a-f]+)", xfcc(body))
-            if status == 200 and m and f"URI={CLIENT_ID}" in xfcc(body):
-                hashes.append(m.group(1))
-            else:
-                results["no identity"] += 1
-
-    workers = [threading.Thread(target=load, daemon=True) for _ in range(2)]
-    for w in workers:
-        w.start()
-    try:
+    with mtls_load(mesh, client_ip) as (results, hashes):
         time.sleep(1)  # traffic flows before the rotation starts
         out = subprocess.run(
             [sys.executable, "-m", "xds_server.app.cli", "ca", "rotate-root", "--ca-state",
@@ -113,10 +90,6 @@ def test_root_rotation_with_overlap_keeps_traffic_flowing(make_mesh: Callable[..
 
         eventually(rolled_over, timeout=40, interval=0.5, message="workload certificates not re-issued")
         time.sleep(2)  # keep the load on so new handshakes use the new certificates
-    finally:
-        stop.set()
-        for w in workers:
-            w.join(timeout=10)
 
     assert set(results) == {"200"}, results  # not one failed request
     assert results["200"] > 50, results
