@@ -12,6 +12,7 @@ from translators.model import Resource, ResourceKey
 from translators.model.world import World
 from translators.translate import Translator
 from xds_server.xds.cache import XdsCache
+from xds_server.xds.convergence import ConvergenceTracker
 from xds_server.xds.status import TRANSLATE_SECONDS
 
 
@@ -29,6 +30,7 @@ class Pipeline:
         self.translator = Translator()
         self.cache = XdsCache(self.translator)
         self.world = World()
+        self.convergence = ConvergenceTracker()
         self.source_errors: tuple[ConfigError, ...] = ()
 
     def apply(self, resources: Mapping[ResourceKey, Resource], source_errors: tuple[ConfigError, ...] = ()) -> Applied:
@@ -36,6 +38,8 @@ class Pipeline:
         started = time.perf_counter()
         world = self.world.evolve(resources)
         notified = self.cache.update(world)
+        # Before any stream runs: the notified streams answer this generation later.
+        self.convergence.begin(world.version, notified)
         self.world = world
         self.source_errors = source_errors
         elapsed = time.perf_counter() - started

@@ -23,6 +23,7 @@ from translators.api import SECRET
 from translators.model.world import Proxy
 from xds_server.app.node import NodeError, proxy_from_node
 from xds_server.xds.cache import ProxyView, TypeView, XdsCache
+from xds_server.xds.convergence import ConvergenceTracker
 from xds_server.xds.protocol import DeltaStream, SharedResponses, SotwStream
 from xds_server.xds.secrets import Grant, SecretStore
 from xds_server.xds.status import STREAMS, StreamStatus, TypeStatus
@@ -42,8 +43,10 @@ def _identity(payload: bytes) -> bytes:
 
 
 class XdsServer:
-    def __init__(self, cache: XdsCache, secrets: SecretStore | None = None):
+    def __init__(self, cache: XdsCache, secrets: SecretStore | None = None,
+                 convergence: ConvergenceTracker | None = None):
         self.cache = cache
+        self.convergence = convergence
         self.secrets = secrets
         self.streams: dict[int, StreamStatus] = {}
         #: per stream: which port it came in on and what identity it proved (for /debug/syncz)
@@ -127,7 +130,8 @@ class XdsServer:
             SecretStore.reject(grant, proxy.id, port="tls")
         self._ids += 1
         sid = self._ids
-        status = StreamStatus(proxy.id, protocol)
+        tracker = None if secrets_only else self.convergence
+        status = StreamStatus(proxy.id, protocol, convergence=tracker, stream_id=sid)
         stream = (SotwStream if protocol == "sotw" else DeltaStream)(status, self.shared)
         queue: asyncio.Queue[Any] = asyncio.Queue()
         view_pending = False
@@ -155,7 +159,14 @@ class XdsServer:
             finally:
                 queue.put_nowait(None)
 
-        unwatch = (lambda: None) if secrets_only else self.cache.watch(proxy, on_view)
+        notified: list[int] = []  # generations told of since the last send (bursts merge)
+
+        def on_config(view: ProxyView) -> None:
+            if tracker is not None:
+                notified.append(view.generation)
+            on_view()
+
+        unwatch = (lambda: None) if secrets_only else self.cache.watch(proxy, on_config)
         unwatch_secrets = None
         self.streams[sid] = status
         self.security[sid] = {"port": "tls" if tls else "plaintext", "secrets": grant.reason,
@@ -170,7 +181,11 @@ class XdsServer:
             while item is not None:
                 if item is _VIEW_CHANGED:
                     view_pending = False
-                    outgoing = stream.on_view(view())
+                    current = view()
+                    outgoing = stream.on_view(current)
+                    if tracker is not None:
+                        tracker.sent(sid, current.generation, [o.nonce for o in outgoing], notified)
+                        notified.clear()
                 else:
                     if secrets_only and item.type_url != SECRET:
                         item = await queue.get()
@@ -195,6 +210,8 @@ class XdsServer:
             raise
         finally:
             unwatch()
+            if tracker is not None:
+                tracker.closed(sid)
             if unwatch_secrets is not None:
                 unwatch_secrets()
             reader.cancel()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
 from translators.api import SHORT_NAMES
+
+if TYPE_CHECKING:
+    from xds_server.xds.convergence import ConvergenceTracker
 
 log = structlog.get_logger("xds")
 
@@ -69,6 +72,9 @@ class StreamStatus:
     types: dict[str, TypeStatus] = field(default_factory=dict)
     #: kinds of protocol error already logged for this stream: a misbehaving client repeats itself
     reported: set[str] = field(default_factory=set)
+    #: told of every ACK and NACK, to time each change's convergence
+    convergence: ConvergenceTracker | None = None
+    stream_id: int = 0
 
     def of(self, type_url: str) -> TypeStatus:
         st = self.types.get(type_url)
@@ -86,11 +92,15 @@ class StreamStatus:
         st = self.of(type_url)
         st.acked_version, st.acked_nonce = version, nonce
         ACKS.labels(short(type_url)).inc()
+        if self.convergence is not None:
+            self.convergence.answered(self.stream_id, nonce, True)
 
     def nacked(self, type_url: str, version: str, nonce: str, message: str) -> None:
         # The proxy keeps its last accepted config; nothing is re-sent until the config changes.
         self.of(type_url).nack = {"version": version, "nonce": nonce, "message": message, "at": time.time()}
         NACKS.labels(short(type_url)).inc()
+        if self.convergence is not None:
+            self.convergence.answered(self.stream_id, nonce, False)
         log.warning("config rejected by proxy", proxy=self.proxy_id, type=short(type_url), version=version, error=message)
 
     def protocol_error(self, kind: str, type_url: str, **details: Any) -> None:
