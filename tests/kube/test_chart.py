@@ -92,10 +92,22 @@ def test_the_container_runs_meshpilot_serve_in_cluster_on_the_service_ports(helm
 
     named = {p["name"]: p["containerPort"] for p in container["ports"]}
     service = {p["port"]: named[p["targetPort"]] for p in docs["Service"]["spec"]["ports"]}
-    assert service == {15010: 15010, 15012: 15012, 15014: 15014}
+    assert service == {15010: 15010, 15012: 15012, 15014: 15014, 15017: 15017}
+    assert args.webhook_address == "0.0.0.0:15017" and args.webhook_san == ["meshpilot.istio-system.svc"]
     assert docs["Service"]["spec"]["selector"] == docs["Deployment"]["spec"]["selector"]["matchLabels"]
     assert docs["Deployment"]["spec"]["template"]["metadata"]["labels"].items() >= \
         docs["Service"]["spec"]["selector"].items()
+
+
+def test_the_webhook_configuration_needs_the_ca_bundle_and_calls_the_service(helm: Any) -> None:
+    assert "ValidatingWebhookConfiguration" not in documents(render(helm))
+    docs = documents(render(helm, "--set", "webhook.caBundle=Zm9v"))
+    (hook,) = docs["ValidatingWebhookConfiguration"]["webhooks"]
+    assert hook["clientConfig"] == {"caBundle": "Zm9v", "service": {
+        "name": "meshpilot", "namespace": "istio-system", "path": "/validate", "port": 15017}}
+    assert hook["failurePolicy"] == "Fail"
+    ruled = {(g, r) for rule in hook["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+    assert ruled == {(k.group, k.plural) for k in WATCHED if k.crd}
 
 
 def test_the_cluster_role_reads_exactly_what_the_source_watches(helm: Any) -> None:

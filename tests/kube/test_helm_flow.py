@@ -105,7 +105,7 @@ def test_helm_install_creates_the_chart(installed: KubeCluster) -> None:
     assert len(crds) == 7
     assert cluster.get("serviceaccount", SA, "-n", NS)["metadata"]["name"] == SA
     service = cluster.get("service", "meshpilot", "-n", NS)
-    assert sorted(p["port"] for p in service["spec"]["ports"]) == [15010, 15012, 15014]
+    assert sorted(p["port"] for p in service["spec"]["ports"]) == [15010, 15012, 15014, 15017]
 
     # The controllers take the Deployment to a Pod running as the ServiceAccount (no kubelet starts it).
     def the_pod() -> dict[str, Any]:

@@ -21,10 +21,11 @@ import structlog
 from ca import DEFAULT_WORKLOAD_TTL, CAError, default_state_dir
 from translators.errors import ConfigError
 from translators.model.world import World
+from xds_server.admission.webhook import WebhookServer, ssl_context
 from xds_server.app.config_dump import proxy_config
 from xds_server.app.debounce import Debouncer
 from xds_server.app.httpd import HttpServer, Reply, json_reply, text_reply
-from xds_server.app.mesh_ca import MeshCA
+from xds_server.app.mesh_ca import MeshCA, server_names
 from xds_server.app.pipeline import Pipeline, full_collection
 from xds_server.app.verbs.common import client_version
 from xds_server.sources.files import RESCAN_EVERY, DirectorySource, LoadResult
@@ -58,6 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workload-cert-ttl", type=float, default=DEFAULT_WORKLOAD_TTL.total_seconds(),
                    metavar="SECONDS", help="lifetime of workload certificates; renewed at half life (default 24 h)")
     p.add_argument("--http-address", default="127.0.0.1:15014", help="health, metrics and debug (HOST:PORT)")
+    p.add_argument("--webhook-address", default="off", metavar="HOST:PORT",
+                   help="serve the validating admission webhook (HTTPS, POST /validate) here; default off")
+    p.add_argument("--webhook-san", action="append", default=[], metavar="NAME",
+                   help="a name the API server dials the webhook by (default: meshpilot.<--namespace>.svc)")
     p.add_argument("--namespace", default="default", help="namespace of manifests that name none")
     p.add_argument("--debounce-quiet", type=float, default=0.1, metavar="SECONDS", help="push after this much quiet")
     p.add_argument("--debounce-max", type=float, default=10.0, metavar="SECONDS", help="push at the latest after this")
@@ -130,7 +135,7 @@ class ControlPlane:
             raise CAError(f"--workload-cert-ttl must be positive, not {args.workload_cert_ttl}")
         self.mesh_ca = MeshCA(args.ca_state or default_state_dir(), cacerts=args.cacerts,
                               workload_ttl=timedelta(seconds=args.workload_cert_ttl))
-        self.xds = XdsServer(self.cache, self.mesh_ca.secrets)
+        self.xds = XdsServer(self.cache, self.mesh_ca.secrets, self.pipeline.convergence)
         self.ready = False
         # What keeps config from following the files ("watcher", or a task that ended): why.
         self.failures: dict[str, str] = {}
@@ -150,6 +155,7 @@ class ControlPlane:
                 "/healthz": self.healthz,
                 "/debug/errors": self.debug_errors,
                 "/debug/syncz": self.debug_syncz,
+                "/debug/pushes": self.debug_pushes,
                 "/debug/config": self.debug_config,
                 "/debug/world": self.debug_world,
                 "/debug/ca": self.debug_ca,
@@ -165,6 +171,7 @@ class ControlPlane:
             tls_host, _ = split_address(tls_address)
             credentials = self.mesh_ca.server_credentials(tls_host, self.args.xds_tls_san)
             servers.append(await start_grpc(self.xds, tls_address, credentials))
+        webhook = await self.start_webhook()
         log.info(
             "meshpilot serving",
             xds=self.args.xds_address,
@@ -192,6 +199,21 @@ class ControlPlane:
             await server.stop(grace=1)
         self.mesh_ca.close()
         await http.close()
+        if webhook is not None:
+            await webhook.close()
+
+    async def start_webhook(self) -> WebhookServer | None:
+        address = self.args.webhook_address
+        if not address or address == "off":
+            return None
+        host, port = split_address(address)
+        dns, ips = server_names(host, self.args.webhook_san or [f"meshpilot.{self.args.namespace}.svc"])
+        # Not renewed yet (30-day TTL), unlike the xDS port's certificate: a later step.
+        cert = self.mesh_ca.ca.server_certificate(dns, ip_addresses=ips)
+        webhook = WebhookServer(ssl_context(cert))
+        await webhook.start(host, port)
+        log.info("admission webhook serving", address=address, names=dns + ips)
+        return webhook
 
     async def watch(self) -> None:
         first = True
@@ -318,6 +340,9 @@ class ControlPlane:
 
     def debug_syncz(self, _q: dict[str, list[str]]) -> Reply:
         return json_reply(self.xds.syncz())
+
+    def debug_pushes(self, _q: dict[str, list[str]]) -> Reply:
+        return json_reply(self.pipeline.convergence.as_list())
 
     def debug_ca(self, _q: dict[str, list[str]]) -> Reply:
         """The CA, the xDS serving certificate and each identity's certificate: names and dates only."""

@@ -1,0 +1,1 @@
+"""A validating admission webhook: invalid Istio resources are refused at ``kubectl apply``."""

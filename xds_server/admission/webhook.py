@@ -1,0 +1,108 @@
+"""``POST /validate``: an AdmissionReview v1 in, allowed or denied with file mode's messages out.
+
+The same :func:`parse_object` as file mode judges the object, so a refusal names the field
+exactly as ``/debug/errors`` would (``spec.http[0].route[0].weight: ...``). Warnings (unknown
+fields) do not refuse. A small HTTPS/1.1 server, one request per connection: the API server
+is the only client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ca import IssuedCertificate
+from xds_server.sources.parse import parse_object
+
+log = structlog.get_logger("admission")
+
+#: An AdmissionReview is small; refuse anything absurd before reading it.
+MAX_BODY = 3 * 1024 * 1024
+
+
+def review(body: Any) -> dict[str, Any]:
+    """The AdmissionReview answer for one AdmissionReview request (decoded JSON)."""
+    request = body.get("request") if isinstance(body, dict) else None
+    if not isinstance(request, dict):
+        raise ValueError("not an AdmissionReview: no request")
+    uid = request.get("uid", "")
+    obj = request.get("object")
+    problems: list[str] = []
+    if request.get("operation") != "DELETE" and obj is not None:
+        namespace = request.get("namespace") or "default"
+        doc = parse_object(obj, "admission", "object", default_namespace=namespace)
+        problems = [
+            f"{e.field}: {e.message}" if e.field else e.message for e in doc.errors if e.severity == "error"
+        ]
+    response: dict[str, Any] = {"uid": uid, "allowed": not problems}
+    if problems:
+        response["status"] = {"code": 400, "reason": "Invalid", "message": "; ".join(problems)}
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
+
+
+def ssl_context(cert: IssuedCertificate) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # ssl loads keys from files only: a private temporary directory, gone once loaded.
+    with tempfile.TemporaryDirectory(prefix="meshpilot-webhook-") as tmp:
+        chain, key = Path(tmp) / "chain.pem", Path(tmp) / "key.pem"
+        chain.write_bytes(cert.chain_pem)
+        key.touch(mode=0o600)
+        key.write_bytes(cert.private_key.reveal())
+        ctx.load_cert_chain(chain, key)
+    return ctx
+
+
+class WebhookServer:
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.context = context
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(self._handle, host, port, ssl=self.context)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            status, payload = await asyncio.wait_for(self._answer(reader), timeout=10)
+            body = (json.dumps(payload) + "\n").encode()
+            writer.write(
+                f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+            )
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, asyncio.LimitOverrunError):
+            pass
+        except Exception:  # a bad request must never take the control plane down
+            log.exception("admission request failed")
+        finally:
+            writer.close()
+
+    async def _answer(self, reader: asyncio.StreamReader) -> tuple[int, Any]:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        method, target, _ = head[0].split(" ", 2)
+        if target.split("?", 1)[0] != "/validate":
+            return 404, {"error": f"no such path: {target}"}
+        if method != "POST":
+            return 405, {"error": "POST an AdmissionReview"}
+        length = 0
+        for line in head[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())
+        if not 0 < length <= MAX_BODY:
+            return 400, {"error": "a Content-Length up to 3 MiB is required"}
+        try:
+            return 200, review(json.loads(await reader.readexactly(length)))
+        except ValueError as e:
+            return 400, {"error": str(e)}
