@@ -7,7 +7,6 @@ way Envoy does: ACK, NACK, stale nonces, subscriptions, reconnects.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -101,18 +100,6 @@ class Mesh:
     def status(self, type_url: str):  # type: ignore[no-untyped-def]
         (stream,) = self.xds.streams.values()
         return stream.of(type_url)
-
-
-@pytest.fixture
-async def mesh() -> AsyncIterator[tuple[Mesh, grpc.aio.Channel]]:
-    m = Mesh()
-    m.apply(service("a", "127.0.50.1"), service("b", "127.0.50.2"))
-    address = f"127.0.0.1:{free_port()}"
-    server = await start_grpc(m.xds, address)
-    channel = grpc.aio.insecure_channel(address)
-    yield m, channel
-    await channel.close()
-    await server.stop(grace=None)
 
 
 def names(resp: DiscoveryResponse | DeltaDiscoveryResponse) -> list[str]:

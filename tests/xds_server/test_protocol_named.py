@@ -7,21 +7,15 @@ every response must carry all the named resources that exist, not only the chang
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import grpc
-import pytest
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.core.v3.base_pb2 import Node
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
 from google.protobuf.struct_pb2 import Struct
-from harness import free_port
 
 from tests.xds_server.adsclient import AdsClient
 from tests.xds_server.test_protocol import Mesh, acked, cluster, service, split, subsets
 from translators.api import CLUSTER, LISTENER
-from xds_server.xds.server import start_grpc
 
 IP = "127.0.61.1"
 
@@ -39,18 +33,6 @@ def names(resp: DiscoveryResponse) -> set[str]:
         any_.Unpack(msg)
         out.add(msg.name)
     return out
-
-
-@pytest.fixture
-async def mesh() -> AsyncIterator[tuple[Mesh, grpc.aio.Channel]]:
-    m = Mesh()
-    m.apply(service("a", "127.0.51.1"), service("b", "127.0.51.2"))
-    address = f"127.0.0.1:{free_port()}"
-    server = await start_grpc(m.xds, address)
-    channel = grpc.aio.insecure_channel(address)
-    yield m, channel
-    await channel.close()
-    await server.stop(grace=None)
 
 
 async def ask(m: Mesh, client: AdsClient, type_url: str, wanted: list[str], last: DiscoveryResponse | None = None,
