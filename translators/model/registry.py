@@ -31,7 +31,11 @@ from translators.model.names import kube_host, locality_of_labels, port_protocol
 KINDS = frozenset({Service.KIND, EndpointSlice.KIND, Pod.KIND, ServiceEntry.KIND, WorkloadEntry.KIND})
 
 Labels = tuple[tuple[str, str], ...]
-Discovery = Literal["EDS", "STRICT_DNS", "LOGICAL_DNS"]
+#: How a cluster finds its endpoints: EDS (Kubernetes, STATIC), DNS (the two DNS
+#: resolutions) or ORIGINAL_DST (resolution NONE: wherever the client was going).
+Discovery = Literal["EDS", "STRICT_DNS", "LOGICAL_DNS", "ORIGINAL_DST"]
+#: Istio's annotation that gives a Kubernetes Service its exportTo.
+EXPORT_TO_ANNOTATION = "networking.istio.io/exportTo"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,7 @@ class Endpoint:
     port: int
     labels: Labels = ()
     locality: str = ""  # region/zone/subzone
+    weight: int = 0  # ServiceEntry endpoint / WorkloadEntry weight; 0: unset (Envoy's 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +64,19 @@ class ServiceShape:
     ports: tuple[MeshPort, ...]
     discovery: Discovery = "EDS"
     selector: Labels | None = None  # Service selector / ServiceEntry workloadSelector, for inbound
-    #: The service accounts of its pods, sorted: the identities mTLS clients expect (Istio's
-    #: push.ServiceAccounts); empty when unknown (any mesh identity is then accepted).
+    #: The service accounts of its pods / WorkloadEntries (in ``namespace``), sorted: the
+    #: identities mTLS clients expect (Istio's push.ServiceAccounts); with
+    #: ``subject_alt_names`` empty too, any mesh identity is accepted.
     service_accounts: tuple[str, ...] = ()
+    #: Where it is visible: namespace names; None everywhere (``*``, the default), empty
+    #: nowhere (``~``). ``.`` is resolved to ``namespace``. See ``visible_to``.
+    export_to: frozenset[str] | None = None
+    #: A ServiceEntry's ``location: MESH_EXTERNAL``: never auto mTLS.
+    mesh_external: bool = False
+    #: A ServiceEntry's ``subjectAltNames``: SANs a client accepts besides the accounts'.
+    subject_alt_names: tuple[str, ...] = ()
+    #: A ServiceEntry's ``addresses`` (IPs or CIDRs), as written.
+    addresses: tuple[str, ...] = ()
 
 
 Endpoints = tuple[tuple[Endpoint, ...], ...]  # aligned with shape.ports
@@ -76,6 +91,22 @@ class MeshService:
     @property
     def host(self) -> str:
         return self.shape.host
+
+
+def visible_to(shape: ServiceShape, namespace: str) -> bool:
+    """Whether proxies in ``namespace`` may see the service (Istio's exportTo)."""
+    return shape.export_to is None or namespace in shape.export_to
+
+
+def export_scope(entries: Iterable[str], namespace: str) -> frozenset[str] | None:
+    """exportTo entries as a ``ServiceShape.export_to``: ``*`` (or nothing) is everywhere,
+    ``~`` nobody, ``.`` the own ``namespace``."""
+    names = {e.strip() for e in entries} - {""}
+    if not names or "*" in names:
+        return None
+    if "~" in names:
+        return frozenset()
+    return frozenset(namespace if e == "." else e for e in names)
 
 
 def _labels(d: dict[str, str]) -> Labels:
@@ -158,7 +189,8 @@ def _kube_service(inputs: tuple) -> MeshService:
         eps.append(tuple(sorted(found, key=lambda e: (e.address, e.port))))
     selector = _labels(svc.spec.selector) if svc.spec.selector else None
     accounts = tuple(sorted({p.spec.serviceAccountName for p in pods if isinstance(p, Pod)}))
-    shape = ServiceShape(kube_host(name, ns), ns, name, True, ports, "EDS", selector, accounts)
+    export_to = export_scope(svc.metadata.annotations.get(EXPORT_TO_ANNOTATION, "").split(","), ns)
+    shape = ServiceShape(kube_host(name, ns), ns, name, True, ports, "EDS", selector, accounts, export_to)
     return MeshService(shape, tuple(eps), svc)
 
 
@@ -227,7 +259,8 @@ def _service_entry(inputs: tuple) -> tuple[list[MeshService], list[ConfigError]]
                 _error(se, "spec.endpoints", "DNS_ROUND_ROBIN uses only the first endpoint", "warning")
             )
             host_eps = tuple(e[:1] for e in host_eps)
-        shape = ServiceShape(host, se.metadata.namespace, se.metadata.name, False, ports, discovery, selector)
+        shape = ServiceShape(host, se.metadata.namespace, se.metadata.name, False, ports, discovery, selector,
+                             export_to=export_scope(spec.exportTo, se.metadata.namespace))
         out.append(MeshService(shape, host_eps, se))
     return out, errors
 
