@@ -24,7 +24,6 @@ from translators.features.mtls import apply_mesh_tls, sni, spiffe_id
 from translators.features.outlier import apply_outlier_detection
 from translators.features.tls import apply_tls
 from translators.features.traffic_policy import NO_POLICY, ClusterPolicy
-from translators.model import ServiceEntry
 from translators.model.names import BLACKHOLE, HTTP2_UPSTREAM, inbound_cluster, is_http, outbound_cluster
 from translators.model.registry import Endpoint, MeshPort, MeshService
 from translators.policies import DestinationPolicy
@@ -52,6 +51,8 @@ def _cluster(name: str, port: MeshPort, svc: MeshService, policy: ClusterPolicy,
         c.type = Cluster.EDS
         c.eds_cluster_config.eds_config.CopyFrom(ADS)
         c.eds_cluster_config.service_name = name
+    elif discovery == "ORIGINAL_DST":
+        _original_dst(c, port)
     else:
         c.type = Cluster.STRICT_DNS if discovery == "STRICT_DNS" else Cluster.LOGICAL_DNS
         c.dns_lookup_family = Cluster.V4_ONLY  # as Istio, without dual-stack
@@ -65,10 +66,13 @@ def _cluster(name: str, port: MeshPort, svc: MeshService, policy: ClusterPolicy,
             options.explicit_http_config.http2_protocol_options.SetInParent()
     apply_connection_pool(c, policy.connection_pool, options)
     apply_outlier_detection(c, policy.outlier_detection)
-    apply_load_balancer(c, policy.load_balancer)
-    setting = policy.load_balancer.localityLbSetting if policy.load_balancer is not None else None
-    if setting is not None and setting.distribute and setting.enabled is not False:
-        c.common_lb_config.locality_weighted_lb_config.SetInParent()  # weights come with the endpoints
+    if discovery == "ORIGINAL_DST":
+        c.lb_policy = Cluster.CLUSTER_PROVIDED  # type: ignore[assignment]  # Istio skips the DR's loadBalancer too
+    else:
+        apply_load_balancer(c, policy.load_balancer)
+        setting = policy.load_balancer.localityLbSetting if policy.load_balancer is not None else None
+        if setting is not None and setting.distribute and setting.enabled is not False:
+            c.common_lb_config.locality_weighted_lb_config.SetInParent()  # weights come with the endpoints
     apply_tls(c, policy.tls, options)
     tls = policy.tls
     apply_mesh_tls(c, tls.mode if tls is not None else None, auto=auto_mtls,
@@ -78,6 +82,24 @@ def _cluster(name: str, port: MeshPort, svc: MeshService, policy: ClusterPolicy,
     if is_http(port.protocol):
         _attach_protocol_options(c, options)
     return c
+
+
+#: Where an HTTP request to a ``resolution: NONE`` service names its destination.
+ORIGINAL_DST_HEADER = "x-envoy-original-dst-host"
+
+
+def _original_dst(c: cluster_pb2.Cluster, port: MeshPort) -> None:
+    """``resolution: NONE``: Istio's ORIGINAL_DST cluster. Without traffic capture the
+    connection's own destination is the proxy's listener, which Envoy does not take as an
+    original destination (it was not restored by a listener filter), so an HTTP request
+    names its destination in ``x-envoy-original-dst-host: <ip>:<port>``; a request without
+    it, and any TCP connection, finds no upstream. The port's targetPort overrides the
+    destination port, as Istio's PassthroughTargetPorts do."""
+    c.type = Cluster.ORIGINAL_DST
+    if is_http(port.protocol):
+        c.original_dst_lb_config.use_http_header = True
+    if isinstance(port.target, int):
+        c.original_dst_lb_config.upstream_port_override.value = port.target
 
 
 def service_clusters(
@@ -100,15 +122,18 @@ def service_clusters(
 
 
 def in_mesh(svc: MeshService) -> bool:
-    """Kubernetes services and MESH_INTERNAL ServiceEntries: the ones auto mTLS may apply to."""
-    res = svc.resource
-    return svc.shape.kubernetes or (isinstance(res, ServiceEntry) and res.spec.location == "MESH_INTERNAL")
+    """Kubernetes services and MESH_INTERNAL ServiceEntries: the ones auto mTLS may apply to
+    (Istio infers mTLS disabled for a MESH_EXTERNAL service)."""
+    return not svc.shape.mesh_external
 
 
 def mesh_identities(svc: MeshService) -> tuple[str, ...]:
-    """The SPIFFE IDs the destination's certificate may carry: those of its workloads'
-    service accounts when the registry knows them, else none (any mesh identity)."""
-    return tuple(spiffe_id(svc.shape.namespace, sa) for sa in svc.shape.service_accounts)
+    """The SANs the destination's certificate may carry (Istio's push.ServiceAccounts): the
+    SPIFFE IDs of its workloads' service accounts and a ServiceEntry's subjectAltNames;
+    none when unknown (any mesh identity)."""
+    shape = svc.shape
+    ids = {spiffe_id(shape.namespace, sa) for sa in shape.service_accounts} | set(shape.subject_alt_names)
+    return tuple(sorted(ids))
 
 
 def blackhole() -> cluster_pb2.Cluster:

@@ -21,6 +21,8 @@ def _lb_endpoint(e: Endpoint) -> ec.LbEndpoint:
             address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=e.address, port_value=e.port))
         )
     )
+    if e.weight:
+        lb.load_balancing_weight.value = e.weight
     metadata = endpoint_metadata(e.labels)  # tlsMode: istio, for auto mTLS
     if metadata is not None:
         lb.metadata.CopyFrom(metadata)
@@ -36,6 +38,9 @@ def load_assignment(name: str, endpoints: Iterable[Endpoint]) -> endpoint_pb2.Cl
     out = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
     for loc in sorted(groups):
         g = out.endpoints.add(lb_endpoints=groups[loc])
+        if any(e.load_balancing_weight.value for e in g.lb_endpoints):
+            # As istiod: a locality weighs what its endpoints weigh (unset counts 1).
+            g.load_balancing_weight.value = sum(e.load_balancing_weight.value or 1 for e in g.lb_endpoints)
         if loc:
             g.locality.region, g.locality.zone, g.locality.sub_zone = locality.parse(loc)
     return out
@@ -54,7 +59,7 @@ def service_assignments(
 ) -> list[tuple[str, endpoint_pb2.ClusterLoadAssignment]]:
     """The assignments of every EDS cluster of ``svc``, its DestinationRule subsets included."""
     if svc.shape.discovery != "EDS":
-        return []  # DNS clusters carry their endpoints inline
+        return []  # DNS clusters carry their endpoints inline, ORIGINAL_DST ones have none
     out = []
     subsets = policy.subsets if policy else ()
     for port, eps in zip(svc.shape.ports, svc.endpoints, strict=True):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Literal
 
@@ -128,10 +129,51 @@ class WorkloadEntrySpec(IstioModel):
     serviceAccount: str = ""
 
 
+#: Istio's protocol.Parse names (case-insensitive); anything else is "unsupported".
+SE_PROTOCOLS = frozenset({"tcp", "udp", "grpc", "grpc-web", "http", "http_proxy", "http2", "https", "tls", "mongo",
+                          "redis", "mysql"})
+_HTTP_OR_TLS = frozenset({"http", "http_proxy", "http2", "grpc", "grpc-web", "https", "tls"})
+
+
+def _fqdn_problem(name: str) -> str | None:
+    """Istio's ValidateFQDN: a DNS name without wildcards (a trailing dot allowed)."""
+    if name.startswith("*") or domain_problem(name) is not None:
+        return f"{name!r} is not a valid FQDN"
+    return None
+
+
+def _workload_problems(p: Problems, loc: Loc, we: WorkloadEntrySpec, port_names: set[str] | None,
+                       *, fqdn_ok: bool) -> None:
+    """Istio's validateWorkloadEntry; ``port_names`` are the ServiceEntry's (None: standalone)."""
+    if not we.address:
+        if not we.network:
+            p.add((*loc, "address"), "address is required")
+    elif we.address.startswith("unix://"):
+        p.add((*loc, "address"), "unix domain socket addresses are not supported", we.address)
+    elif not is_ip(we.address):
+        if not fqdn_ok:
+            p.add((*loc, "address"), f"endpoint address {we.address!r} is not a valid IP address", we.address)
+        elif _fqdn_problem(we.address) is not None:
+            p.add((*loc, "address"), f"endpoint address {we.address!r} is not a valid FQDN or an IP address", we.address)
+    for name, number in we.ports.items():
+        if not is_dns1123_label(name):
+            p.add((*loc, "ports", name), f"invalid port name: {name!r}", name)
+        elif port_names is not None and name not in port_names:
+            p.add((*loc, "ports", name), f"endpoint port {name} ({number}) is not defined by the service entry", number)
+    _labels(p, (*loc, "labels"), we.labels)
+
+
 class WorkloadEntry(Resource):
     KIND = "WorkloadEntry"
     API_VERSIONS = ISTIO_NETWORKING
     spec: WorkloadEntrySpec
+
+    @model_validator(mode="after")
+    def _check(self) -> WorkloadEntry:
+        p = Problems()
+        _workload_problems(p, ("spec",), self.spec, None, fqdn_ok=True)
+        p.raise_any("WorkloadEntry")
+        return self
 
 
 class SEPort(IstioModel):
@@ -164,6 +206,57 @@ class ServiceEntrySpec(IstioModel):
     endpoints: list[WorkloadEntrySpec] = []
     workloadSelector: WorkloadSelector | None = None
     exportTo: list[str] = []
+    subjectAltNames: list[str] = []
+
+    def check(self, p: Problems) -> None:
+        """Istio's ValidateServiceEntry, each problem at its field."""
+        if self.workloadSelector is not None and self.endpoints:
+            p.add(("workloadSelector",), "only one of workloadSelector or endpoints is allowed")
+        for i, host in enumerate(self.hosts):
+            problem = "invalid host '*'" if host == "*" else domain_problem(host)
+            if problem is not None:
+                p.add(("hosts", i), problem, host)
+        cidr = False
+        for i, address in enumerate(self.addresses):
+            cidr |= "/" in address
+            try:
+                ipaddress.ip_network(address, strict=False)
+            except ValueError:
+                p.add(("addresses", i), f"{address!r} is not an IP address or a CIDR block", address)
+        if cidr and self.resolution not in ("NONE", "STATIC"):
+            p.add(("addresses",), "CIDR addresses are allowed only for NONE/STATIC resolution types")
+        names: set[str] = set()
+        numbers: set[int] = set()
+        for i, port in enumerate(self.ports):
+            if not is_dns1123_label(port.name):
+                p.add(("ports", i, "name"), f"invalid port name: {port.name!r}", port.name)
+            elif port.name in names:
+                p.add(("ports", i, "name"), f"service entry port name {port.name!r} already defined", port.name)
+            if port.number in numbers:
+                p.add(("ports", i, "number"), f"service entry port {port.number} already defined", port.number)
+            if port.protocol and port.protocol.lower() not in SE_PROTOCOLS:
+                p.add(("ports", i, "protocol"), f"unsupported protocol: {port.protocol}", port.protocol)
+            names.add(port.name)
+            numbers.add(port.number)
+        if self.resolution == "NONE" and self.endpoints:
+            p.add(("endpoints",), "no endpoints should be provided for resolution type NONE")
+        dns = self.resolution in ("DNS", "DNS_ROUND_ROBIN")
+        if dns and not self.endpoints and self.workloadSelector is None:
+            for i, host in enumerate(self.hosts):
+                if _fqdn_problem(host) is not None:
+                    p.add(("hosts", i), f"hosts must be FQDN if no endpoints are provided for resolution mode "
+                                        f"{self.resolution} (DNS resolves the host itself)", host)
+        if self.resolution == "DNS_ROUND_ROBIN" and len(self.endpoints) > 1:
+            p.add(("endpoints",), "there must only be 0 or 1 endpoint for resolution mode DNS_ROUND_ROBIN")
+        if self.resolution != "NONE":
+            for i, ep in enumerate(self.endpoints):
+                _workload_problems(p, ("endpoints", i), ep, names, fqdn_ok=dns)
+        if self.resolution != "NONE" and len(self.hosts) > 1:
+            for i, port in enumerate(self.ports):
+                if port.protocol.lower() not in _HTTP_OR_TLS:
+                    # Plain TCP cannot tell the hosts apart (HTTP has the authority, TLS the SNI).
+                    p.add(("ports", i, "protocol"), "multiple hosts provided with non-HTTP, non-TLS ports", port.protocol)
+                    break
 
 
 class ServiceEntry(Resource):
@@ -172,8 +265,11 @@ class ServiceEntry(Resource):
     spec: ServiceEntrySpec
 
     @model_validator(mode="after")
-    def _export(self) -> ServiceEntry:
+    def _check(self) -> ServiceEntry:
         p = Problems()
+        spec = Problems()
+        self.spec.check(spec)
+        p.items = [(("spec", *loc), message, value) for loc, message, value in spec.items]
         export_to_problems(p, ("spec", "exportTo"), self.spec.exportTo, self.metadata.namespace, none_allowed=True)
         p.raise_any("ServiceEntry")
         return self

@@ -25,7 +25,7 @@ from translators.model import (
     WorkloadEntrySpec,
 )
 from translators.model.index import ResourceIndex
-from translators.model.names import kube_host, locality_of_labels, port_protocol, selects
+from translators.model.names import is_ip, kube_host, locality_of_labels, port_protocol, selects
 
 #: Kinds whose change can change the registry.
 KINDS = frozenset({Service.KIND, EndpointSlice.KIND, Pod.KIND, ServiceEntry.KIND, WorkloadEntry.KIND})
@@ -197,11 +197,13 @@ def _kube_service(inputs: tuple) -> MeshService:
 # ---------------------------------------------------------------- ServiceEntries
 
 _DISCOVERY: dict[str, Discovery] = {
-    "NONE": "EDS",
+    "NONE": "ORIGINAL_DST",
     "STATIC": "EDS",
     "DNS": "STRICT_DNS",
     "DNS_ROUND_ROBIN": "LOGICAL_DNS",
 }
+#: The label that says an endpoint has a sidecar (features.mtls reads it for auto mTLS).
+_TLS_MODE = "security.istio.io/tlsMode"
 
 
 def _se_inputs(se: ServiceEntry, wles: dict[str, Resource], pods: dict[str, Resource]) -> tuple:
@@ -210,57 +212,83 @@ def _se_inputs(se: ServiceEntry, wles: dict[str, Resource], pods: dict[str, Reso
         return (se, ())
     # Like Istio, a workloadSelector selects WorkloadEntries and Pods of the namespace.
     sel = ws.labels
-    selected = [w for w in wles.values() if selects(sel, w.spec.labels)]  # type: ignore[attr-defined]
+    selected = [w for w in wles.values() if selects(sel, _we_labels(w))]  # type: ignore[arg-type]
     selected += [p for p in pods.values() if selects(sel, p.metadata.labels) and _pod_ready(p)]  # type: ignore[arg-type]
     return (se, tuple(selected))
 
 
-def _workloads(selected: Iterable[Resource]) -> list[WorkloadEntrySpec]:
-    out = []
+def _we_labels(w: WorkloadEntry) -> dict[str, str]:
+    """Istio merges a WorkloadEntry's metadata.labels over its spec.labels."""
+    return {**w.spec.labels, **w.metadata.labels} if w.metadata.labels else w.spec.labels
+
+
+def _workloads(selected: Iterable[Resource]) -> tuple[list[WorkloadEntrySpec], set[str]]:
+    """The selected workloads as WorkloadEntry specs, and their service accounts."""
+    out, accounts = [], set()
     for w in selected:
         if isinstance(w, WorkloadEntry):
-            out.append(w.spec)
+            out.append(w.spec.model_copy(update={"labels": _we_labels(w)}) if w.metadata.labels else w.spec)
         elif isinstance(w, Pod):
+            # A pod's sidecar shows in its labels (tlsMode), not in its service account.
             out.append(WorkloadEntrySpec(address=w.ips[0], labels=w.metadata.labels,
                                          locality=locality_of_labels(w.metadata.labels)))
-    return out
+            accounts.add(w.spec.serviceAccountName)
+    return out, accounts
+
+
+def _endpoint(w: WorkloadEntrySpec, mp: MeshPort) -> Endpoint:
+    labels = w.labels
+    if w.serviceAccount and _TLS_MODE not in labels:
+        labels = {**labels, _TLS_MODE: "istio"}  # Istio: a workload with an identity has a sidecar
+    # Istio's order: the workload's port for the port name, the targetPort, the port number.
+    port = w.ports.get(mp.name) or mp.target or mp.number
+    return Endpoint(w.address, int(port), _labels(labels), w.locality or locality_of_labels(w.labels), w.weight or 0)
 
 
 def _service_entry(inputs: tuple) -> tuple[list[MeshService], list[ConfigError]]:
     se, selected = inputs
     spec = se.spec
+    ns = se.metadata.namespace
     discovery = _DISCOVERY[spec.resolution]
     ports = tuple(MeshPort(p.number, p.name, port_protocol(p.name, None, p.protocol), p.targetPort) for p in spec.ports)
-    workloads = _workloads(selected) if spec.workloadSelector else list(spec.endpoints)
     errors: list[ConfigError] = []
-    if spec.workloadSelector and spec.endpoints:
-        errors.append(_error(se, "spec.endpoints", "ignored: spec.workloadSelector is set", "warning"))
-    eps: list[tuple[Endpoint, ...]] = []
-    for mp in ports:
-        found: set[Endpoint] = set()
-        for w in workloads:
-            if not w.address:
-                continue
-            found.add(Endpoint(w.address, w.ports.get(mp.name) or mp.target or mp.number, _labels(w.labels),  # type: ignore[arg-type]
-                               w.locality or locality_of_labels(w.labels)))
-        eps.append(tuple(sorted(found, key=lambda e: (e.address, e.port))))
-    selector = _labels(spec.workloadSelector.labels) if spec.workloadSelector else None
+    if spec.workloadSelector:
+        workloads, accounts = _workloads(selected)
+        where = "spec.workloadSelector"
+    else:
+        workloads, accounts = list(spec.endpoints), set()
+        where = "spec.endpoints"
+    accounts |= {w.serviceAccount for w in workloads if w.serviceAccount}
+    if discovery == "ORIGINAL_DST" and spec.workloadSelector:
+        errors.append(_error(se, where, "workloadSelector should not be set when resolution mode is NONE: "
+                             "the destination is the one the client asks for", "warning"))
+    if discovery == "EDS":
+        # Istio selects workloads with a host name as address only into DNS services.
+        workloads = [w for w in workloads if is_ip(w.address)]
+        if not spec.workloadSelector and not workloads:
+            errors.append(_error(se, "spec.endpoints", "resolution STATIC without endpoints or workloadSelector: "
+                                 "the service has no endpoints", "warning"))
+    eps = tuple(
+        tuple(sorted({_endpoint(w, mp) for w in workloads if w.address}, key=lambda e: (e.address, e.port)))
+        for mp in ports
+    )
+    if discovery == "LOGICAL_DNS" and any(len(e) > 1 for e in eps):
+        errors.append(_error(se, where, "DNS_ROUND_ROBIN uses only the first endpoint", "warning"))
+        eps = tuple(e[:1] for e in eps)
+    common = {
+        "selector": _labels(spec.workloadSelector.labels) if spec.workloadSelector else None,
+        "service_accounts": tuple(sorted(accounts)),
+        "export_to": export_scope(spec.exportTo, ns),
+        "mesh_external": spec.location == "MESH_EXTERNAL",
+        "subject_alt_names": tuple(spec.subjectAltNames),
+        "addresses": tuple(spec.addresses),
+    }
     out = []
-    for i, host in enumerate(spec.hosts):
-        host_eps = tuple(eps)
-        if discovery != "EDS" and not any(host_eps):
-            if host.startswith("*"):
-                errors.append(_error(se, f"spec.hosts[{i}]", "a wildcard host cannot be resolved by DNS; skipped"))
-                continue
-            # No endpoints: DNS resolves the host itself.
-            host_eps = tuple((Endpoint(host, int(mp.target or mp.number)),) for mp in ports)
-        if discovery == "LOGICAL_DNS" and any(len(e) > 1 for e in host_eps):
-            errors.append(
-                _error(se, "spec.endpoints", "DNS_ROUND_ROBIN uses only the first endpoint", "warning")
-            )
-            host_eps = tuple(e[:1] for e in host_eps)
-        shape = ServiceShape(host, se.metadata.namespace, se.metadata.name, False, ports, discovery, selector,
-                             export_to=export_scope(spec.exportTo, se.metadata.namespace))
+    for host in spec.hosts:
+        host_eps = eps
+        if discovery in ("STRICT_DNS", "LOGICAL_DNS") and not spec.endpoints and not spec.workloadSelector:
+            host_eps = tuple((Endpoint(host, int(mp.target or mp.number)),) for mp in ports)  # DNS resolves the host
+        shape = ServiceShape(host, ns, se.metadata.name, False, ports, discovery, **common)  # type: ignore[arg-type]
         out.append(MeshService(shape, host_eps, se))
     return out, errors
 
