@@ -71,3 +71,47 @@ spec: {ports: [{port: 80, name: http}]}
     assert shapes["web.a.svc.cluster.local"].export_to == frozenset({"a", "c"})
     assert shapes["open.a.svc.cluster.local"].export_to is None
     assert [h for h, s in shapes.items() if visible_to(s, "b")] == ["ext.example.com", "open.a.svc.cluster.local"]
+
+
+SE_AND_VM = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy, namespace: vms}
+spec:
+  hosts: [legacy.vms.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: legacy}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: vm-1, namespace: vms, labels: {app: legacy}}
+spec: {address: 172.16.0.11, labels: {app: ignored, version: v1}, WEIGHT}
+"""
+
+
+def _rebuilt(reg: Registry, text: str) -> None:
+    resources = {r.key: r for r in (parse_resource(doc, "test.yaml") for doc in yaml.safe_load_all(text))}
+    index = ResourceIndex()
+    index.apply(resources, resources)
+    reg.rebuild(index, {"vms"})
+
+
+def test_workload_entry_changes_touch_endpoints_or_shape_as_they_should() -> None:
+    reg = _registry(SE_AND_VM.replace("WEIGHT", "weight: 1"))
+    svc = reg.services["legacy.vms.example"]
+    (ep,) = svc.endpoints[0]
+    # metadata.labels win over spec.labels, as in Istio
+    assert (ep.address, ep.port, dict(ep.labels), ep.weight) == ("172.16.0.11", 80, {"app": "legacy", "version": "v1"}, 1)
+    assert svc.shape.service_accounts == () and not svc.shape.mesh_external
+
+    _rebuilt(reg, SE_AND_VM.replace("WEIGHT", "weight: 5"))
+    after = reg.services["legacy.vms.example"]
+    assert after.shape is svc.shape and not reg.shapes_changed  # a weight is an endpoint matter only
+    assert after.endpoints[0][0].weight == 5
+
+    _rebuilt(reg, SE_AND_VM.replace("WEIGHT", "weight: 5, serviceAccount: vm"))
+    identity = reg.services["legacy.vms.example"]
+    assert identity.shape.service_accounts == ("vm",) and reg.shapes_changed
+    assert ("security.istio.io/tlsMode", "istio") in identity.endpoints[0][0].labels  # a sidecar, for auto mTLS
