@@ -47,7 +47,7 @@ APP_ADDRESS_ANNOTATION = "sidecar.meshpilot.io/app-address"
 #: The HTTP filters of every HTTP listener, in Istio's order: fault injection and CORS
 #: stay inert until a route's typed_per_filter_config turns them on. Fault comes first, so
 #: an injected abort or delay hits CORS preflights too, as it does under istiod.
-_HTTP_FILTERS = (
+HTTP_FILTERS = (
     hcm.HttpFilter(name=fault.FILTER, typed_config=to_any(fault.filter_config())),
     hcm.HttpFilter(name=cors.FILTER, typed_config=to_any(cors.filter_config())),
     hcm.HttpFilter(name="envoy.filters.http.router", typed_config=to_any(router_pb2.Router())),
@@ -72,7 +72,7 @@ def _stat_prefix(direction: int, port: int) -> str:
 def _http(name: str, ip: str, port: int, direction: int, policy: InboundPolicy = NO_POLICY,
           **route: Message | str) -> listener_pb2.Listener:
     manager = hcm.HttpConnectionManager(stat_prefix=_stat_prefix(direction, port),
-                                        http_filters=[*policy.http_filters, *_HTTP_FILTERS], **route)  # type: ignore[arg-type]
+                                        http_filters=[*policy.http_filters, *HTTP_FILTERS], **route)  # type: ignore[arg-type]
     if policy.http_filters:
         manager.normalize_path.value = True  # policies match the path the app will see (istiod's default)
     if direction == base_pb2.INBOUND:

@@ -36,10 +36,12 @@ from google.protobuf.message import Message
 from translators import api, clusters, endpoints, listeners, peer_auth, routes, security
 from translators.errors import ConfigError
 from translators.features import authz, delegate, locality, mtls
+from translators.gateway import GatewayGenerator
 from translators.grpcgen import GrpcGenerator
 from translators.model import (
     AuthorizationPolicy,
     DestinationRule,
+    Gateway,
     PeerAuthentication,
     RequestAuthentication,
     ResourceKey,
@@ -139,6 +141,7 @@ class Translator:
         self._stage_errors: dict[str, list[ConfigError]] = {}
         self._errors: tuple[ConfigError, ...] | None = ()
         self._grpc = GrpcGenerator(self)  # proxyless gRPC clients: reads the stages above
+        self._gateways = GatewayGenerator(self)  # gateway proxies' listeners and routes: likewise
         # PeerAuthentication (peer_auth.py), and the cluster layers of proxies without a mesh
         # identity (auto mTLS left out): source layer id -> (source layer, plaintext layer).
         self._peer_auth = peer_auth.PeerAuthIndex((), root_namespace)
@@ -185,6 +188,8 @@ class Translator:
             self._rebuild_port_table()
         if shapes or not kinds.isdisjoint(security.KINDS):
             self._rebuild_security(kinds, bool(shapes))
+        if shapes or not kinds.isdisjoint((Gateway.KIND, VirtualService.KIND, DestinationRule.KIND)):
+            self._gateways.invalidate()
         self._errors = None
         self._proxies = {
             k: s for k, s in self._proxies.items() if s.generation > self._generation - PROXY_MEMO_UPDATES
@@ -199,6 +204,7 @@ class Translator:
             found += self._registry.errors
             found += [e for s in self._proxies.values() if s.generation == self._generation for e in s.errors]
             found += self._grpc.errors()
+            found += self._gateways.errors()
             self._errors = tuple(sorted(set(found), key=lambda e: (e.file, e.resource, e.field, e.message)))
         return self._errors
 
@@ -217,8 +223,12 @@ class Translator:
             out[api.ENDPOINT] = [self._localized(layer, proxy) for layer in out[api.ENDPOINT]]
         if not proxy.identity:  # no certificate to do mTLS with: plaintext to every peer
             out[api.CLUSTER] = [self._plaintext(layer) for layer in out[api.CLUSTER]]
-        if proxy.role == "gateway":
-            return out  # Gateway listeners and routes come with Gateway resources
+        if proxy.role == "gateway":  # listeners and routes from the Gateways that select it
+            labels = listeners.workload_labels(self._index.workload_at(proxy.namespace, proxy.ip), proxy.labels)
+            gateway_listeners, gateway_routes = self._gateways.for_proxy(proxy, labels)
+            out[api.LISTENER] = [gateway_listeners]
+            out[api.ROUTE] = [gateway_routes]
+            return out
         state = self._proxy_state(proxy)
         if state.inbound_clusters.resources:
             # Left out when empty: proxies with no inbound services then have the same

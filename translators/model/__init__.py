@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from translators.model.base import IstioModel, KubeModel, ObjectMeta, Resource, ResourceKey
+from translators.model.gateway import Gateway, GatewayPort, GatewaySpec, Server, ServerTLSSettings
 from translators.model.kube import (
     Container,
     ContainerPort,
@@ -20,6 +21,7 @@ from translators.model.kube import (
     PodIP,
     PodSpec,
     PodStatus,
+    Secret,
     Service,
     ServicePort,
     ServiceSpec,
@@ -70,7 +72,7 @@ from translators.model.types import Duration, Percent
 KINDS: dict[str, type[Resource]] = {
     cls.KIND: cls
     for cls in (Service, EndpointSlice, Pod, ServiceEntry, WorkloadEntry, VirtualService, DestinationRule,
-                AuthorizationPolicy, RequestAuthentication, MeshConfig, PeerAuthentication)
+                AuthorizationPolicy, RequestAuthentication, MeshConfig, PeerAuthentication, Gateway, Secret)
 }
 
 
@@ -94,5 +96,6 @@ __all__ = [
     "ServicePort", "ServiceSpec", "SliceEndpoint", "SlicePort", "StringMatch", "Subset", "TrafficPolicy",
     "VirtualService", "VirtualServiceSpec", "WorkloadEntry", "WorkloadEntrySpec", "WorkloadSelector",
     "parse_resource",
-    "AuthorizationPolicy", "MeshConfig", "PeerAuthentication", "RequestAuthentication",
+    "AuthorizationPolicy", "Gateway", "GatewayPort", "GatewaySpec", "MeshConfig", "Secret", "Server",
+    "ServerTLSSettings", "PeerAuthentication", "RequestAuthentication",
 ]

@@ -1,0 +1,427 @@
+"""Gateway proxies: listeners from the Gateways that select them, routes from the
+VirtualServices bound to those Gateways (istiod: networking/core/gateway.go,
+model.MergeGateways).
+
+* Selection: every Gateway, in any namespace, whose ``selector`` the proxy's labels satisfy
+  (istiod's default, PILOT_SCOPE_GATEWAY_TO_NAMESPACE off).
+* Merging: servers are grouped by port number, one listener ``<ip>_<port>`` per port. A
+  port serves one kind of traffic: plaintext HTTP (HTTP, HTTP2, GRPC) or TLS terminated
+  here (HTTPS); a later server of another kind on the same port is dropped, with a warning.
+* Plaintext HTTP servers of a port share the route config ``http.<port>``; each HTTPS
+  server is a filter chain matching its hosts as SNI, with its certificate over SDS
+  (features/server_tls.py) and its own route config ``https.<port>.<portName>.<gw>.<ns>``.
+* Routes: each VirtualService bound to the server's gateway (``gateways: [ns/name]``, a
+  bare ``name`` meaning the VirtualService's namespace) contributes its routes to the
+  hosts where its ``hosts`` and the server's ``hosts`` intersect; a server host
+  ``ns/host`` admits only VirtualServices of ``ns`` (``*/`` any, ``./`` the Gateway's).
+  Several VirtualServices for one host are concatenated in istiod's order, catch-all routes
+  last. The routes are translated by routes.build_routes, as for sidecars.
+
+Layers are memoized per (namespace, labels) of the proxy, so replicas of a gateway share
+their route configs; listeners bind the proxy's IP and are per proxy, their protos reused
+while unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from envoy.config.core.v3 import address_pb2, base_pb2
+from envoy.config.listener.v3 import listener_components_pb2 as lc
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
+from google.protobuf import wrappers_pb2
+from google.protobuf.message import Message
+
+from translators import api, routes
+from translators.clusters import ADS
+from translators.errors import ConfigError
+from translators.features import delegate, server_tls
+from translators.features._proto import to_any
+from translators.features.match import is_catch_all
+from translators.listeners import HTTP_FILTERS
+from translators.model import Gateway, Server, VirtualService
+from translators.model.gateway import HTTP_PROTOCOLS
+from translators.model.names import host_matches, outbound_listener, resolve_host
+from translators.model.registry import MeshPort
+
+if TYPE_CHECKING:
+    from translators.model.world import Proxy
+    from translators.translate import Translator
+
+MESH = "mesh"
+
+
+# ---------------------------------------------------------------- merging servers
+
+
+@dataclass(frozen=True)
+class BoundServer:
+    """One server of one Gateway, its hosts as ``namespace/host`` (istiod's merge form)."""
+
+    gateway: Gateway
+    index: int
+    server: Server
+    protocol: str
+    hosts: tuple[tuple[str, str], ...]
+    route_name: str  # the RDS name of an HTTP or HTTPS server; "" otherwise
+
+    @property
+    def gateway_name(self) -> str:
+        return f"{self.gateway.metadata.namespace}/{self.gateway.metadata.name}"
+
+    @property
+    def number(self) -> int:
+        assert self.server.port is not None
+        return self.server.port.number
+
+    def error(self, f: str, message: str, severity: str = "warning") -> ConfigError:
+        g = self.gateway
+        return ConfigError(g.source, str(g.key), f"spec.servers[{self.index}]{f}", message, severity)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class PortPlan:
+    number: int
+    http: bool  # plaintext HTTP: one chain through RDS http.<port>; else TLS chains by SNI
+    servers: tuple[BoundServer, ...]
+
+
+def selects(gateway: Gateway, labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in gateway.spec.selector.items())
+
+
+def _hosts(gateway: Gateway, server: Server) -> tuple[tuple[str, str], ...]:
+    out = []
+    for h in server.hosts:
+        ns, slash, name = h.partition("/")
+        if not slash:
+            ns, name = "*", h
+        elif ns == ".":
+            ns = gateway.metadata.namespace
+        out.append((ns, name.lower()))
+    return tuple(out)
+
+
+def merge(gateways: Sequence[Gateway]) -> tuple[dict[int, PortPlan], list[ConfigError]]:
+    """The listeners' plan: servers by port, what each port serves, and what was dropped."""
+    by_port: dict[int, list[BoundServer]] = {}
+    kinds: dict[int, bool] = {}
+    claimed: dict[int, dict[str, BoundServer]] = {}  # TLS port -> SNI name -> server holding it
+    errors: list[ConfigError] = []
+    for gw in gateways:
+        for i, s in enumerate(gw.spec.servers):
+            assert s.port is not None  # validated
+            proto = s.port.proto
+            tls = s.tls
+            bound = BoundServer(gw, i, s, proto, _hosts(gw, s), "")
+            for f, message in server_tls.warnings(tls, proto in HTTP_PROTOCOLS) if tls is not None else ():
+                errors.append(bound.error(f".tls.{f}", message))
+            if proto in HTTP_PROTOCOLS:
+                http, name = True, f"http.{s.port.number}"
+            elif proto == "HTTPS" and tls is not None and tls.terminates:
+                http, name = False, f"https.{s.port.number}.{s.port.name}.{gw.metadata.name}.{gw.metadata.namespace}"
+            else:
+                what = f"{proto} with TLS mode {tls.mode}" if tls is not None else proto
+                errors.append(bound.error(".port.protocol", f"{what} servers are not supported yet; server ignored"))
+                continue
+            number = s.port.number
+            if kinds.setdefault(number, http) != http:
+                first = by_port[number][0]
+                errors.append(bound.error(".port", f"port {number} already serves {first.protocol} for "
+                                          f"{first.gateway.key} spec.servers[{first.index}]; server ignored"))
+                continue
+            bound = BoundServer(gw, i, s, proto, bound.hosts, name)
+            if not http:
+                names = claimed.setdefault(number, {})
+                sni = _server_names(bound)
+                taken = [n for n in sni or ["*"] if n in names]
+                if taken:
+                    holder = names[taken[0]]
+                    errors.append(bound.error(".hosts", f"host {taken[0]} on port {number} is already served by "
+                                              f"{holder.gateway.key} spec.servers[{holder.index}]; server ignored"))
+                    continue
+                names.update((n, bound) for n in sni or ["*"])
+            by_port.setdefault(number, []).append(bound)
+    return {n: PortPlan(n, kinds[n], tuple(servers)) for n, servers in sorted(by_port.items())}, errors
+
+
+def _server_names(s: BoundServer) -> list[str]:
+    """The SNI names a TLS server's filter chain matches; none (any name) if a host is ``*``."""
+    names = list(dict.fromkeys(h for _, h in s.hosts))
+    return [] if "*" in names else names
+
+
+# ---------------------------------------------------------------- listeners
+
+
+_TLS_INSPECTOR = lc.ListenerFilter(name="envoy.filters.listener.tls_inspector",
+                                   typed_config=to_any(tls_inspector_pb2.TlsInspector()))
+
+
+def _manager(port: int, route_name: str) -> lc.Filter:
+    manager = hcm.HttpConnectionManager(
+        stat_prefix=f"outbound_0.0.0.0_{port}", http_filters=HTTP_FILTERS,
+        rds=hcm.Rds(config_source=ADS, route_config_name=route_name),
+        use_remote_address=wrappers_pb2.BoolValue(value=True),  # the edge: the client's address is the peer's
+    )
+    return lc.Filter(name="envoy.filters.network.http_connection_manager", typed_config=to_any(manager))
+
+
+def listener(ip: str, plan: PortPlan) -> listener_pb2.Listener:
+    out = listener_pb2.Listener(
+        name=outbound_listener(ip, plan.number),
+        address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=ip, port_value=plan.number)),
+        traffic_direction=base_pb2.OUTBOUND,
+    )
+    if plan.http:
+        out.filter_chains.append(lc.FilterChain(filters=[_manager(plan.number, f"http.{plan.number}")]))
+        return out
+    out.listener_filters.append(_TLS_INSPECTOR)
+    for s in plan.servers:
+        assert s.server.tls is not None
+        chain = lc.FilterChain(filters=[_manager(plan.number, s.route_name)],
+                               transport_socket=server_tls.transport_socket(s.server.tls, http=True))
+        chain.filter_chain_match.server_names.extend(_server_names(s))
+        out.filter_chains.append(chain)
+    return out
+
+
+# ---------------------------------------------------------------- routes
+
+
+def bound_names(vs: VirtualService) -> list[str]:
+    """The gateways ``vs`` binds to, as ``namespace/name`` (``mesh`` left out)."""
+    ns = vs.metadata.namespace
+    return [g if "/" in g else f"{ns}/{g}" for g in vs.spec.gateways if g != MESH]
+
+
+def _intersect(server_host: str, vs_host: str) -> str | None:
+    """The narrower of two hosts when one covers the other (istiod's host.Names.Intersection)."""
+    if host_matches(server_host, vs_host):
+        return vs_host
+    if host_matches(vs_host, server_host):
+        return server_host
+    return None
+
+
+def matching_hosts(server: BoundServer, vs: VirtualService) -> list[str]:
+    """The hosts ``vs`` routes on ``server``: its hosts intersected with the server's hosts
+    that admit ``vs``'s namespace."""
+    ns = vs.metadata.namespace
+    allowed = [h for sns, h in server.hosts if sns in ("*", ns)]
+    out = []
+    for vh in vs.spec.hosts:
+        for sh in allowed:
+            hit = _intersect(sh, resolve_host(vh, ns).lower())
+            if hit is not None:
+                out.append(hit)
+    return list(dict.fromkeys(out))
+
+
+#: (routes of one VirtualService for one gateway and port, errors): built once per
+#: (VirtualService, gateway, port) per update.
+BuildRoutes = Callable[[VirtualService, str, int], tuple[list[tuple[rc.Route, routes.SourceCondition | None]], list[ConfigError]]]
+
+
+def route_configuration(name: str, servers: Sequence[BoundServer], bound: Callable[[str], Sequence[VirtualService]],
+                        build: BuildRoutes, labels: Mapping[str, str], namespace: str) -> route_pb2.RouteConfiguration:
+    """The route config ``name`` of ``servers`` (istiod's buildGatewayHTTPRouteConfig)."""
+    hosts: dict[str, rc.VirtualHost] = {}
+    for s in servers:
+        redirect = s.server.tls is not None and s.server.tls.httpsRedirect
+        for vs in bound(s.gateway_name):
+            matched = matching_hosts(s, vs)
+            if not matched:
+                continue
+            built, _ = build(vs, s.gateway_name, s.number)
+            chosen = [r for r, c in built if c is None or c.holds(labels, namespace)]
+            for h in matched:
+                vh = hosts.get(h)
+                if vh is None:
+                    vh = hosts[h] = rc.VirtualHost(name=f"{h}:{s.number}", domains=[h],
+                                                   retry_policy=routes.DEFAULT_RETRIES)
+                vh.routes.extend(chosen)
+                if redirect:
+                    vh.require_tls = rc.VirtualHost.ALL
+        if redirect:
+            for _, h in s.hosts:
+                if h not in hosts:
+                    hosts[h] = rc.VirtualHost(name=f"{h}:{s.number}", domains=[h], require_tls=rc.VirtualHost.ALL)
+                hosts[h].require_tls = rc.VirtualHost.ALL
+    out = route_pb2.RouteConfiguration(name=name)
+    out.MergeFrom(routes.CONFIG_DEFAULTS)
+    if not hosts:  # istiod: a 404 for everything rather than no route config
+        out.virtual_hosts.append(rc.VirtualHost(name=f"blackhole:{servers[0].number}", domains=["*"]))
+        return out
+    for h in sorted(hosts, key=_host_order):
+        vh = hosts[h]
+        ordered = sorted(vh.routes, key=lambda r: is_catch_all(r.match))  # stable: catch-alls last (SortVHostRoutes)
+        del vh.routes[:]
+        vh.routes.extend(ordered)
+        out.virtual_hosts.append(vh)
+    return out
+
+
+def _host_order(h: str) -> tuple[bool, str]:
+    return (h.startswith("*"), h)  # exact hosts before wildcards; Envoy picks the most specific anyway
+
+
+# ---------------------------------------------------------------- the generator
+
+
+@dataclass(eq=False)
+class _View:
+    epoch: int
+    gateways: tuple[Gateway, ...]
+    plans: dict[int, PortPlan]
+    routes: api.Layer
+    errors: tuple[ConfigError, ...]
+    listeners: dict[str, tuple[dict[int, PortPlan], api.Layer]] = field(default_factory=dict)  # by IP
+
+
+class GatewayGenerator:
+    """Gateway listeners and routes for ``role == "gateway"`` proxies; reads the translator's
+    stages (registry, DestinationRules, delegates) and forgets its results when a Gateway,
+    VirtualService, DestinationRule or service shape changes (``invalidate``)."""
+
+    def __init__(self, translator: Translator) -> None:
+        self._t = translator
+        self._epoch = 0
+        self._by_gateway: dict[str, list[VirtualService]] | None = None
+        self._built: dict[tuple[int, str, int], tuple[list, list[ConfigError]]] = {}
+        self._views: dict[tuple, _View] = {}
+
+    def invalidate(self) -> None:
+        self._epoch += 1
+        self._by_gateway = None
+        self._built = {}
+
+    def errors(self) -> list[ConfigError]:
+        found = [e for v in self._views.values() if v.epoch == self._epoch for e in v.errors]
+        found += [e for _, errs in self._built.values() for e in errs]
+        gateways = {f"{g.metadata.namespace}/{g.metadata.name}" for g in self._t._index.all(Gateway.KIND)}
+        for vs in self._t._index.all(VirtualService.KIND):
+            if isinstance(vs, VirtualService):
+                found += unbound(vs, gateways)
+        return found
+
+    def for_proxy(self, proxy: Proxy, labels: Mapping[str, str]) -> tuple[api.Layer, api.Layer]:
+        """(listeners, routes) of a gateway proxy."""
+        key = (proxy.namespace, tuple(sorted(labels.items())))
+        view = self._views.get(key)
+        if view is None or view.epoch != self._epoch:
+            view = self._build_view(proxy.namespace, labels, view)
+            self._views[key] = view
+        hit = view.listeners.get(proxy.ip)
+        if hit is not None and hit[0] is view.plans:
+            return hit[1], view.routes
+        old = hit[1] if hit is not None else None
+        parts = []
+        for plan in view.plans.values():
+            built = listener(proxy.ip, plan)
+            prev = old.resources.get(built.name) if old is not None else None
+            parts.append((built.name, prev if prev is not None and prev == built else built))
+        layer = old if old is not None and _same_parts(old, parts) else _layer(("gateway-listeners", proxy.ip, key), parts)
+        view.listeners[proxy.ip] = (view.plans, layer)
+        return layer, view.routes
+
+    def _build_view(self, namespace: str, labels: Mapping[str, str], old: _View | None) -> _View:
+        index = self._t._index
+        chosen = tuple(g for g in index.all(Gateway.KIND) if isinstance(g, Gateway) and selects(g, labels))
+        plans, errors = merge(chosen)
+        if old is not None and old.plans == plans:
+            plans = old.plans  # same servers (compared by identity of the Gateway objects): keep the listeners
+        by_route: dict[str, list[BoundServer]] = {}
+        for plan in plans.values():
+            for s in plan.servers:
+                by_route.setdefault(s.route_name, []).append(s)
+
+        def bound(gateway_name: str) -> list[VirtualService]:
+            return self._bound(gateway_name, namespace)
+
+        parts = []
+        for name, servers in by_route.items():
+            config = route_configuration(name, servers, bound, self._routes_of, labels, namespace)
+            prev = old.routes.resources.get(name) if old is not None else None
+            parts.append((name, prev if prev is not None and prev == config else config))
+        layer = old.routes if old is not None and _same_parts(old.routes, parts) else \
+            _layer(("gateway-routes", namespace, tuple(sorted(labels.items()))), parts)
+        listeners = old.listeners if old is not None else {}
+        return _View(self._epoch, chosen, plans, layer, tuple(errors), listeners)
+
+    def _bound(self, gateway_name: str, namespace: str) -> list[VirtualService]:
+        """The VirtualServices bound to ``gateway_name`` that a proxy in ``namespace`` sees,
+        in istiod's order: its own namespace's private ones, those exported to it, then public."""
+        if self._by_gateway is None:
+            by: dict[str, list[VirtualService]] = {}
+            for vs in self._t._index.all(VirtualService.KIND):
+                if isinstance(vs, VirtualService) and vs.spec.hosts:
+                    for g in dict.fromkeys(bound_names(vs)):
+                        by.setdefault(g, []).append(vs)
+            self._by_gateway = by
+        found = self._by_gateway.get(gateway_name, [])
+
+        def rank(vs: VirtualService) -> int | None:
+            export = vs.spec.exportTo
+            if not export or "*" in export:
+                return 2
+            own = vs.metadata.namespace
+            if namespace == own and "." in export:
+                return 0
+            return 1 if namespace in export else None
+
+        ranked = [(r, vs) for vs in found if (r := rank(vs)) is not None]
+        return [vs for _, vs in sorted(ranked, key=lambda p: p[0])]
+
+    def _routes_of(self, vs: VirtualService, gateway_name: str, port: int):  # type: ignore[no-untyped-def]
+        """The routes of ``vs`` at ``gateway_name`` on ``port``, once per update."""
+        key = (id(vs), gateway_name, port)
+        hit = self._built.get(key)
+        if hit is not None:
+            return hit
+        t = self._t
+        problems: list[ConfigError] = []
+        entries = None
+        if any(h.delegate is not None for h in vs.spec.http):
+            flat, found, _ = delegate.flatten(vs, t._delegate)
+            entries = [routes.OwnedRoute(v, f, h) for v, f, h in flat]
+            problems = [ConfigError(vs.source, str(vs.key), f, m, "warning") for f, m in found]
+        services = t._registry.services
+        dests: routes.Destinations = {}
+        for h in routes.destination_hosts(vs, entries):
+            svc = services.get(h)
+            dests[h] = (svc.shape, t._policy(h, svc.shape.namespace)) if svc else (None, None)
+        errors = list(problems)
+        built = routes.build_routes(entries if entries is not None else routes.owned_routes(vs),
+                                    MeshPort(port, "", "HTTP"), dests, errors, context=gateway_name)
+        routes.factor_retries([r for r, _ in built])
+        self._built[key] = (built, errors)
+        return built, errors
+
+
+def unbound(vs: VirtualService, gateways: set[str]) -> list[ConfigError]:
+    """A VirtualService naming a gateway that does not exist (a typo routes nothing)."""
+    out = []
+    for i, g in enumerate(vs.spec.gateways):
+        if g == MESH:
+            continue
+        name = g if "/" in g else f"{vs.metadata.namespace}/{g}"
+        if name not in gateways:
+            out.append(ConfigError(vs.source, str(vs.key), f"spec.gateways[{i}]", f"gateway {name} does not exist",
+                                   "warning"))
+    return out
+
+
+def _layer(key: object, parts: Sequence[tuple[str, Message]]) -> api.Layer:
+    return api.Layer(key, MappingProxyType(dict(parts)))
+
+
+def _same_parts(layer: api.Layer, parts: Sequence[tuple[str, Message]]) -> bool:
+    return len(layer.resources) == len(parts) and all(layer.resources.get(n) is m for n, m in parts)
