@@ -13,6 +13,10 @@ identity: models are frozen and a new World reuses unchanged objects):
                  destinations), then per namespace (and per set of source conditions a
                  proxy meets) a RouteConfiguration from the virtual hosts; VirtualServices
                  with a restricted exportTo replace parts in the namespaces they reach;
+* ports        - per port number: what its outbound listener does (protocols, the TCP
+                 target, the tcp/tls routes of the VirtualServices); rows equal to the
+                 previous ones are kept, so a VirtualService change reaches proxies only
+                 when it changes a row;
 * listeners    - per proxy: (outbound port table, workload, selecting services, the
                  AuthorizationPolicies and RequestAuthentications selecting the workload
                  (security.py), and the resolved ext_authz providers when they name one);
@@ -50,7 +54,7 @@ from translators.model import (
 )
 from translators.model.index import ResourceIndex
 from translators.model.mesh import MeshConfig
-from translators.model.names import BLACKHOLE, host_matches, is_http, resolve_host
+from translators.model.names import BLACKHOLE, carries_http, host_matches, resolve_host
 from translators.model.registry import KINDS as REGISTRY_KINDS
 from translators.model.registry import Registry
 from translators.model.world import Proxy, World
@@ -184,7 +188,7 @@ class Translator:
             touched = self._rebuild_virtual_services({k for k in changed if k.kind == VirtualService.KIND})
         if shapes or rule_hosts or touched:
             self._rebuild_route_table(shapes, touched, rule_hosts)
-        if shapes:
+        if shapes or touched:  # (tcp and tls routes of VirtualServices)
             self._rebuild_port_table()
         if shapes or not kinds.isdisjoint(security.KINDS):
             self._rebuild_security(kinds, bool(shapes))
@@ -588,7 +592,7 @@ class Translator:
         inputs = (svc.shape, vs, own, *delegates, *(x for pair in dests.values() for x in pair))
         if old is not None and _same(old[0], inputs):
             return old
-        http_ports = [p for p in svc.shape.ports if is_http(p.protocol)]
+        http_ports = [p for p in svc.shape.ports if carries_http(p.protocol)]
         parts = [routes.virtual_host_part(svc.shape, port, vs, dests, entries, problems, own) for port in http_ports]
         return inputs, parts, frozenset(dests) | {svc.host}  # its own rule: the default route's hash key
 
@@ -680,7 +684,7 @@ class Translator:
     # ------------------------------------------------------------ listeners
 
     def _rebuild_port_table(self) -> None:
-        table, errors = listeners.outbound_ports(self._registry.services.values())
+        table, errors = listeners.outbound_ports(self._registry.services.values(), self._vs_index.lookup)
         old = self._port_table
         table = {n: old[n] if n in old and old[n] == p else p for n, p in table.items()}
         if table.keys() != old.keys() or any(table[n] is not old[n] for n in table):
@@ -710,7 +714,7 @@ class Translator:
         if state is not None and _same(state.inputs, inputs):
             state.epoch, state.port_table, state.inputs = epoch, self._port_table, inputs
         else:
-            state = self._build_proxy_state(proxy, state, inputs, workload, selecting, policies, peer)
+            state = self._build_proxy_state(proxy, state, inputs, workload, labels, selecting, policies, peer)
             state.epoch = epoch
         state.security_epoch = self._security_epoch
         state.generation = self._generation
@@ -755,7 +759,7 @@ class Translator:
         self._inbound_policies[key] = (inputs, policy)
         return policy
 
-    def _build_proxy_state(self, proxy, old, inputs, workload, selecting, policies=(), peer=None) -> _ProxyState:  # type: ignore[no-untyped-def]
+    def _build_proxy_state(self, proxy, old, inputs, workload, labels, selecting, policies=(), peer=None) -> _ProxyState:  # type: ignore[no-untyped-def]
         inbound, errors = listeners.inbound_ports(selecting, workload)
         policy = self._inbound_policy(policies) if inbound else security.NO_POLICY
         errors.extend(policy.errors)
@@ -769,7 +773,9 @@ class Translator:
                                           "warning"))
                 continue
             prev = old.outbound.get(number) if old is not None else None
-            outbound[number] = prev if prev is not None and prev[0] is port else (port, listeners.outbound(proxy.ip, port))
+            if prev is None or prev[0] is not port or port.source_dependent:
+                prev = (port, listeners.outbound(proxy.ip, port, labels, proxy.namespace))
+            outbound[number] = prev
         named = [(lst.name, lst) for _, lst in outbound.values()]
         peer = peer or peer_auth.PERMISSIVE
         named += [(lst.name, lst) for lst in (listeners.inbound(proxy.ip, p, policy, peer.for_port(p.target),
