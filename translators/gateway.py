@@ -34,7 +34,6 @@ from envoy.config.listener.v3 import listener_components_pb2 as lc
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
-from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
@@ -42,13 +41,13 @@ from google.protobuf.message import Message
 from translators import api, routes
 from translators.clusters import ADS
 from translators.errors import ConfigError
-from translators.features import delegate, server_tls
+from translators.features import delegate, l4, server_tls
 from translators.features._proto import to_any
 from translators.features.match import is_catch_all
 from translators.listeners import HTTP_FILTERS
-from translators.model import Gateway, Server, VirtualService
-from translators.model.gateway import HTTP_PROTOCOLS
-from translators.model.names import host_matches, outbound_listener, resolve_host
+from translators.model import Destination, Gateway, Server, ServerTLSSettings, VirtualService
+from translators.model.gateway import HTTP_PROTOCOLS, TLS_PROTOCOLS
+from translators.model.names import host_matches, outbound_cluster, outbound_listener, resolve_host
 from translators.model.registry import MeshPort
 
 if TYPE_CHECKING:
@@ -89,7 +88,7 @@ class BoundServer:
 @dataclass(frozen=True)
 class PortPlan:
     number: int
-    http: bool  # plaintext HTTP: one chain through RDS http.<port>; else TLS chains by SNI
+    kind: str  # "http": one chain through RDS http.<port>; "tls": chains by SNI; "tcp": tcp routes
     servers: tuple[BoundServer, ...]
 
 
@@ -109,36 +108,46 @@ def _hosts(gateway: Gateway, server: Server) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def _kind(proto: str, tls: ServerTLSSettings | None) -> str | None:
+    """What a server needs of its port: plaintext HTTP, TLS (terminated or passed through,
+    told apart by SNI) or plain TCP; None for what is not supported."""
+    if proto in HTTP_PROTOCOLS:
+        return "http"
+    if proto in TLS_PROTOCOLS:
+        return "tls" if tls is not None and (tls.terminates or tls.mode == "PASSTHROUGH") else None
+    return "tcp"  # TCP, and the opaque ones (MONGO, REDIS, MYSQL) istiod also serves with tcp routes
+
+
 def merge(gateways: Sequence[Gateway]) -> tuple[dict[int, PortPlan], list[ConfigError]]:
     """The listeners' plan: servers by port, what each port serves, and what was dropped."""
     by_port: dict[int, list[BoundServer]] = {}
-    kinds: dict[int, bool] = {}
-    claimed: dict[int, dict[str, BoundServer]] = {}  # TLS port -> SNI name -> server holding it
+    kinds: dict[int, str] = {}
+    claimed: dict[int, dict[str, BoundServer]] = {}  # TLS port -> SNI name -> terminating server holding it
     errors: list[ConfigError] = []
     for gw in gateways:
         for i, s in enumerate(gw.spec.servers):
             assert s.port is not None  # validated
-            proto = s.port.proto
-            tls = s.tls
+            proto, tls, number = s.port.proto, s.tls, s.port.number
             bound = BoundServer(gw, i, s, proto, _hosts(gw, s), "")
             for f, message in server_tls.warnings(tls, proto in HTTP_PROTOCOLS) if tls is not None else ():
                 errors.append(bound.error(f".tls.{f}", message))
-            if proto in HTTP_PROTOCOLS:
-                http, name = True, f"http.{s.port.number}"
-            elif proto == "HTTPS" and tls is not None and tls.terminates:
-                http, name = False, f"https.{s.port.number}.{s.port.name}.{gw.metadata.name}.{gw.metadata.namespace}"
-            else:
-                what = f"{proto} with TLS mode {tls.mode}" if tls is not None else proto
-                errors.append(bound.error(".port.protocol", f"{what} servers are not supported yet; server ignored"))
+            kind = _kind(proto, tls)
+            if kind is None:
+                errors.append(bound.error(".tls.mode", f"{proto} with TLS mode {tls.mode if tls else None} is not "
+                                          "supported; server ignored"))
                 continue
-            number = s.port.number
-            if kinds.setdefault(number, http) != http:
+            if kinds.setdefault(number, kind) != kind or (kind == "tcp" and number in by_port):
                 first = by_port[number][0]
                 errors.append(bound.error(".port", f"port {number} already serves {first.protocol} for "
                                           f"{first.gateway.key} spec.servers[{first.index}]; server ignored"))
                 continue
+            name = ""
+            if kind == "http":
+                name = f"http.{number}"
+            elif proto == "HTTPS" and tls is not None and tls.terminates:
+                name = f"https.{number}.{s.port.name}.{gw.metadata.name}.{gw.metadata.namespace}"
             bound = BoundServer(gw, i, s, proto, bound.hosts, name)
-            if not http:
+            if kind == "tls" and tls is not None and tls.terminates:
                 names = claimed.setdefault(number, {})
                 sni = _server_names(bound)
                 taken = [n for n in sni or ["*"] if n in names]
@@ -161,10 +170,6 @@ def _server_names(s: BoundServer) -> list[str]:
 # ---------------------------------------------------------------- listeners
 
 
-_TLS_INSPECTOR = lc.ListenerFilter(name="envoy.filters.listener.tls_inspector",
-                                   typed_config=to_any(tls_inspector_pb2.TlsInspector()))
-
-
 def _manager(port: int, route_name: str) -> lc.Filter:
     manager = hcm.HttpConnectionManager(
         stat_prefix=f"outbound_0.0.0.0_{port}", http_filters=HTTP_FILTERS,
@@ -174,22 +179,80 @@ def _manager(port: int, route_name: str) -> lc.Filter:
     return lc.Filter(name="envoy.filters.network.http_connection_manager", typed_config=to_any(manager))
 
 
-def listener(ip: str, plan: PortPlan) -> listener_pb2.Listener:
+#: The l4 routes of the VirtualServices bound to a server: (VirtualService, its tcp or tls routes
+#: resolved to clusters); from the generator, which knows the registry.
+L4Routes = Callable[[BoundServer, str], list[tuple[VirtualService, tuple[l4.Route, ...]]]]
+
+
+def accepts(server: BoundServer, vs: VirtualService, labels: Mapping[str, str], namespace: str) -> Callable[[l4.Match], bool]:
+    """istiod's l4SingleMatch at a gateway: the match's port is the server's, its gateways
+    (if any) name the server's gateway, and its source conditions hold for the proxy."""
+    ns = vs.metadata.namespace
+
+    def accept(m: l4.Match) -> bool:
+        return ((m.port is None or m.port == server.number)
+                and (not m.gateways or server.gateway_name in (g if "/" in g else f"{ns}/{g}" for g in m.gateways))
+                and all(labels.get(k) == v for k, v in m.source_labels) and m.source_namespace in (None, namespace))
+    return accept
+
+
+def filter_chains(plan: PortPlan, l4_routes: L4Routes, labels: Mapping[str, str], namespace: str
+                  ) -> tuple[list[lc.FilterChain], list[ConfigError]]:
+    """The filter chains of one port (istiod's buildGatewayTCPBasedFilterChains)."""
+    number = plan.number
+    stat = f"outbound_0.0.0.0_{number}"
+    if plan.kind == "http":
+        return [lc.FilterChain(filters=[_manager(number, f"http.{number}")])], []
+    chains: list[lc.FilterChain] = []
+    errors: list[ConfigError] = []
+    claimed: set[tuple[str, tuple[str, ...]]] = set()  # (SNI, subnets): Envoy refuses a match twice
+    for s in plan.servers:
+        tls = s.server.tls
+        if plan.kind == "tcp" or (tls is not None and tls.terminates and not s.route_name):
+            # TCP, or TLS terminated here and then proxied: the first tcp route that applies
+            found: list[lc.FilterChain] = []
+            for vs, routes_ in l4_routes(s, "tcp"):
+                found, _ = l4.tcp_filter_chains(routes_, stat, accepts(s, vs, labels, namespace))
+                if found:
+                    break
+            if not found:
+                errors.append(s.error("", f"no VirtualService tcp route for this server (port {number}); "
+                                      "its connections are refused"))
+                continue
+            if tls is not None:  # terminated here: the server's names, its certificate
+                names = _server_names(s)
+                claimed.update((n, ()) for n in names)
+                socket = server_tls.transport_socket(tls, http=False)
+                for chain in found:
+                    chain.filter_chain_match.server_names.extend(names)
+                    chain.transport_socket.CopyFrom(socket)
+            chains += found
+        elif tls is not None and tls.terminates:
+            names = _server_names(s)
+            claimed.update((n, ()) for n in names)
+            chain = lc.FilterChain(filters=[_manager(number, s.route_name)],
+                                   transport_socket=server_tls.transport_socket(tls, http=True))
+            chain.filter_chain_match.server_names.extend(names)
+            chains.append(chain)
+        else:  # PASSTHROUGH: by SNI, from tls routes
+            before = len(chains)
+            for vs, routes_ in l4_routes(s, "tls"):
+                chains += l4.sni_chains(routes_, stat, accepts(s, vs, labels, namespace), claimed=claimed)
+            if len(chains) == before:
+                errors.append(s.error("", f"no VirtualService tls route for this PASSTHROUGH server (port {number}); "
+                                      "its connections are refused"))
+    return chains, errors
+
+
+def listener(ip: str, plan: PortPlan, chains: Sequence[lc.FilterChain]) -> listener_pb2.Listener:
     out = listener_pb2.Listener(
         name=outbound_listener(ip, plan.number),
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=ip, port_value=plan.number)),
         traffic_direction=base_pb2.OUTBOUND,
+        filter_chains=chains,
     )
-    if plan.http:
-        out.filter_chains.append(lc.FilterChain(filters=[_manager(plan.number, f"http.{plan.number}")]))
-        return out
-    out.listener_filters.append(_TLS_INSPECTOR)
-    for s in plan.servers:
-        assert s.server.tls is not None
-        chain = lc.FilterChain(filters=[_manager(plan.number, s.route_name)],
-                               transport_socket=server_tls.transport_socket(s.server.tls, http=True))
-        chain.filter_chain_match.server_names.extend(_server_names(s))
-        out.filter_chains.append(chain)
+    if any(c.filter_chain_match.server_names for c in chains):
+        out.listener_filters.append(l4.TLS_INSPECTOR)
     return out
 
 
@@ -281,9 +344,10 @@ class _View:
     epoch: int
     gateways: tuple[Gateway, ...]
     plans: dict[int, PortPlan]
+    chains: dict[int, list[lc.FilterChain]]  # per port; the same object while equal
     routes: api.Layer
     errors: tuple[ConfigError, ...]
-    listeners: dict[str, tuple[dict[int, PortPlan], api.Layer]] = field(default_factory=dict)  # by IP
+    listeners: dict[str, tuple[dict[int, list[lc.FilterChain]], api.Layer]] = field(default_factory=dict)  # by IP
 
 
 class GatewayGenerator:
@@ -320,28 +384,35 @@ class GatewayGenerator:
             view = self._build_view(proxy.namespace, labels, view)
             self._views[key] = view
         hit = view.listeners.get(proxy.ip)
-        if hit is not None and hit[0] is view.plans:
+        if hit is not None and hit[0] is view.chains:
             return hit[1], view.routes
         old = hit[1] if hit is not None else None
         parts = []
-        for plan in view.plans.values():
-            built = listener(proxy.ip, plan)
+        for number, chains in view.chains.items():
+            built = listener(proxy.ip, view.plans[number], chains)
             prev = old.resources.get(built.name) if old is not None else None
             parts.append((built.name, prev if prev is not None and prev == built else built))
         layer = old if old is not None and _same_parts(old, parts) else _layer(("gateway-listeners", proxy.ip, key), parts)
-        view.listeners[proxy.ip] = (view.plans, layer)
+        view.listeners[proxy.ip] = (view.chains, layer)
         return layer, view.routes
 
     def _build_view(self, namespace: str, labels: Mapping[str, str], old: _View | None) -> _View:
         index = self._t._index
         chosen = tuple(g for g in index.all(Gateway.KIND) if isinstance(g, Gateway) and selects(g, labels))
         plans, errors = merge(chosen)
-        if old is not None and old.plans == plans:
-            plans = old.plans  # same servers (compared by identity of the Gateway objects): keep the listeners
+        chains: dict[int, list[lc.FilterChain]] = {}
+        for number, plan in plans.items():
+            found, problems = filter_chains(plan, self._l4_routes_for(namespace), labels, namespace)
+            errors += problems
+            if found:  # Envoy refuses a listener without chains: a TCP server nothing routes has none
+                chains[number] = found
+        if old is not None and old.chains == chains:
+            chains = old.chains  # the same listeners
         by_route: dict[str, list[BoundServer]] = {}
         for plan in plans.values():
             for s in plan.servers:
-                by_route.setdefault(s.route_name, []).append(s)
+                if s.route_name:
+                    by_route.setdefault(s.route_name, []).append(s)
 
         def bound(gateway_name: str) -> list[VirtualService]:
             return self._bound(gateway_name, namespace)
@@ -354,7 +425,29 @@ class GatewayGenerator:
         layer = old.routes if old is not None and _same_parts(old.routes, parts) else \
             _layer(("gateway-routes", namespace, tuple(sorted(labels.items()))), parts)
         listeners = old.listeners if old is not None else {}
-        return _View(self._epoch, chosen, plans, layer, tuple(errors), listeners)
+        return _View(self._epoch, chosen, plans, chains, layer, tuple(errors), listeners)
+
+    def _l4_routes_for(self, namespace: str) -> L4Routes:
+        def l4_routes(server: BoundServer, kind: str) -> list[tuple[VirtualService, tuple[l4.Route, ...]]]:
+            out = []
+            for vs in self._bound(server.gateway_name, namespace):
+                entries = vs.spec.tcp if kind == "tcp" else vs.spec.tls
+                if entries and matching_hosts(server, vs):
+                    out.append((vs, l4.resolve(entries, self._cluster_of(vs, server.number))))
+            return out
+        return l4_routes
+
+    def _cluster_of(self, vs: VirtualService, port: int) -> Callable[[Destination], str]:
+        services = self._t._registry.services
+
+        def cluster_of(d: Destination) -> str:
+            # istiod: the destination's port, else the service's only port, else the server's
+            host = resolve_host(d.host, vs.metadata.namespace)
+            svc = services.get(host)
+            ports = svc.shape.ports if svc is not None else ()
+            number = d.port.number if d.port is not None else ports[0].number if len(ports) == 1 else port
+            return outbound_cluster(number, host, d.subset)
+        return cluster_of
 
     def _bound(self, gateway_name: str, namespace: str) -> list[VirtualService]:
         """The VirtualServices bound to ``gateway_name`` that a proxy in ``namespace`` sees,
