@@ -28,7 +28,7 @@ from harness.config_dir import ConfigDir
 from harness.envoy import EnvoyProcess
 from harness.http_mesh import track_logs
 from harness.meshpilot import MeshpilotServer
-from harness.tls_upstream import Pem, TestPki
+from harness.tls_upstream import Pem, TestPki, TlsUpstream
 from harness.traffic import eventually
 from harness.upstream import UpstreamServer
 
@@ -37,14 +37,16 @@ from xds_server.local.bootstrap import build_bootstrap
 REPO = Path(__file__).resolve().parents[2]
 NS, GW_NS = "apps", "istio-system"
 SERVICE_PORT, TARGET = 9080, 8080
-HTTP, REDIRECT, HTTPS, MTLS = 8080, 8081, 8443, 8444
+HTTP, REDIRECT, HTTPS, MTLS, TCP, PASSTHROUGH = 8080, 8081, 8443, 8444, 9000, 9443
 SECURE = "secure.example.com"
+TLS_BACKENDS = ("alpha", "beta")  # TLS PASSTHROUGH by SNI <name>.example.com to service <name>
 
 
-def _service(name: str, ip: str) -> list[dict[str, Any]]:
+def _service(name: str, ip: str, port: tuple[str, int, int] = ("http", SERVICE_PORT, TARGET)) -> list[dict[str, Any]]:
+    port_name, number, target = port
     return [
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NS},
-         "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": TARGET}]}},
+         "spec": {"selector": {"app": name}, "ports": [{"name": port_name, "port": number, "targetPort": target}]}},
         {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS, "labels": {"app": name}},
          "status": {"phase": "Running", "podIP": ip}},
     ]
@@ -89,6 +91,9 @@ GATEWAY = {
              "tls": {"mode": "SIMPLE", "credentialName": "secure-cert", "minProtocolVersion": "TLSV1_2"}},
             {"port": {"number": MTLS, "name": "https-mtls", "protocol": "HTTPS"},
              "hosts": [f"*/{SECURE}"], "tls": {"mode": "MUTUAL", "credentialName": "secure-cert"}},
+            {"port": {"number": TCP, "name": "tcp", "protocol": "TCP"}, "hosts": ["*"]},
+            {"port": {"number": PASSTHROUGH, "name": "tls", "protocol": "TLS"},
+             "hosts": [f"{NS}/{b}.example.com" for b in TLS_BACKENDS], "tls": {"mode": "PASSTHROUGH"}},
         ],
     },
 }
@@ -116,16 +121,16 @@ class GatewayMesh:
         finally:
             conn.close()
 
-    def https(self, port: int, path: str = "/", client: Pem | None = None) -> tuple[int, Any, bytes]:
-        """A request over TLS to ``SECURE``, verifying the gateway against the test CA;
-        (status, body, the certificate the gateway presented)."""
+    def https(self, port: int, path: str = "/", client: Pem | None = None, name: str = SECURE) -> tuple[int, Any, bytes]:
+        """A request over TLS to ``name`` (SNI and Host), verifying the server against the test
+        CA; (status, body, the certificate presented)."""
         ctx = ssl.create_default_context(cafile=str(self.ca.cert))
         if client is not None:
             ctx.load_cert_chain(str(client.cert), str(client.key))
         with socket.create_connection((self.gateway_ip, port), timeout=5) as raw, \
-                ctx.wrap_socket(raw, server_hostname=SECURE) as tls:
+                ctx.wrap_socket(raw, server_hostname=name) as tls:
             presented = tls.getpeercert(binary_form=True) or b""
-            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {SECURE}\r\nConnection: close\r\n\r\n".encode())
+            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
             data = b""
             while chunk := tls.recv(65536):
                 data += chunk
@@ -165,8 +170,17 @@ def mesh(envoy_binary: str, loopback: LoopbackAllocator, tmp_path_factory: pytes
         pki = TestPki(workdir / "pki")
         ca = pki.ca("ingress-ca")
         server_cert = pki.issue(ca, "secure", sans=[SECURE])
+        backends = {}
+        for b in TLS_BACKENDS:
+            backends[b] = TlsUpstream(loopback.allocate(), 8443, pki.issue(ca, b, sans=[f"{b}.example.com"]), pod=b)
+            started.append(backends[b].start())
         config = ConfigDir(workdir / "mesh")
-        config.write("services.yaml", [*_service("web", web.ip), *_service("api", api.ip)])
+        config.write("services.yaml", [
+            *_service("web", web.ip), *_service("api", api.ip),
+            # web's pod again, as a TCP service: the gateway's TCP server proxies bytes to it
+            {**_service("web-tcp", web.ip, ("tcp", TCP, TARGET))[0],
+             "spec": {"selector": {"app": "web"}, "ports": [{"name": "tcp", "port": TCP, "targetPort": TARGET}]}},
+            *(d for b, up in backends.items() for d in _service(b, up.ip, ("tls", 443, 8443)))])
         config.write("gateway.yaml", [GATEWAY, tls_secret("secure-cert", server_cert, ca)])
         config.write("routes.yaml", [
             _vs("by-host-web", NS, ["web.example.com"], [f"{GW_NS}/public"], [{"route": to("web")}]),
@@ -181,6 +195,13 @@ def mesh(envoy_binary: str, loopback: LoopbackAllocator, tmp_path_factory: pytes
             # The server host other/only.example.com admits only namespace other's VirtualService.
             _vs("only", NS, ["only.example.com"], [f"{GW_NS}/public"], [{"directResponse": answer(f"from {NS}")}]),
             _vs("only", "other", ["only.example.com"], [f"{GW_NS}/public"], [{"directResponse": answer("from other")}]),
+            {**_vs("tcp", NS, ["*"], [f"{GW_NS}/public"], []),
+             "spec": {"hosts": ["*"], "gateways": [f"{GW_NS}/public"],
+                      "tcp": [{"match": [{"port": TCP}], "route": [{"destination": {"host": "web-tcp"}}]}]}},
+            {**_vs("sni", NS, [], [], []),
+             "spec": {"hosts": [f"{b}.example.com" for b in TLS_BACKENDS], "gateways": [f"{GW_NS}/public"],
+                      "tls": [{"match": [{"sniHosts": [f"{b}.example.com"]}], "route": [{"destination": {"host": b}}]}
+                              for b in TLS_BACKENDS]}},
         ])
         server = MeshpilotServer(config.path, workdir=workdir / "meshpilot")
         started.append(server)
@@ -265,6 +286,34 @@ def test_mutual_tls_refuses_a_client_without_a_certificate(mesh: GatewayMesh) ->
         mesh.https(MTLS, "/m")
 
 
+def test_tls_passthrough_by_sni_to_two_backends(mesh: GatewayMesh) -> None:
+    """The gateway does not terminate: each backend presents its own certificate and sees
+    the client's SNI."""
+    for b in TLS_BACKENDS:
+        status, body, presented = eventually(lambda b=b: mesh.https(PASSTHROUGH, "/p", name=f"{b}.example.com"),
+                                             timeout=20)
+        assert (status, body["pod"], body["sni"], body["path"]) == (200, b, f"{b}.example.com", "/p")
+        assert presented == _der_of(mesh.pki.directory / f"{b}.pem")
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        mesh.https(PASSTHROUGH, name="gamma.example.com")  # no route for that SNI
+
+
+def test_tcp_server_proxies_bytes(mesh: GatewayMesh) -> None:
+    """tcp_proxy, not HTTP routing: a Host no HTTP route knows still reaches web's pod."""
+    def raw() -> bytes:
+        with socket.create_connection((mesh.gateway_ip, TCP), timeout=5) as conn:
+            conn.sendall(b"GET /raw HTTP/1.1\r\nHost: nowhere.invalid\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := conn.recv(65536):
+                data += chunk
+            return data
+
+    data = eventually(raw, timeout=20)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0] + b" "
+    assert (json.loads(body)["service"], json.loads(body)["path"]) == ("web", "/raw")
+
+
 def test_a_changed_secret_is_pushed(mesh: GatewayMesh) -> None:
     renewed = mesh.pki.issue(mesh.ca, "secure-renewed", sans=[SECURE])
     mesh.config.write("gateway.yaml", [GATEWAY, tls_secret("secure-cert", renewed, mesh.ca)])
@@ -273,7 +322,11 @@ def test_a_changed_secret_is_pushed(mesh: GatewayMesh) -> None:
 
 
 def _der(pem: Pem) -> bytes:
-    return ssl.PEM_cert_to_DER_cert(pem.cert.read_text())
+    return _der_of(pem.cert)
+
+
+def _der_of(path: Path) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(path.read_text())
 
 
 def _pem_body(pem: bytes) -> str:
