@@ -24,7 +24,7 @@ while unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -45,7 +45,15 @@ from translators.features import delegate, l4, server_tls
 from translators.features._proto import to_any
 from translators.features.match import is_catch_all
 from translators.listeners import HTTP_FILTERS
-from translators.model import Destination, Gateway, Server, ServerTLSSettings, VirtualService
+from translators.model import (
+    Destination,
+    DestinationRule,
+    Gateway,
+    ResourceKey,
+    Server,
+    ServerTLSSettings,
+    VirtualService,
+)
 from translators.model.gateway import HTTP_PROTOCOLS, TLS_PROTOCOLS
 from translators.model.names import host_matches, outbound_cluster, outbound_listener, resolve_host
 from translators.model.registry import MeshPort
@@ -366,6 +374,19 @@ class GatewayGenerator:
         self._epoch += 1
         self._by_gateway = None
         self._built = {}
+
+    def affected(self, changed: Iterable[ResourceKey], before: Mapping[ResourceKey, object],
+                 after: Mapping[ResourceKey, object], shapes: bool) -> bool:
+        """Can this change touch a gateway's config? A Gateway, a VirtualService bound to a
+        gateway (before or after), or services and DestinationRules while some are bound."""
+        bound = self._by_gateway is None or bool(self._by_gateway)
+        for key in changed:
+            if key.kind == Gateway.KIND or (key.kind == DestinationRule.KIND and bound):
+                return True
+            if key.kind == VirtualService.KIND and any(
+                    isinstance(vs, VirtualService) and bound_names(vs) for vs in (before.get(key), after.get(key))):
+                return True
+        return shapes and bound
 
     def errors(self) -> list[ConfigError]:
         found = [e for v in self._views.values() if v.epoch == self._epoch for e in v.errors]

@@ -45,7 +45,6 @@ from translators.grpcgen import GrpcGenerator
 from translators.model import (
     AuthorizationPolicy,
     DestinationRule,
-    Gateway,
     PeerAuthentication,
     RequestAuthentication,
     ResourceKey,
@@ -192,7 +191,7 @@ class Translator:
             self._rebuild_port_table()
         if shapes or not kinds.isdisjoint(security.KINDS):
             self._rebuild_security(kinds, bool(shapes))
-        if shapes or not kinds.isdisjoint((Gateway.KIND, VirtualService.KIND, DestinationRule.KIND)):
+        if self._gateways.affected(changed, prev.resources if prev is not None else {}, world.resources, bool(shapes)):
             self._gateways.invalidate()
         self._errors = None
         self._proxies = {
