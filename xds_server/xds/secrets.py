@@ -39,6 +39,7 @@ from prometheus_client import Counter, Gauge
 from ca import IssuedCertificate, Signer, TokenAuthority, TokenError, WorkloadIdentity
 from ca.tokens import ExpiredToken
 from translators.api import SECRET
+from translators.model.base import ResourceKey
 from translators.model.kube import Secret as KubeSecret
 from translators.model.world import World
 from xds_server.xds.cache import Resource, ResourceSet, TypeView
@@ -370,6 +371,7 @@ class CredentialStore:
 
     def __init__(self) -> None:
         self._world: World | None = None
+        self._by_namespace: dict[str, set[str]] = {}  # the Secrets' names, per namespace
         self._layers: dict[str, ResourceSet] = {}
         self._watchers: dict[str, dict[int, Callable[[], None]]] = {}
         self._next = 0
@@ -377,12 +379,18 @@ class CredentialStore:
     def update(self, world: World) -> None:
         prev, self._world = self._world, world
         if prev is not None and world.version == prev.version + 1:
-            changed = {k.namespace for k in world.changed if k.kind == KubeSecret.KIND}
+            keys = {k for k in world.changed if k.kind == KubeSecret.KIND}
         else:
             old = prev.resources if prev is not None else {}
-            changed = {k.namespace for k, v in world.resources.items() if k.kind == KubeSecret.KIND and old.get(k) is not v}
-            changed |= {k.namespace for k in old if k.kind == KubeSecret.KIND and k not in world.resources}
-        for ns in changed:
+            keys = {k for k, v in world.resources.items() if k.kind == KubeSecret.KIND and old.get(k) is not v}
+            keys |= {k for k in old if k.kind == KubeSecret.KIND and k not in world.resources}
+        for key in keys:
+            names = self._by_namespace.setdefault(key.namespace, set())
+            if key in world.resources:
+                names.add(key.name)
+            else:
+                names.discard(key.name)
+        for ns in {k.namespace for k in keys}:
             if ns in self._layers:
                 before = self._layers[ns]
                 after = self._build(ns, before)
@@ -400,9 +408,10 @@ class CredentialStore:
         world = self._world
         resources: dict[str, Resource] = {}
         if world is not None:
-            for s in world.of_kind(KubeSecret):
-                if s.metadata.namespace == namespace:
-                    for name, res in credential_resources(s).items():
+            for secret_name in sorted(self._by_namespace.get(namespace, ())):
+                found = world.resources.get(ResourceKey(KubeSecret.KIND, namespace, secret_name))
+                if isinstance(found, KubeSecret):
+                    for name, res in credential_resources(found).items():
                         resources.setdefault(name, res)  # a Secret's own CA before a <name>-cacert Secret's
         old = previous.resources if previous is not None else {}
         resources = {n: old[n] if n in old and old[n].version == r.version else r for n, r in resources.items()}
