@@ -304,7 +304,8 @@ BuildRoutes = Callable[[VirtualService, str, int], tuple[list[tuple[rc.Route, ro
 def route_configuration(name: str, servers: Sequence[BoundServer], bound: Callable[[str], Sequence[VirtualService]],
                         build: BuildRoutes, labels: Mapping[str, str], namespace: str) -> route_pb2.RouteConfiguration:
     """The route config ``name`` of ``servers`` (istiod's buildGatewayHTTPRouteConfig)."""
-    hosts: dict[str, rc.VirtualHost] = {}
+    hosts: dict[str, tuple[list[rc.Route], list[bool]]] = {}  # host -> (routes, [TLS required])
+    port = servers[0].number
     for s in servers:
         redirect = s.server.tls is not None and s.server.tls.httpsRedirect
         for vs in bound(s.gateway_name):
@@ -314,29 +315,25 @@ def route_configuration(name: str, servers: Sequence[BoundServer], bound: Callab
             built, _ = build(vs, s.gateway_name, s.number)
             chosen = [r for r, c in built if c is None or c.holds(labels, namespace)]
             for h in matched:
-                vh = hosts.get(h)
-                if vh is None:
-                    vh = hosts[h] = rc.VirtualHost(name=f"{h}:{s.number}", domains=[h],
-                                                   retry_policy=routes.DEFAULT_RETRIES)
-                vh.routes.extend(chosen)
-                if redirect:
-                    vh.require_tls = rc.VirtualHost.ALL
-        if redirect:
+                found, tls = hosts.setdefault(h, ([], [False]))
+                found += chosen
+                tls[0] |= redirect
+        if redirect:  # the server's own hosts answer 301 even where no VirtualService routes
             for _, h in s.hosts:
-                if h not in hosts:
-                    hosts[h] = rc.VirtualHost(name=f"{h}:{s.number}", domains=[h], require_tls=rc.VirtualHost.ALL)
-                hosts[h].require_tls = rc.VirtualHost.ALL
+                hosts.setdefault(h, ([], [False]))[1][0] = True
     out = route_pb2.RouteConfiguration(name=name)
     out.MergeFrom(routes.CONFIG_DEFAULTS)
     if not hosts:  # istiod: a 404 for everything rather than no route config
-        out.virtual_hosts.append(rc.VirtualHost(name=f"blackhole:{servers[0].number}", domains=["*"]))
+        out.virtual_hosts.append(rc.VirtualHost(name=f"blackhole:{port}", domains=["*"]))
         return out
     for h in sorted(hosts, key=_host_order):
-        vh = hosts[h]
-        ordered = sorted(vh.routes, key=lambda r: is_catch_all(r.match))  # stable: catch-alls last (SortVHostRoutes)
-        del vh.routes[:]
-        vh.routes.extend(ordered)
-        out.virtual_hosts.append(vh)
+        found, tls = hosts[h]
+        vh = out.virtual_hosts.add(name=f"{h}:{port}", domains=[h])
+        if found:
+            vh.retry_policy.CopyFrom(routes.DEFAULT_RETRIES)
+            vh.routes.extend(sorted(found, key=lambda r: is_catch_all(r.match)))  # stable: catch-alls last
+        if tls[0]:
+            vh.require_tls = rc.VirtualHost.ALL
     return out
 
 
