@@ -139,8 +139,16 @@ def outbound_ports(services: Iterable[MeshService], vs_of: VirtualServiceOf | No
         users = by_port[number]
         hosts = tuple(s.host for s, _ in users)
         http = any(carries_http(proto) for _, proto in users)
-        tcp = [s for s, proto in users if not is_http(proto) and not is_tls(proto)]
         tls = [s for s, proto in users if is_tls(proto)]
+        tcp = [s for s, proto in users if not carries_http(proto) and not is_tls(proto)]
+        auto = [s for s, proto in users if proto == AUTO]
+        if len(tcp) == 1:
+            # An auto service's detected HTTP still reaches it; its other traffic cannot.
+            for s in auto:
+                errors.append(_warn(s.resource, f"port {number} has no protocol (auto): HTTP to it is routed, "
+                                    f"other TCP on the outbound listener goes to {tcp[0].host}, the port's TCP service"))
+        elif not tcp:
+            tcp = auto  # no declared TCP service: an auto one is the TCP target
         cluster = ""
         tcp_routes: tuple[l4.Route, ...] = ()
         if len(tcp) == 1:

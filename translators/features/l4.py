@@ -30,7 +30,7 @@ from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_p
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
-from translators.features._proto import to_any
+from translators.features._proto import to_any, u32
 from translators.model import Destination, L4MatchAttributes, RouteDestination, TCPRoute, TLSRoute
 
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
@@ -118,14 +118,15 @@ def _prefix_ranges(subnets: Iterable[str]) -> list[address_pb2.CidrRange]:
     out = []
     for s in subnets:
         net = ipaddress.ip_network(s, strict=False)
-        out.append(address_pb2.CidrRange(address_prefix=str(net.network_address), prefix_len=net.prefixlen))  # type: ignore[arg-type]
+        out.append(address_pb2.CidrRange(address_prefix=str(net.network_address), prefix_len=u32(net.prefixlen)))
     return out
 
 
 def _chain(route: Route, stat_prefix: str, before: Sequence[lc.Filter], subnets: Iterable[str] = (),
            sni: Sequence[str] = ()) -> lc.FilterChain:
     chain = lc.FilterChain(filters=[*before, tcp_proxy(stat_prefix, route.destinations)])
-    chain.filter_chain_match.prefix_ranges.extend(_prefix_ranges(subnets))
+    if subnets:
+        chain.filter_chain_match.prefix_ranges.extend(_prefix_ranges(subnets))
     if sni:
         chain.filter_chain_match.server_names.extend(sni)
         chain.filter_chain_match.transport_protocol = "tls"
@@ -204,9 +205,9 @@ def sniffing(tcp: listener_pb2.Listener, http: listener_pb2.Listener) -> listene
             sniffed = lc.FilterChain()
             sniffed.CopyFrom(twin)
             sniffed.name = f"{twin.name}-http" if twin.name else "http"
+            # (Same transport_protocol as the chain it shadows: Envoy narrows the chains
+            # level by level and would not come back to a less specific one.)
             sniffed.filter_chain_match.application_protocols.extend(SNIFFED_HTTP)
-            # A TLS client may offer http/1.1 too: only plaintext is HTTP here.
-            sniffed.filter_chain_match.transport_protocol = "raw_buffer"
             chains.append(sniffed)
         chains.append(chain)
     del tcp.filter_chains[:]
