@@ -158,3 +158,28 @@ def test_listeners_follow_tcp_route_changes_and_only_them() -> None:
     doc["metadata"]["labels"] = {"touched": "yes"}
     t.update(_evolve(world, parse_resource(doc, pay.source)))
     assert t.for_proxy(proxy)[api.LISTENER][0].resources is after
+
+
+def test_builders_for_gateway_servers() -> None:
+    """What a TCP or TLS PASSTHROUGH gateway server builds from a VirtualService's routes."""
+    vs = parse_resource({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                         "metadata": {"name": "edge", "namespace": "shop"},
+                         "spec": {"hosts": ["*.shop.example"], "gateways": ["shop/edge"], "tls": [
+                             {"match": [{"sniHosts": ["a.shop.example"], "gateways": ["other/gw"]}],
+                              "route": [{"destination": {"host": "x"}}]},
+                             {"match": [{"sniHosts": ["a.shop.example", "b.shop.example"], "port": 443}],
+                              "route": [{"destination": {"host": "a"}, "weight": 1},
+                                        {"destination": {"host": "b"}, "weight": 3}]}],
+                             "tcp": [{"match": [{"port": 31400}], "route": [{"destination": {"host": "db"}}]}]}})
+    assert isinstance(vs, VirtualService)
+    chains = l4.sni_filter_chains(vs.spec.tls, lambda d: f"outbound|443||{d.host}", "gw_443",
+                                  l4.gateway_accepts(443, {"shop/edge"}))
+    assert [list(c.filter_chain_match.server_names) for c in chains] == [["a.shop.example", "b.shop.example"]]
+    proxy = tcp_proxy_pb2.TcpProxy()
+    chains[0].filters[0].typed_config.Unpack(proxy)
+    assert [(c.name, c.weight) for c in proxy.weighted_clusters.clusters] == [
+        ("outbound|443||a", 1), ("outbound|443||b", 3)]
+    tcp, catch_all = l4.tcp_route_chains(vs.spec.tcp, lambda d: f"outbound|31400||{d.host}", "gw_31400",
+                                         l4.gateway_accepts(31400, {"shop/edge"}))
+    assert catch_all and _clusters(listener_pb2.Listener(filter_chains=tcp)) == ["outbound|31400||db"]
+    assert l4.tcp_route_chains(vs.spec.tcp, str, "gw", l4.gateway_accepts(8080, {"shop/edge"})) == ([], False)

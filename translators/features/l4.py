@@ -5,11 +5,14 @@ Pure builders for VirtualService ``tcp`` and ``tls`` routes, shared by sidecar l
 
 * ``resolve`` turns the routes of a VirtualService into frozen, comparable ``Route``s
   (destinations already cluster names), so a port table can memoize on them;
-* ``tcp_filter_chains``: istiod's buildSidecarOutboundTCPFilterChainOpts - the first route
-  whose match applies wins; a match with ``destinationSubnets`` becomes a chain matching
-  those prefixes, a match without (or a route without matches) the default chain;
-* ``sni_filter_chains``: one chain per TLS match, by ``server_names`` (SNI); an SNI
-  already claimed by an earlier route stays with it (Envoy refuses duplicate matches);
+* ``tcp_filter_chains`` (``tcp_route_chains`` from the models): istiod's
+  buildSidecarOutboundTCPFilterChainOpts - the first route whose match applies wins; a
+  match with ``destinationSubnets`` becomes a chain matching those prefixes, a match
+  without (or a route without matches) the catch-all chain;
+* ``sni_chains`` (``sni_filter_chains`` from the models): one chain per TLS match, by
+  ``server_names`` (SNI); an SNI already claimed by an earlier route stays with it
+  (Envoy refuses duplicate matches);
+* ``sidecar_accepts`` / ``gateway_accepts``: which matches apply where;
 * ``sniffing``: a TCP listener and an HTTP listener for the same port (both already
   secured by features/mtls.py) as one listener that detects HTTP on the wire, as istiod
   does for ``auto`` ports: each plaintext chain gets an HTTP twin matching the
@@ -20,7 +23,7 @@ Pure builders for VirtualService ``tcp`` and ``tls`` routes, shared by sidecar l
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from envoy.config.core.v3 import address_pb2
@@ -94,6 +97,15 @@ def sidecar_accepts(port: int, labels: Mapping[str, str], namespace: str) -> Cal
     return accept
 
 
+def gateway_accepts(port: int, names: Collection[str]) -> Callable[[Match], bool]:
+    """Which matches apply to a gateway server on ``port``: a match naming gateways must
+    name this one (``names``: how it may be written, e.g. ``ns/gw``); one naming none
+    follows its VirtualService's ``gateways``, which the caller has checked."""
+    def accept(m: Match) -> bool:
+        return (m.port is None or m.port == port) and (not m.gateways or any(g in names for g in m.gateways))
+    return accept
+
+
 # ---------------------------------------------------------------- filters
 
 
@@ -156,6 +168,13 @@ def tcp_filter_chains(routes: Sequence[Route], stat_prefix: str, accept: Callabl
                 seen.add(key)
                 chains.append(_chain(route, stat_prefix, before, m.subnets))
     return chains, False
+
+
+def tcp_route_chains(tcp_routes: Sequence[TCPRoute], cluster_of: ClusterOf, stat_prefix: str,
+                     accept: Callable[[Match], bool] = lambda m: True,
+                     before: Sequence[lc.Filter] = ()) -> tuple[list[lc.FilterChain], bool]:
+    """``tcp_filter_chains`` of a VirtualService's ``tcp`` routes (for a TCP gateway server)."""
+    return tcp_filter_chains(resolve(tcp_routes, cluster_of), stat_prefix, accept, before)
 
 
 def sni_chains(routes: Sequence[Route], stat_prefix: str, accept: Callable[[Match], bool],
