@@ -381,8 +381,9 @@ class GatewayGenerator:
             if key.kind == Gateway.KIND or (key.kind == DestinationRule.KIND and bound):
                 return True
             if key.kind == VirtualService.KIND and any(
-                    isinstance(vs, VirtualService) and bound_names(vs) for vs in (before.get(key), after.get(key))):
-                return True
+                    isinstance(vs, VirtualService) and (bound_names(vs) or (bound and not vs.spec.hosts))
+                    for vs in (before.get(key), after.get(key))):
+                return True  # bound to a gateway, or a delegate (which a bound one may use)
         return shapes and bound
 
     def errors(self) -> list[ConfigError]:

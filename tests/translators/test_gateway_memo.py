@@ -71,3 +71,20 @@ def test_a_proxy_no_gateway_selects_gets_no_listeners() -> None:
                   labels={"istio": "something-else"})
     listeners, routes = _layers(t, other)
     assert dict(listeners.resources) == {} and dict(routes.resources) == {}
+
+
+def test_a_changed_delegate_reaches_the_gateway() -> None:
+    resources, proxy = load_case("gateway_ingress")
+    root = _vs("delegating", "apps", {"hosts": ["second.example.com"], "gateways": ["second"], "http": [
+        {"match": [{"uri": {"prefix": "/d"}}], "delegate": {"name": "part"}}]})
+    part = _vs("part", "apps", {"http": [{"match": [{"uri": {"prefix": "/d/one"}}],
+                                          "route": [{"destination": {"host": "web"}}]}]})
+    t = Translator()
+    world = world_of([*resources, root, part])
+    t.update(world)
+    _, routes = _layers(t, proxy)
+    assert "/d/one" in str(routes.resources["http.8080"])
+    t.update(_evolve(world, _vs("part", "apps", {"http": [{"match": [{"uri": {"prefix": "/d/two"}}],
+                                                            "route": [{"destination": {"host": "web"}}]}]})))
+    _, routes = _layers(t, proxy)
+    assert "/d/two" in str(routes.resources["http.8080"]) and "/d/one" not in str(routes.resources["http.8080"])
