@@ -203,3 +203,15 @@ def test_warnings_for_config_that_cannot_work(config_dir: ConfigDir, start_meshp
     served = {(e["resource"], e["field"]) for e in server.get("/debug/errors")[1]}
     assert {("DestinationRule default/reviews", "spec.subsets[2].labels"),
             ("VirtualService default/edge", "spec.gateways")} <= served
+
+
+def test_new_verbs_help_shows_defaults() -> None:
+    def help_of(verb: str) -> str:
+        return " ".join(meshpilot(verb, "--help").stdout.split())
+
+    assert "its namespace (default: default)" in help_of("describe")
+    explain_help = help_of("explain")
+    assert "(default: /)" in explain_help and "(default: GET)" in explain_help
+    assert "default: from --host, else the only route config" in explain_help
+    diff_help = help_of("diff")
+    assert "(default: 127.0.0.1:15014)" in diff_help and "(default: table)" in diff_help
