@@ -67,34 +67,43 @@ def gateway_problems(vs: VirtualService, resources: Mapping[ResourceKey, Resourc
 
 
 class Checks:
-    """The warnings above for one World at a time, reusing per-resource results across Worlds."""
+    """The warnings above for one World at a time. A World that follows the last one rechecks
+    only what its changes reach: the changed rules and VirtualServices, rules whose service
+    changed (compared by identity), and every VirtualService naming gateways when a Gateway
+    came or went."""
 
     def __init__(self) -> None:
         self._world: World | None = None
         self._found: tuple[ConfigError, ...] = ()
-        self._subsets: dict[ResourceKey, tuple[DestinationRule, MeshService | None, list[ConfigError]]] = {}
-        self._gateways: dict[ResourceKey, tuple[VirtualService, frozenset[ResourceKey], list[ConfigError]]] = {}
+        self._rules: dict[ResourceKey, tuple[DestinationRule, MeshService | None, list[ConfigError]]] = {}
+        self._bound: dict[ResourceKey, tuple[VirtualService, list[ConfigError]]] = {}
 
     def run(self, world: World, services: Mapping[str, MeshService]) -> tuple[ConfigError, ...]:
         if world is self._world:
             return self._found
-        found: list[ConfigError] = []
-        subsets: dict[ResourceKey, tuple[DestinationRule, MeshService | None, list[ConfigError]]] = {}
-        for dr in world.of_kind(DestinationRule):
-            svc = services.get(resolve_host(dr.spec.host, dr.metadata.namespace)) if dr.spec.subsets else None
-            old = self._subsets.get(dr.key)
-            entry = old if old is not None and old[0] is dr and old[1] is svc else (dr, svc, subset_problems(dr, svc))
-            subsets[dr.key] = entry
-            found += entry[2]
-        gateways_now = frozenset(k for k in world.resources if k.kind == GATEWAY_KIND)
-        bound: dict[ResourceKey, tuple[VirtualService, frozenset[ResourceKey], list[ConfigError]]] = {}
-        for vs in world.of_kind(VirtualService):
-            prev = self._gateways.get(vs.key)
-            if prev is not None and prev[0] is vs and prev[1] == gateways_now:
-                bound[vs.key] = prev
-            else:
-                bound[vs.key] = (vs, gateways_now, gateway_problems(vs, world.resources))
-            found += bound[vs.key][2]
-        self._world, self._subsets, self._gateways = world, subsets, bound
-        self._found = tuple(found)
+        prev = self._world
+        incremental = prev is not None and world.version == prev.version + 1
+        changed = world.changed if incremental else frozenset(world.resources) | frozenset(
+            prev.resources if prev is not None else ())
+        for key in changed:
+            if key.kind == DestinationRule.KIND:
+                self._rules.pop(key, None)
+                dr = world.resources.get(key)
+                if isinstance(dr, DestinationRule) and dr.spec.subsets:
+                    self._rules[key] = (dr, None, [])  # checked below against its service
+            elif key.kind == VirtualService.KIND:
+                self._bound.pop(key, None)
+                vs = world.resources.get(key)
+                if isinstance(vs, VirtualService) and vs.spec.gateways:
+                    self._bound[key] = (vs, gateway_problems(vs, world.resources))
+        for key, (dr, svc, _) in list(self._rules.items()):
+            now = services.get(resolve_host(dr.spec.host, dr.metadata.namespace))
+            if now is not svc or key in changed:
+                self._rules[key] = (dr, now, subset_problems(dr, now))
+        if any(k.kind == GATEWAY_KIND for k in changed):
+            self._bound = {k: (vs, gateway_problems(vs, world.resources)) for k, (vs, _) in self._bound.items()}
+        self._world = world
+        found = [e for _, _, errs in self._rules.values() for e in errs]
+        found += [e for _, errs in self._bound.values() for e in errs]
+        self._found = tuple(sorted(found, key=lambda e: (e.file, e.resource, e.field)))
         return self._found
