@@ -154,6 +154,8 @@ def test_describe_service_and_pod(mesh: Mesh) -> None:  # noqa: F811
     text = mesh.cli("describe", "pod", "client").stdout
     assert f"Proxy: {mesh.proxy_id} (identity: spiffe://cluster.local/ns/default/sa/client)" in text
     assert "No service selects this pod." in text
+    assert "      CDS SYNCED  LDS SYNCED  EDS SYNCED  RDS SYNCED  SDS SYNCED  (sotw)" in text
+    assert f"ACKed versions: CDS {stream['types']['cds']['acked_version']}, EDS " in text
     missing = mesh.cli("describe", "service", "nope", check=1)
     assert "no service default/nope" in missing.stderr and HOST in missing.stderr
 

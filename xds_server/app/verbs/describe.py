@@ -56,11 +56,11 @@ def render_pod(d: dict[str, Any]) -> list[str]:
             types = stream["types"]
             lines.append("      " + "  ".join(f"{t.upper()} {types[t]['status']}" for t in TYPES if t in types)
                          + f"  ({stream['protocol']})")
-            for t, e in sorted(types.items()):
-                if e["status"] == "NACKED":
-                    lines.append(f"      {t.upper()} NACKED: {e.get('message', '')}")
-                elif e.get("acked_version"):
-                    lines.append(f"      {t.upper()} version {e['acked_version']}")
+            acked = [f"{t.upper()} {e['acked_version']}" for t, e in sorted(types.items()) if e.get("acked_version")]
+            if acked:
+                lines.append(f"      ACKed versions: {', '.join(acked)}")
+            lines += [f"      {t.upper()} NACKED: {e.get('message', '')}" for t, e in sorted(types.items())
+                      if e["status"] == "NACKED"]
     peer = d["peer_authentication"]
     ports = ", ".join(f"{p}: {m}" for p, m in sorted(peer["ports"].items()))
     lines.append(f"   PeerAuthentication: {peer['mode']}{f' (ports {ports})' if ports else ''}"
