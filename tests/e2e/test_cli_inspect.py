@@ -217,3 +217,40 @@ def test_new_verbs_help_shows_defaults() -> None:
     assert "default: from --host, else the only route config" in explain_help
     diff_help = help_of("diff")
     assert "(default: 127.0.0.1:15014)" in diff_help and "(default: table)" in diff_help
+
+
+NO_UPSTREAM = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - name: teapot
+    match: [{uri: {prefix: /tea}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - name: moved
+    match: [{uri: {prefix: /old}}]
+    redirect: {uri: /new, redirectCode: 301}
+  - name: canned
+    match: [{uri: {exact: /canned}}]
+    directResponse: {status: 204}
+  - name: rest
+    route: [{destination: {host: reviews, subset: v1}}]
+"""
+
+
+def test_explain_says_when_no_upstream_is_called(mesh: Mesh) -> None:  # noqa: F811
+    mesh.config.write("reviews-routing.yaml", NO_UPSTREAM)
+    eventually(lambda: request(mesh.client_ip, PORT, "/canned", "reviews")[0] == 204, timeout=15,
+               message="the sidecar has the new routes")
+    for path, status, rule, problem in (
+            ("/tea", 418, "teapot", "fault injection aborts with 418 (100% of requests)"),
+            ("/old/x", 301, "moved", "the route redirects"),
+            ("/canned", 204, "canned", "the route answers 204 itself (direct response): no upstream is called")):
+        got = explain(mesh, path)
+        assert got["route"]["name"] == rule and any(p.startswith(problem) for p in got["problems"]), got
+        assert request(mesh.client_ip, PORT, path, "reviews")[0] == status
+    ok = explain(mesh, "/fine")
+    assert ok["route"]["name"] == "rest" and ok["problems"] == []
