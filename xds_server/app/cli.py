@@ -1,5 +1,5 @@
 """The ``meshpilot`` command: serve, bootstrap, demo, and istioctl-style verbs (version, analyze, proxy-status,
-proxy-config)."""
+proxy-config, describe, explain, diff)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def main(argv: list[str] | None = None) -> int:
     from xds_server.app import ca_cmd, serve
-    from xds_server.app.verbs import analyze, proxy_config, proxy_status, version
+    from xds_server.app.verbs import analyze, describe, diff, explain, proxy_config, proxy_status, version
     from xds_server.app.verbs.common import client_version
     from xds_server.local import bootstrap, demo
 
@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         ("analyze", analyze, analyze.HELP),
         ("proxy-status", proxy_status, proxy_status.HELP),
         ("proxy-config", proxy_config, proxy_config.HELP),
+        ("describe", describe, describe.HELP),
+        ("explain", explain, explain.HELP),
+        ("diff", diff, diff.HELP),
     ):
         p = sub.add_parser(name, help=help_, description=help_, formatter_class=_Formatter)
         module.add_arguments(p)

@@ -8,6 +8,8 @@ Metadata wins over what the id says; the id fills the gaps.
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from envoy.config.core.v3.base_pb2 import Node
 from google.protobuf import json_format
 
@@ -52,3 +54,15 @@ def proxy_from_node(node: Node) -> Proxy:
         generator=generator,  # type: ignore[arg-type]
         locality="/".join((node.locality.region, node.locality.zone, node.locality.sub_zone)).rstrip("/"),
     )
+
+
+def proxy_as_dict(proxy: Proxy) -> dict[str, object]:
+    """What translation reads of a proxy, as JSON (``/debug/proxies``); ``proxy_from_dict`` reverses it."""
+    out = {f.name: getattr(proxy, f.name) for f in fields(proxy)}
+    out["labels"] = dict(proxy.labels)
+    return out
+
+
+def proxy_from_dict(d: dict[str, object]) -> Proxy:
+    known = {f.name for f in fields(Proxy)}
+    return Proxy(**{k: v for k, v in d.items() if k in known})  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from translators.checks import Checks
 from translators.errors import ConfigError
 from translators.model import Resource, ResourceKey
 from translators.model.world import World
@@ -34,6 +35,7 @@ class Pipeline:
         self.convergence = ConvergenceTracker()
         self.credentials = CredentialStore()  # gateways' Secrets for SDS: kept out of translation
         self.source_errors: tuple[ConfigError, ...] = ()
+        self.checks = Checks()
 
     def apply(self, resources: Mapping[ResourceKey, Resource], source_errors: tuple[ConfigError, ...] = ()) -> Applied:
         """Make ``resources`` the mesh: translate what changed and tell the streams."""
@@ -52,7 +54,9 @@ class Pipeline:
 
     @property
     def errors(self) -> tuple[ConfigError, ...]:
-        return self.source_errors + tuple(self.translator.errors)
+        # The registry the translator built for this world: the checks read the same services.
+        services = self.translator._registry.services
+        return self.source_errors + tuple(self.translator.errors) + self.checks.run(self.world, services)
 
 
 def settle_heap() -> None:

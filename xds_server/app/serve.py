@@ -24,8 +24,10 @@ from translators.model.world import World
 from xds_server.admission.webhook import WebhookServer, ssl_context
 from xds_server.app.config_dump import add_credentials, proxy_config
 from xds_server.app.debounce import Debouncer
+from xds_server.app.describe import DescribeError, describe
 from xds_server.app.httpd import HttpServer, Reply, json_reply, text_reply
 from xds_server.app.mesh_ca import MeshCA, server_names
+from xds_server.app.node import proxy_as_dict
 from xds_server.app.pipeline import Pipeline, full_collection
 from xds_server.app.verbs.common import client_version
 from xds_server.sources.files import RESCAN_EVERY, DirectorySource, LoadResult
@@ -157,6 +159,8 @@ class ControlPlane:
                 "/debug/syncz": self.debug_syncz,
                 "/debug/pushes": self.debug_pushes,
                 "/debug/config": self.debug_config,
+                "/debug/proxies": self.debug_proxies,
+                "/debug/describe": self.debug_describe,
                 "/debug/world": self.debug_world,
                 "/debug/ca": self.debug_ca,
                 "/version": self.version,
@@ -355,6 +359,23 @@ class ControlPlane:
 
     def version(self, _q: dict[str, list[str]]) -> Reply:
         return json_reply({"version": client_version(), "http_address": self.args.http_address})
+
+    def debug_proxies(self, _q: dict[str, list[str]]) -> Reply:
+        """Each connected proxy as translation sees it (node metadata, verified identity): `meshpilot diff`
+        translates a new config for exactly these."""
+        return json_reply(sorted((proxy_as_dict(p) for p in self.cache.proxies()), key=lambda d: str(d["id"])))
+
+    def debug_describe(self, q: dict[str, list[str]]) -> Reply:
+        """`meshpilot describe`: ``?kind=pod|service&name=&namespace=``, from this world and its registry."""
+        def arg(name: str, default: str = "") -> str:
+            return (q.get(name) or [default])[0]
+
+        try:
+            found = describe(self.pipeline, arg("kind"), arg("name"), arg("namespace", "default"),
+                             self.xds.syncz(), self.cache.proxies())
+        except DescribeError as e:
+            return json_reply({"error": str(e)}, 404)
+        return json_reply(found)
 
     def debug_config(self, q: dict[str, list[str]]) -> Reply:
         """What a connected proxy should have (``?proxy=<node id>``): per type, names and versions,

@@ -363,9 +363,11 @@ class DemoMesh:
             status, body, _ = http_request("127.0.0.1", self.http_port, "/", timeout=1)
             pages = [line.strip() for line in body.decode().splitlines() if line.startswith("/")]
             if status == 200 and pages:
-                # /debug/config answers only for one proxy: link the client's.
+                # /debug/config and /debug/describe answer for one proxy or pod: link the client's.
                 client = quote(node_id("sidecar", self.client.ip, self.client.name, self.client.namespace), safe="")
-                return [f"{p}?proxy={client}" if p == "/debug/config" else p for p in pages]
+                query = {"/debug/config": f"?proxy={client}",
+                         "/debug/describe": f"?kind=pod&name={quote(self.client.name)}&namespace={self.client.namespace}"}
+                return [p + query.get(p, "") for p in pages]
         except (OSError, UnicodeDecodeError):
             pass
         return ["/healthz", "/debug/syncz"]

@@ -1,0 +1,119 @@
+"""translators/checks.py: subsets that select no endpoint, VirtualServices bound to no Gateway,
+and that a following World rechecks only what its changes reach."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from translators.checks import Checks, gateway_key
+from translators.model import ObjectMeta, Resource, ResourceKey, parse_resource
+from translators.model.world import World
+from translators.translate import Translator
+
+BASE = """
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v1, namespace: default, labels: {app: reviews, version: v1}}
+status: {phase: Running, podIP: 10.0.0.1}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v3, labels: {version: v3}}
+  - {name: all}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge, namespace: default}
+spec:
+  hosts: [shop.example.com]
+  gateways: [edge-gateway]
+  http: [{route: [{destination: {host: reviews}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: both, namespace: default}
+spec:
+  hosts: [reviews]
+  gateways: [edge-gateway, mesh]
+  http: [{route: [{destination: {host: reviews}}]}]
+"""
+
+
+def _resources(text: str) -> dict[ResourceKey, Resource]:
+    return {r.key: r for r in (parse_resource(doc, "test.yaml") for doc in yaml.safe_load_all(text))}
+
+
+def _gateway(namespace: str, name: str) -> Resource:
+    """A Gateway as the World holds it (the kind's model may not exist yet: the check keys on the name)."""
+    return Resource(apiVersion="networking.istio.io/v1", kind="Gateway",
+                    metadata=ObjectMeta(name=name, namespace=namespace), source="gw.yaml")
+
+
+class Run:
+    def __init__(self) -> None:
+        self.translator, self.checks, self.world = Translator(), Checks(), World()
+
+    def apply(self, resources: dict[ResourceKey, Resource]) -> list[dict[str, Any]]:
+        self.world = self.world.evolve(resources)
+        self.translator.update(self.world)
+        found = self.checks.run(self.world, self.translator._registry.services)
+        return [{"resource": e.resource, "field": e.field, "message": e.message, "severity": e.severity} for e in found]
+
+
+def test_subset_without_endpoints_and_vs_bound_to_no_gateway() -> None:
+    run = Run()
+    found = run.apply(_resources(BASE))
+    assert [(e["resource"], e["field"]) for e in found] == [
+        ("DestinationRule default/reviews", "spec.subsets[1].labels"),
+        ("VirtualService default/edge", "spec.gateways"),
+    ]
+    assert {e["severity"] for e in found} == {"warning"}
+    assert found[0]["message"].startswith("subset v3 selects no endpoint of reviews.default.svc.cluster.local (version=v3)")
+    assert found[1]["message"].startswith("no Gateway edge-gateway exists: this VirtualService is bound to nothing")
+
+
+def test_a_following_world_rechecks_what_changed() -> None:
+    run = Run()
+    resources = _resources(BASE)
+    first = run.checks.run(run.world, {})  # empty world
+    assert first == ()
+    run.apply(resources)
+    before = run.checks._rules[ResourceKey("DestinationRule", "default", "reviews")][2]
+
+    # A pod with version v3 appears: the service changes, the rule is rechecked, the warning goes.
+    pod = dict(yaml.safe_load(BASE.split("---")[1]))
+    pod["metadata"] = {**pod["metadata"], "name": "reviews-v3", "labels": {"app": "reviews", "version": "v3"}}
+    pod["status"] = {"phase": "Running", "podIP": "10.0.0.3"}
+    v3 = parse_resource(pod, "pods.yaml")
+    found = run.apply({**resources, v3.key: v3})
+    assert [e["resource"] for e in found] == ["VirtualService default/edge"]
+
+    # The Gateway it names appears (in its namespace): the VirtualService is bound.
+    gw = _gateway("default", "edge-gateway")
+    assert run.apply({**resources, v3.key: v3, gw.key: gw}) == []
+    # An unrelated change keeps the rule's result object (not rechecked).
+    kept = run.checks._rules[ResourceKey("DestinationRule", "default", "reviews")][2]
+    other = _gateway("other", "x")
+    run.apply({**resources, v3.key: v3, gw.key: gw, other.key: other})
+    assert run.checks._rules[ResourceKey("DestinationRule", "default", "reviews")][2] is kept
+    assert kept is not before
+
+
+def test_gateway_references() -> None:
+    assert gateway_key("edge", "shop") == ResourceKey("Gateway", "shop", "edge")
+    assert gateway_key("istio-system/edge", "shop") == ResourceKey("Gateway", "istio-system", "edge")
+    assert gateway_key("edge.istio-system.svc.cluster.local", "shop") == ResourceKey("Gateway", "istio-system", "edge")

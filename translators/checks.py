@@ -1,0 +1,109 @@
+"""Warnings for config that parses and translates but cannot work (istioctl analyze's kind):
+
+* a DestinationRule subset that selects no endpoint of its service (a route to it answers 503);
+* a VirtualService whose ``gateways`` name only Gateways that do not exist (it binds to nothing).
+
+Run after translation, on the World and the translator's service registry; each rule's
+result is memoized on the identity of what it reads, so a push costs what changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from translators.errors import ConfigError
+from translators.model import DestinationRule, Resource, ResourceKey, VirtualService
+from translators.model.names import resolve_host
+from translators.model.registry import MeshService
+from translators.model.world import World
+
+#: The kind a VirtualService's ``gateways`` names (keyed by name: it may be absent from the model).
+GATEWAY_KIND = "Gateway"
+MESH_GATEWAY = "mesh"
+
+
+def _warning(res: Resource, field: str, message: str) -> ConfigError:
+    return ConfigError(res.source, str(res.key), field, message, "warning")
+
+
+def subset_problems(dr: DestinationRule, svc: MeshService | None) -> list[ConfigError]:
+    """Subsets of ``dr`` whose labels no endpoint of ``svc`` carries (none when the host is unknown:
+    the translator already says no service uses the rule)."""
+    if svc is None:
+        return []
+    labels = {e.labels for port in svc.endpoints for e in port}
+    out = []
+    for i, subset in enumerate(dr.spec.subsets):
+        wanted = subset.labels.items()
+        if any(wanted <= dict(have).items() for have in labels):
+            continue
+        selector = ",".join(f"{k}={v}" for k, v in sorted(subset.labels.items())) or "(no labels)"
+        out.append(_warning(dr, f"spec.subsets[{i}].labels",
+                            f"subset {subset.name} selects no endpoint of {svc.host} ({selector}): "
+                            "requests routed to it fail with 503 (no healthy upstream)"))
+    return out
+
+
+def gateway_key(ref: str, namespace: str) -> ResourceKey:
+    """Istio's forms: ``ns/name``, ``name`` (the VirtualService's namespace), ``name.ns.svc.<domain>``."""
+    if "/" in ref:
+        ns, name = ref.split("/", 1)
+        return ResourceKey(GATEWAY_KIND, ns, name)
+    parts = ref.split(".")
+    if len(parts) > 1:
+        return ResourceKey(GATEWAY_KIND, parts[1], parts[0])
+    return ResourceKey(GATEWAY_KIND, namespace, ref)
+
+
+def gateway_problems(vs: VirtualService, resources: Mapping[ResourceKey, Resource]) -> list[ConfigError]:
+    refs = vs.spec.gateways
+    if not refs or MESH_GATEWAY in refs:
+        return []
+    if any(gateway_key(g, vs.metadata.namespace) in resources for g in refs):
+        return []
+    return [_warning(vs, "spec.gateways",
+                     f"no Gateway {', '.join(refs)} exists: this VirtualService is bound to nothing "
+                     "(add the Gateway, or \"mesh\" for sidecars)")]
+
+
+class Checks:
+    """The warnings above for one World at a time. A World that follows the last one rechecks
+    only what its changes reach: the changed rules and VirtualServices, rules whose service
+    changed (compared by identity), and every VirtualService naming gateways when a Gateway
+    came or went."""
+
+    def __init__(self) -> None:
+        self._world: World | None = None
+        self._found: tuple[ConfigError, ...] = ()
+        self._rules: dict[ResourceKey, tuple[DestinationRule, MeshService | None, list[ConfigError]]] = {}
+        self._bound: dict[ResourceKey, tuple[VirtualService, list[ConfigError]]] = {}
+
+    def run(self, world: World, services: Mapping[str, MeshService]) -> tuple[ConfigError, ...]:
+        if world is self._world:
+            return self._found
+        prev = self._world
+        incremental = prev is not None and world.version == prev.version + 1
+        changed = world.changed if incremental else frozenset(world.resources) | frozenset(
+            prev.resources if prev is not None else ())
+        for key in changed:
+            if key.kind == DestinationRule.KIND:
+                self._rules.pop(key, None)
+                dr = world.resources.get(key)
+                if isinstance(dr, DestinationRule) and dr.spec.subsets:
+                    self._rules[key] = (dr, None, [])  # checked below against its service
+            elif key.kind == VirtualService.KIND:
+                self._bound.pop(key, None)
+                vs = world.resources.get(key)
+                if isinstance(vs, VirtualService) and vs.spec.gateways:
+                    self._bound[key] = (vs, gateway_problems(vs, world.resources))
+        for key, (dr, svc, _) in list(self._rules.items()):
+            now = services.get(resolve_host(dr.spec.host, dr.metadata.namespace))
+            if now is not svc or key in changed:
+                self._rules[key] = (dr, now, subset_problems(dr, now))
+        if any(k.kind == GATEWAY_KIND for k in changed):
+            self._bound = {k: (vs, gateway_problems(vs, world.resources)) for k, (vs, _) in self._bound.items()}
+        self._world = world
+        found = [e for _, _, errs in self._rules.values() for e in errs]
+        found += [e for _, errs in self._bound.values() for e in errs]
+        self._found = tuple(sorted(found, key=lambda e: (e.file, e.resource, e.field)))
+        return self._found
