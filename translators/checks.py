@@ -1,7 +1,8 @@
 """Warnings for config that parses and translates but cannot work (istioctl analyze's kind):
 
 * a DestinationRule subset that selects no endpoint of its service (a route to it answers 503);
-* a VirtualService whose ``gateways`` name only Gateways that do not exist (it binds to nothing).
+* (describe only) a VirtualService whose ``gateways`` name only Gateways that do not exist;
+  the translator's gateway stage already warns about each missing Gateway at its field.
 
 Run after translation, on the World and the translator's service registry; each rule's
 result is memoized on the identity of what it reads, so a push costs what changed.
@@ -67,16 +68,14 @@ def gateway_problems(vs: VirtualService, resources: Mapping[ResourceKey, Resourc
 
 
 class Checks:
-    """The warnings above for one World at a time. A World that follows the last one rechecks
-    only what its changes reach: the changed rules and VirtualServices, rules whose service
-    changed (compared by identity), and every VirtualService naming gateways when a Gateway
-    came or went."""
+    """The subset warnings for one World at a time. A World that follows the last one rechecks
+    only what its changes reach: the changed rules and rules whose service changed (compared
+    by identity)."""
 
     def __init__(self) -> None:
         self._world: World | None = None
         self._found: tuple[ConfigError, ...] = ()
         self._rules: dict[ResourceKey, tuple[DestinationRule, MeshService | None, list[ConfigError]]] = {}
-        self._bound: dict[ResourceKey, tuple[VirtualService, list[ConfigError]]] = {}
 
     def run(self, world: World, services: Mapping[str, MeshService]) -> tuple[ConfigError, ...]:
         if world is self._world:
@@ -91,19 +90,11 @@ class Checks:
                 dr = world.resources.get(key)
                 if isinstance(dr, DestinationRule) and dr.spec.subsets:
                     self._rules[key] = (dr, None, [])  # checked below against its service
-            elif key.kind == VirtualService.KIND:
-                self._bound.pop(key, None)
-                vs = world.resources.get(key)
-                if isinstance(vs, VirtualService) and vs.spec.gateways:
-                    self._bound[key] = (vs, gateway_problems(vs, world.resources))
         for key, (dr, svc, _) in list(self._rules.items()):
             now = services.get(resolve_host(dr.spec.host, dr.metadata.namespace))
             if now is not svc or key in changed:
                 self._rules[key] = (dr, now, subset_problems(dr, now))
-        if any(k.kind == GATEWAY_KIND for k in changed):
-            self._bound = {k: (vs, gateway_problems(vs, world.resources)) for k, (vs, _) in self._bound.items()}
         self._world = world
         found = [e for _, _, errs in self._rules.values() for e in errs]
-        found += [e for _, errs in self._bound.values() for e in errs]
         self._found = tuple(sorted(found, key=lambda e: (e.file, e.resource, e.field)))
         return self._found

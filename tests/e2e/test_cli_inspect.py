@@ -199,12 +199,12 @@ def test_warnings_for_config_that_cannot_work(config_dir: ConfigDir, start_meshp
     problems = {(e["resource"], e["field"]): e["message"] for es in report["files"].values() for e in es}
     assert "subset v3 selects no endpoint of reviews.default.svc.cluster.local (version=v3)" in problems[
         ("DestinationRule default/reviews", "spec.subsets[2].labels")]
-    assert problems[("VirtualService default/edge", "spec.gateways")].startswith(
-        "no Gateway edge-gateway, istio-system/other exists: this VirtualService is bound to nothing")
+    assert problems[("VirtualService default/edge", "spec.gateways[0]")] == "gateway default/edge-gateway does not exist"
+    assert problems[("VirtualService default/edge", "spec.gateways[1]")] == "gateway istio-system/other does not exist"
     server = start_meshpilot(config_dir)
     served = {(e["resource"], e["field"]) for e in server.get("/debug/errors")[1]}
     assert {("DestinationRule default/reviews", "spec.subsets[2].labels"),
-            ("VirtualService default/edge", "spec.gateways")} <= served
+            ("VirtualService default/edge", "spec.gateways[0]")} <= served
 
 
 def test_new_verbs_help_shows_defaults() -> None:
