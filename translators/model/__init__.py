@@ -64,13 +64,14 @@ from translators.model.networking import (
     WorkloadSelector,
 )
 from translators.model.security import AuthorizationPolicy, PeerAuthentication, RequestAuthentication
+from translators.model.sidecar import Sidecar
 from translators.model.types import Duration, Percent
 
 #: kind -> model class, for the loaders.
 KINDS: dict[str, type[Resource]] = {
     cls.KIND: cls
     for cls in (Service, EndpointSlice, Pod, ServiceEntry, WorkloadEntry, VirtualService, DestinationRule,
-                AuthorizationPolicy, RequestAuthentication, MeshConfig, PeerAuthentication)
+                AuthorizationPolicy, RequestAuthentication, MeshConfig, PeerAuthentication, Sidecar)
 }
 
 
@@ -94,5 +95,5 @@ __all__ = [
     "ServicePort", "ServiceSpec", "SliceEndpoint", "SlicePort", "StringMatch", "Subset", "TrafficPolicy",
     "VirtualService", "VirtualServiceSpec", "WorkloadEntry", "WorkloadEntrySpec", "WorkloadSelector",
     "parse_resource",
-    "AuthorizationPolicy", "MeshConfig", "PeerAuthentication", "RequestAuthentication",
+    "AuthorizationPolicy", "MeshConfig", "PeerAuthentication", "RequestAuthentication", "Sidecar",
 ]
