@@ -143,6 +143,7 @@ class Translator:
         self._sidecars = scope.SidecarIndex((), root_namespace)
         self._mesh_mode: scope.Mode = "ALLOW_ANY"
         self._scopes: dict[object, tuple[tuple, scope.Scope]] = {}
+        self._shapes_epoch = 0  # bumped when service shapes change: endpoints alone never change a scope
         self._scoped_ports: dict[object, tuple[tuple, dict[int, listeners.OutboundPort]]] = {}
         self._filter = scope.LayerFilter()
         self._port_table: dict[int, listeners.OutboundPort] = {}
@@ -184,6 +185,8 @@ class Translator:
             self._ns_epoch[ns] = self._ns_epoch.get(ns, 0) + 1
         services = self._registry.rebuild(self._index, registry_ns)
         shapes = services and self._registry.shapes_changed  # else only endpoints moved
+        if shapes:
+            self._shapes_epoch += 1
         rule_hosts: set[str] = set()
         if DestinationRule.KIND in kinds:
             rule_hosts = self._rebuild_policies({k for k in changed if k.kind == DestinationRule.KIND})
@@ -209,7 +212,9 @@ class Translator:
         }
         if len(self._scopes) > 2 * len(self._proxies) + 8:  # scopes of Sidecars no proxy asks for any more
             self._scopes = {k: v for k, v in self._scopes.items() if v[0][2] > self._generation - PROXY_MEMO_UPDATES}
-            self._filter.forget(set(self._scopes) | {s.key for s in scope.UNSCOPED.values()})
+            self._filter.forget(set(self._scopes))
+            self._scoped_ports = {k: v for k, v in self._scoped_ports.items() if k in self._scopes}
+            self._ns_routes = {k: v for k, v in self._ns_routes.items() if k[2] is None or k[2] in self._scopes}
 
     @property
     def errors(self) -> tuple[ConfigError, ...]:
@@ -740,9 +745,9 @@ class Translator:
         key = scope.scope_key(sidecar.key, namespace)
         services = self._registry.services
         hit = self._scopes.get(key)
-        inputs = (sidecar, services, self._generation, self._host_parts, mode)
-        if hit is not None and hit[0][0] is sidecar and hit[0][1] is services and hit[0][3] is self._host_parts \
-                and hit[0][4] == mode:
+        inputs = (sidecar, self._shapes_epoch, self._generation, self._host_parts, mode)
+        if hit is not None and hit[0][0] is sidecar and hit[0][1] == self._shapes_epoch \
+                and hit[0][3] is self._host_parts and hit[0][4] == mode:
             if hit[0][2] != self._generation:
                 self._scopes[key] = (inputs, hit[1])
             return hit[1]
