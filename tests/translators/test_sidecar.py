@@ -215,3 +215,42 @@ def test_mesh_registry_only_and_sidecar_ingress() -> None:
     (cluster,) = [c for layer in out[api.CLUSTER] for n, c in layer.resources.items() if n == "inbound|9090||"]
     address = cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address  # type: ignore[attr-defined]
     assert (address.address, address.port_value) == ("127.0.0.1", 7070)
+
+
+def test_virtual_service_change_outside_the_scope_keeps_the_route_layer() -> None:
+    def vs(host: str, prefix: str) -> Resource:
+        ns = host.split(".")[1]
+        return parse_resource({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                               "metadata": {"name": host.split(".")[0], "namespace": ns},
+                               "spec": {"hosts": [host], "http": [{"match": [{"uri": {"prefix": prefix}}],
+                                                                    "route": [{"destination": {"host": host}}]}]}})
+    sc = sidecar({"egress": [{"hosts": ["./*"]}]}, "default")
+    t = Translator()
+    world = world_of(_mesh(sc, vs("s0.b.svc.cluster.local", "/one")))
+    t.update(world)
+    before = t.for_proxy(PROXY)
+    world = _evolve(world, vs("s0.b.svc.cluster.local", "/two"))  # b is not imported
+    t.update(world)
+    assert t.for_proxy(PROXY)[api.ROUTE][0] is before[api.ROUTE][0]
+    t.update(_evolve(world, vs("s0.a.svc.cluster.local", "/three")))  # a is
+    after = t.for_proxy(PROXY)
+    assert after[api.ROUTE][0] is not before[api.ROUTE][0]
+    assert after[api.CLUSTER][0] is before[api.CLUSTER][0]
+
+
+def test_removing_the_sidecar_gives_back_the_shared_layers_and_export_to_limits_imports() -> None:
+    private = service("hidden", "b")
+    private = private.model_copy(update={"metadata": private.metadata.model_copy(
+        update={"annotations": {"networking.istio.io/exportTo": "."}})})
+    sc = sidecar({"egress": [{"hosts": ["*/*", "~c/*"]}]}, "default")
+    t = Translator()
+    world = world_of(_mesh(sc, private))
+    t.update(world)
+    scoped = t.for_proxy(PROXY)
+    hosts = {n.split("|")[3] for n in _names(scoped, api.CLUSTER) if n.startswith("outbound|")}
+    assert hosts == {f"s{i}.{ns}.svc.cluster.local" for i in range(3) for ns in ("a", "b")}  # not c, not hidden
+    assert all(isinstance(layer.key, tuple) and layer.key[0] == "scoped" for layer in scoped[api.CLUSTER])
+    t.update(_evolve(world, removed=(sc.key,)))
+    shared = t.for_proxy(PROXY)
+    assert not any(layer.key[0] == "scoped" for layer in shared[api.CLUSTER])  # type: ignore[index]
+    assert shared[api.ROUTE][0].key == ("routes", "a")
