@@ -20,7 +20,7 @@ the cache pushes it nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from google.protobuf.message import Message
@@ -35,14 +35,24 @@ from translators.model.sidecar import Sidecar, parse_egress_host
 Mode = str  # "ALLOW_ANY" | "REGISTRY_ONLY"
 
 
+Ports = Mapping[str, frozenset[int]]
+_NO_PORTS: Ports = MappingProxyType({})
+
+
 @dataclass(frozen=True, eq=False)
 class Scope:
-    """What a proxy sees: ``hosts`` None means every service (no Sidecar)."""
+    """What a proxy sees: ``hosts`` None means every service (no Sidecar); ``ports`` the
+    hosts imported on some ports only (by egress listeners with a ``port``)."""
 
     key: Hashable  # stable per (Sidecar, namespace): names the filtered layers
     hosts: frozenset[str] | None
     mode: Mode
-    sidecar: Sidecar | None = None
+    ports: Ports = field(default_factory=lambda: _NO_PORTS)
+
+    def has(self, host: str, port: int) -> bool:
+        """Whether ``host`` is imported on ``port`` (for a scope with hosts)."""
+        limited = self.ports.get(host)
+        return limited is None or port in limited
 
 
 #: Proxies without a Sidecar, per mesh outboundTrafficPolicy mode.
@@ -94,12 +104,17 @@ Visible = Callable[[ServiceShape, str], bool]
 
 def imported_hosts(sidecar: Sidecar, namespace: str, services: Mapping[str, MeshService],
                    by_namespace: Mapping[str, list[MeshService]], destinations: Callable[[str], Iterable[str]],
-                   visible: Visible | None = None) -> frozenset[str]:
+                   visible: Visible | None = None) -> tuple[frozenset[str], Ports]:
     """The service hosts ``sidecar`` imports for a proxy in ``namespace``: those its egress
     hosts name (their namespace is the service's), visible to ``namespace``, and the hosts
-    the VirtualServices of those route to (``destinations``)."""
+    the VirtualServices of those route to (``destinations``); and the hosts imported only
+    on the ports of egress listeners that have one (a service without that port is not
+    imported by such a listener, as istiod's serviceMatchingListenerPort)."""
     found: set[str] = set()
+    limited: dict[str, set[int]] = {}
+    everywhere: set[str] = set()  # by a listener without port: on all ports
     for listener in sidecar.spec.egress:
+        port = listener.port.number if listener.port is not None and listener.port.number else None
         wanted: dict[str, list[str]] = {}
         excluded: dict[str, list[str]] = {}
         for entry in listener.hosts:
@@ -118,11 +133,22 @@ def imported_hosts(sidecar: Sidecar, namespace: str, services: Mapping[str, Mesh
                 continue
             if not any(host_matches(p, shape.host) for ns in (shape.namespace, "*") for p in wanted.get(ns, ())):
                 continue
-            if visible is None or visible(shape, namespace):
-                found.add(shape.host)
+            if visible is not None and not visible(shape, namespace):
+                continue
+            if port is None:
+                everywhere.add(shape.host)
+            elif any(p.number == port for p in shape.ports):
+                limited.setdefault(shape.host, set()).add(port)
+            else:
+                continue
+            found.add(shape.host)
     for host in list(found):
-        found.update(h for h in destinations(host) if h in services)
-    return frozenset(found)
+        for h in destinations(host):
+            if h in services and h not in found:
+                found.add(h)
+                everywhere.add(h)  # a route destination: on its ports
+    ports = MappingProxyType({h: frozenset(p) for h, p in sorted(limited.items()) if h not in everywhere})
+    return frozenset(found), ports
 
 
 def mode_of(sidecar: Sidecar | None, mesh_mode: Mode) -> Mode:
@@ -132,6 +158,11 @@ def mode_of(sidecar: Sidecar | None, mesh_mode: Mode) -> Mode:
 
 def scope_key(sidecar: ResourceKey, namespace: str) -> Hashable:
     return ("sidecar", sidecar.namespace, sidecar.name, namespace)
+
+
+def port_of(name: str) -> int:
+    """The port of ``outbound|<port>|<subset>|<host>``."""
+    return int(name.split("|", 2)[1])
 
 
 def host_of(name: str) -> str | None:
@@ -164,7 +195,8 @@ class LayerFilter:
         if hit is not None and hit[0] is layer and hit[1] is scope:
             return hit[2]
         index = self._index(layer)
-        parts = [part for host in sorted(scope.hosts) for part in index.by_host.get(host, ())]
+        parts = [part for host in sorted(scope.hosts) for part in index.by_host.get(host, ())
+                 if host not in scope.ports or scope.has(host, port_of(part[0]))]
         parts += index.others
         previous = hit[2].resources if hit is not None else None
         if previous is not None and len(previous) == len(parts) and all(previous.get(n) is m for n, m in parts):

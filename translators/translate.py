@@ -30,7 +30,7 @@ proto in it) is replaced only when one of its parts is, so the cache can share b
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from envoy.config.endpoint.v3 import endpoint_pb2
@@ -710,7 +710,8 @@ class Translator:
         for host in sorted(seen.hosts or ()):
             entry = self._host_parts.get(host)
             for part in entry[1] if entry is not None else ():
-                table.setdefault(part.port.number, []).append(part)
+                if seen.has(host, part.port.number):
+                    table.setdefault(part.port.number, []).append(part)
         return {n: tuple(table[n]) for n in sorted(table)}
 
     # ------------------------------------------------------------ Sidecar scopes
@@ -720,16 +721,14 @@ class Translator:
         self._sidecars = scope.SidecarIndex(found, self._root_namespace)
         errors = list(self._sidecars.errors)
         for sc in found:
-            if sc.spec.workloadSelector is not None and sc.metadata.namespace == self._root_namespace:
-                continue
-            for i, listener in enumerate(sc.spec.egress):
-                if listener.port is not None:
-                    errors.append(ConfigError(sc.source, str(sc.key), f"spec.egress[{i}].port", "not supported: the "
-                                              "hosts of every egress listener are imported on all their ports", "warning"))
             policy = sc.spec.outboundTrafficPolicy
             if policy is not None and policy.egressProxy is not None:
                 errors.append(ConfigError(sc.source, str(sc.key), "spec.outboundTrafficPolicy.egressProxy",
                                           "not supported: ALLOW_ANY passes traffic to its destination", "warning"))
+            for i, listener in enumerate(sc.spec.egress):
+                if listener.bind or listener.captureMode == "IPTABLES":
+                    errors.append(ConfigError(sc.source, str(sc.key), f"spec.egress[{i}]", "bind and captureMode are "
+                                              "not supported: outbound listeners bind the proxy's IP", "warning"))
         self._stage_errors["sidecars"] = errors
         meshes = [m for m in self._index.all(MeshConfig.KIND)
                   if isinstance(m, MeshConfig) and m.metadata.namespace == self._root_namespace]
@@ -756,9 +755,13 @@ class Translator:
             entry = self._host_parts.get(host)
             return entry[2] if entry is not None else frozenset()
 
-        hosts = scope.imported_hosts(sidecar, namespace, services, self._registry.by_namespace, destinations, visible_to)
+        hosts, ports = scope.imported_hosts(sidecar, namespace, services, self._registry.by_namespace, destinations,
+                                            visible_to)
         old = hit[1] if hit is not None else None
-        found = old if old is not None and old.hosts == hosts and old.mode == mode else scope.Scope(key, hosts, mode)
+        if old is not None and old.hosts == hosts and old.mode == mode and old.ports == ports:
+            found = old
+        else:
+            found = scope.Scope(key, hosts, mode, ports)
         self._scopes[key] = (inputs, found)
         return found
 
@@ -770,7 +773,7 @@ class Translator:
         if hit is not None and hit[0][0] is seen and hit[0][1] is self._port_table:
             return hit[1]
         services = self._registry.services
-        table, _ = listeners.outbound_ports(services[h] for h in sorted(seen.hosts) if h in services)
+        table, _ = listeners.outbound_ports(_on_ports(services[h], seen) for h in sorted(seen.hosts) if h in services)
         old = hit[1] if hit is not None else {}
         table = {n: old[n] if n in old and old[n] == p else p for n, p in table.items()}
         if table.keys() == old.keys() and all(table[n] is old[n] for n in table):
@@ -901,6 +904,15 @@ class Translator:
             inbound_clusters=_layer(("clusters-inbound", proxy.key), inbound_clusters),
             errors=tuple(errors),
         )
+
+
+def _on_ports(svc: MeshService, seen: scope.Scope) -> MeshService:
+    """``svc`` with the ports ``seen`` imports it on."""
+    if svc.host not in seen.ports:
+        return svc
+    kept = [i for i, p in enumerate(svc.shape.ports) if seen.has(svc.host, p.number)]
+    shape = replace(svc.shape, ports=tuple(svc.shape.ports[i] for i in kept))
+    return MeshService(shape, tuple(svc.endpoints[i] for i in kept), svc.resource)
 
 
 def _sidecar_ingress(sidecar: Sidecar) -> list[listeners.InboundPort]:

@@ -254,3 +254,22 @@ def test_removing_the_sidecar_gives_back_the_shared_layers_and_export_to_limits_
     shared = t.for_proxy(PROXY)
     assert not any(layer.key[0] == "scoped" for layer in shared[api.CLUSTER])  # type: ignore[index]
     assert shared[api.ROUTE][0].key == ("routes", "a")
+
+
+def test_an_egress_listener_with_a_port_imports_its_hosts_on_that_port_only() -> None:
+    two_ports = parse_resource({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "multi", "namespace": "b"},
+                                "spec": {"selector": {"app": "multi"}, "ports": [{"name": "http", "port": 7000},
+                                                                                  {"name": "http-admin", "port": 7001}]}})
+    sc = sidecar({"egress": [{"port": {"number": 7001, "protocol": "HTTP", "name": "http-admin"},
+                              "hosts": ["b/*"]},  # s0..s2 of b have no port 7001: not imported
+                             {"hosts": ["./*"]}]}, "default")
+    t = Translator()
+    t.update(world_of(_mesh(sc, two_ports, pod("multi-0", "b", "10.98.5.5", {"app": "multi"}))))
+    out = t.for_proxy(PROXY)
+    b_clusters = {n for n in _names(out, api.CLUSTER) if n.endswith(".b.svc.cluster.local")}
+    assert b_clusters == {"outbound|7001||multi.b.svc.cluster.local"}
+    assert {n for n in _names(out, api.ENDPOINT) if n.endswith(".b.svc.cluster.local")} == b_clusters
+    assert "10.97.9.9_7001" in _names(out, api.LISTENER) and "10.97.9.9_7000" not in _names(out, api.LISTENER)
+    assert [vh.name for vh in out[api.ROUTE][0].resources["7001"].virtual_hosts] == [  # type: ignore[attr-defined]
+        "multi.b.svc.cluster.local:7001", "allow_any"]
+    assert "7000" not in out[api.ROUTE][0].resources
