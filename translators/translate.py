@@ -56,7 +56,7 @@ from translators.model.mesh import MeshConfig
 from translators.model.names import BLACKHOLE, PASSTHROUGH, host_matches, is_http, port_protocol, resolve_host
 from translators.model.registry import KINDS as REGISTRY_KINDS
 from translators.model.registry import MeshService, Registry, ServiceShape, visible_to
-from translators.model.sidecar import ingress_endpoint
+from translators.model.sidecar import ingress_port
 from translators.model.world import Proxy, World
 from translators.policies import (
     ROOT_NAMESPACE,
@@ -864,10 +864,10 @@ class Translator:
 
     def _build_proxy_state(self, proxy, old, inputs, workload, selecting, policies=(), peer=None) -> _ProxyState:  # type: ignore[no-untyped-def]
         port_table, sidecar = inputs[0], inputs[-1]
-        app: dict[int, tuple[str, int]] = {}  # inbound port -> where its app listens, when not address:port
+        app: dict[int, int] = {}  # inbound port -> the app's port, when another (Sidecar ingress defaultEndpoint)
         if sidecar is not None and sidecar.spec.ingress:  # its ingress listeners replace the services' ports
             inbound, app = _sidecar_ingress(sidecar), {
-                i.port.number: ingress_endpoint(i) for i in sidecar.spec.ingress if i.port is not None}
+                i.port.number: ingress_port(i) for i in sidecar.spec.ingress if i.port is not None}
             errors: list[ConfigError] = []
         else:
             inbound, errors = listeners.inbound_ports(selecting, workload)
@@ -891,8 +891,7 @@ class Translator:
         address = listeners.app_address(workload)
         inbound_clusters = []
         for p in inbound:
-            where, app_port = app.get(p.target, (address, p.target))
-            c = clusters.inbound(p.target, where, p.protocol, app_port)
+            c = clusters.inbound(p.target, address, p.protocol, app.get(p.target))
             inbound_clusters.append((c.name, c))
         inbound_clusters += [(c.name, c) for c in policy.clusters]
         return _ProxyState(

@@ -167,3 +167,31 @@ def _settled(envoy: EnvoyProcess) -> bool:
     first = updates(envoy)
     time.sleep(1.0)
     return updates(envoy) == first
+
+
+def test_sidecar_ingress_listener_replaces_the_service_port(
+    config_dir: ConfigDir,
+    start_meshpilot: Callable[..., MeshpilotServer],
+    start_envoy: Callable[..., EnvoyProcess],
+    start_upstream: Callable[..., UpstreamServer],
+    loopback: LoopbackAllocator,
+) -> None:
+    """The Sidecar's ingress port 9090 forwards to its defaultEndpoint 127.0.0.1:7070, the
+    workload's loopback: where the app listens (the pod's app-address annotation)."""
+    pod_ip, app_ip = loopback.allocate(), loopback.allocate()
+    app = start_upstream(app_ip, 7070, service="web")
+    web = services("a", [pod_ip], ["web"])
+    web[1]["metadata"]["annotations"] = {"sidecar.meshpilot.io/app-address": app_ip}
+    config_dir.write("web.yaml", web)
+    config_dir.write("sidecar.yaml", {**sidecar("a", {
+        "workloadSelector": {"labels": {"app": "web"}},
+        "ingress": [{"port": {"number": 9090, "protocol": "HTTP", "name": "http"},
+                     "defaultEndpoint": "127.0.0.1:7070"}]}), "metadata": {"name": "web", "namespace": "a"}})
+    server = start_meshpilot(config_dir)
+    proxy = client(server, start_envoy, pod_ip, "a", "web")
+    eventually(lambda: f"inbound|{pod_ip}_9090" in proxy.listeners(), timeout=20)
+    assert f"inbound|{pod_ip}_{TARGET}" not in proxy.listeners()  # the service's port is replaced
+    status, body = request(pod_ip, 9090, "/", "web")
+    assert status == 200 and body["listener"] == f"{app_ip}:7070", body
+    assert app.requests == 1
+    assert server.get("/debug/errors")[1] == []

@@ -9,7 +9,6 @@ without labels) are found by ``warnings`` and reported by the translator.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -265,14 +264,11 @@ def _ingress_tls(p: Problems, at: Loc, tls: SidecarTLS, protocol: str) -> None:
         p.add(at, "server cannot have TLS settings for non HTTPS/TLS ports")
 
 
-def ingress_endpoint(listener: IstioIngressListener) -> tuple[str, int]:
-    """(address, port) an ingress listener forwards to: its defaultEndpoint, or the app on
-    the listener's own port; ``0.0.0.0``/``::`` mean the loopback the app listens on."""
+def ingress_port(listener: IstioIngressListener) -> int:
+    """The port an ingress listener forwards to: its defaultEndpoint's, else its own. The
+    host is the workload's loopback (validation allows nothing else), i.e. where its app
+    listens; a ``unix://`` endpoint is not served (the listener's own port is used)."""
     assert listener.port is not None
     if not listener.defaultEndpoint or listener.defaultEndpoint.startswith(UNIX_PREFIX):
-        return "127.0.0.1", listener.port.number
-    host, _, port = listener.defaultEndpoint.rpartition(":")
-    host = host.strip("[]")
-    if not host or ipaddress.ip_address(host).is_unspecified:
-        host = "127.0.0.1" if ":" not in host else "::1"
-    return host, int(port)
+        return listener.port.number
+    return int(listener.defaultEndpoint.rpartition(":")[2])
