@@ -773,7 +773,7 @@ class Translator:
         if hit is not None and hit[0][0] is seen and hit[0][1] is self._port_table:
             return hit[1]
         services = self._registry.services
-        table, _ = listeners.outbound_ports(_on_ports(services[h], seen) for h in sorted(seen.hosts) if h in services)
+        table, _ = self._outbound_ports(_on_ports(services[h], seen) for h in sorted(seen.hosts) if h in services)
         old = hit[1] if hit is not None else {}
         table = {n: old[n] if n in old and old[n] == p else p for n, p in table.items()}
         if table.keys() == old.keys() and all(table[n] is old[n] for n in table):
@@ -783,8 +783,13 @@ class Translator:
 
     # ------------------------------------------------------------ listeners
 
+    def _outbound_ports(self, services: Iterable[MeshService]) -> tuple[dict[int, listeners.OutboundPort],
+                                                                        list[ConfigError]]:
+        """The outbound port table of ``services``: of the registry, or of a Sidecar scope."""
+        return listeners.outbound_ports(services)
+
     def _rebuild_port_table(self) -> None:
-        table, errors = listeners.outbound_ports(self._registry.services.values())
+        table, errors = self._outbound_ports(self._registry.services.values())
         old = self._port_table
         table = {n: old[n] if n in old and old[n] == p else p for n, p in table.items()}
         if table.keys() != old.keys() or any(table[n] is not old[n] for n in table):
