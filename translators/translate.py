@@ -214,7 +214,8 @@ class Translator:
             self._scopes = {k: v for k, v in self._scopes.items() if v[0][2] > self._generation - PROXY_MEMO_UPDATES}
             self._filter.forget(set(self._scopes))
             self._scoped_ports = {k: v for k, v in self._scoped_ports.items() if k in self._scopes}
-            self._ns_routes = {k: v for k, v in self._ns_routes.items() if k[2] is None or k[2] in self._scopes}
+            live = set(self._scopes) | {s.key for s in scope.UNSCOPED.values()}
+            self._ns_routes = {k: v for k, v in self._ns_routes.items() if k[2] in live}
 
     @property
     def errors(self) -> tuple[ConfigError, ...]:
@@ -671,7 +672,7 @@ class Translator:
         if self._source_conditions:
             satisfied = frozenset(c for c in self._source_conditions if c.holds(labels, namespace))
         scoped = seen.hosts is not None
-        view = (namespace, satisfied, seen.key if scoped else None)
+        view = (namespace, satisfied, seen.key)
         state = self._ns_routes.get(view)
         if state is not None and state.epoch == self._routes_epoch and state.scope is seen:
             return state.layer
@@ -700,7 +701,9 @@ class Translator:
             layer = state.layer
         else:
             key: tuple = ("routes", namespace) if not satisfied else ("routes", namespace, satisfied)
-            layer = _layer((*key, seen.key) if scoped else key, ((str(n), rc) for n, (_, rc) in configs.items()))
+            if seen is not scope.UNSCOPED["ALLOW_ANY"]:  # a Sidecar's scope, or another catch-all
+                key = (*key, seen.key)
+            layer = _layer(key, ((str(n), rc) for n, (_, rc) in configs.items()))
         self._ns_routes[view] = _NamespaceRoutes(self._routes_epoch, seen, configs, layer)
         return layer
 

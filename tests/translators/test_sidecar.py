@@ -273,3 +273,20 @@ def test_an_egress_listener_with_a_port_imports_its_hosts_on_that_port_only() ->
     assert [vh.name for vh in out[api.ROUTE][0].resources["7001"].virtual_hosts] == [  # type: ignore[attr-defined]
         "multi.b.svc.cluster.local:7001", "allow_any"]
     assert "7000" not in out[api.ROUTE][0].resources
+
+
+def test_proxies_of_one_namespace_with_different_catch_alls_get_their_own_route_layers() -> None:
+    mesh = parse_resource({"apiVersion": "meshpilot.io/v1alpha1", "kind": "MeshConfig",
+                           "metadata": {"name": "mesh", "namespace": "istio-system"},
+                           "spec": {"outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}})
+    open_door = sidecar({"workloadSelector": {"labels": {"app": "client"}},
+                         "outboundTrafficPolicy": {"mode": "ALLOW_ANY"}}, "open")
+    t = Translator()
+    t.update(world_of(_mesh(mesh, open_door)))
+    other = Proxy(id="other", ip="10.97.9.10", namespace="a", labels={"app": "other"})
+    for _ in range(2):  # asked alternately, each keeps its own layer
+        mine, theirs = t.for_proxy(PROXY)[api.ROUTE][0], t.for_proxy(other)[api.ROUTE][0]
+        assert mine.key != theirs.key
+        assert mine.resources["8080"].virtual_hosts[-1].name == "allow_any"  # type: ignore[attr-defined]
+        assert theirs.resources["8080"].virtual_hosts[-1].name == "block_all"  # type: ignore[attr-defined]
+    assert t.for_proxy(PROXY)[api.ROUTE][0] is mine and t.for_proxy(other)[api.ROUTE][0] is theirs
