@@ -815,10 +815,12 @@ class Translator:
         workload = self._index.workload_at(ns, proxy.ip)
         labels = listeners.workload_labels(workload, proxy.labels)
         selecting = self._registry.selecting(ns, labels)
-        # The policies that select this workload, if it has an inbound side for them to act on.
-        policies = security.selected(self._index, self._root_namespace, ns, labels, selecting) if selecting else ()
+        # The policies that select this workload, if it has an inbound side for them to act on
+        # (services selecting it, or its Sidecar's ingress listeners).
+        serves = bool(selecting) or (sidecar is not None and bool(sidecar.spec.ingress))
+        policies = security.selected(self._index, self._root_namespace, ns, labels, selecting) if serves else ()
         context = (self._providers,) if security.needs_registry(policies) else ()
-        peer = self._peer_auth.for_workload(ns, labels) if selecting else None  # interned: compared by identity
+        peer = self._peer_auth.for_workload(ns, labels) if serves else None  # interned: compared by identity
         inputs = (port_table, workload, *(s.shape for s in selecting), *policies, *context, peer, sidecar)
         if state is not None and _same(state.inputs, inputs):
             state.epoch, state.port_table, state.inputs = epoch, port_table, inputs

@@ -290,3 +290,17 @@ def test_proxies_of_one_namespace_with_different_catch_alls_get_their_own_route_
         assert mine.resources["8080"].virtual_hosts[-1].name == "allow_any"  # type: ignore[attr-defined]
         assert theirs.resources["8080"].virtual_hosts[-1].name == "block_all"  # type: ignore[attr-defined]
     assert t.for_proxy(PROXY)[api.ROUTE][0] is mine and t.for_proxy(other)[api.ROUTE][0] is theirs
+
+
+def test_policies_apply_to_sidecar_ingress_listeners_of_a_workload_no_service_selects() -> None:
+    deny = parse_resource({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                           "metadata": {"name": "deny", "namespace": "a"},
+                           "spec": {"selector": {"matchLabels": {"app": "lonely"}}, "action": "DENY",
+                                    "rules": [{"to": [{"operation": {"paths": ["/admin"]}}]}]}})
+    sc = sidecar({"workloadSelector": {"labels": {"app": "lonely"}},
+                  "ingress": [{"port": {"number": 9090, "protocol": "HTTP", "name": "http"}}]}, "lonely")
+    t = Translator()
+    t.update(world_of(_mesh(sc, deny, pod("lonely-0", "a", "10.97.7.7", {"app": "lonely"}))))
+    out = t.for_proxy(Proxy(id="lonely", ip="10.97.7.7", namespace="a", labels={"app": "lonely"}))
+    (listener,) = [lst for layer in out[api.LISTENER] for n, lst in layer.resources.items() if n.startswith("inbound|")]
+    assert "envoy.filters.http.rbac" in str(listener)
