@@ -142,6 +142,24 @@ def service_file(i: int) -> str:
     )
 
 
+def sidecar_yaml(window: int, services: list[int]) -> str:
+    """A Sidecar for the proxies labelled ``scope: w<window>``, importing ``services``."""
+    hosts = "".join(f"\n        - {NAMESPACE}/{host(i)}" for i in services)
+    return f"""\
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata:
+  name: scope-{window}
+  namespace: {NAMESPACE}
+spec:
+  workloadSelector:
+    labels:
+      scope: w{window}
+  egress:
+    - hosts:{hosts}
+"""
+
+
 def parse(text: str, file: str) -> dict[ResourceKey, Resource]:
     """Parse through the real parser; any error or warning fails the benchmark loudly."""
     parsed = parse_text(text, file, NAMESPACE)

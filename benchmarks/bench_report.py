@@ -106,6 +106,18 @@ def table(r: dict[str, Any]) -> str:
             f"`Pipeline.apply` (evolve, translate, cache) p50 {ms(u['p50'])}, max {ms(u['max'])} "
             f"(n={u['n']}); proxy view changed: {inc['changed']}")
 
+    sc = r.get("scoped")
+    if sc:
+        t = sc["size"]
+        row(f"Sidecar scope: config per proxy, {sc['imported']} of {a['services']} services imported "
+            f"({sc['proxies']} proxies, {sc['windows']} Sidecars)",
+            f"{t['count']:,} resources, {size(t['bytes'])} (unscoped {size(s['bytes'])}; "
+            + ", ".join(f"{k.upper()} {size(v['bytes'])}" for k, v in t["types"].items()) + ")")
+        for kind, label in (("vs", "a VirtualService (svc-0)"), ("pod", "a Pod IP (svc-2)")):
+            ch = sc["changes"].get(kind)
+            if ch:
+                row(f"Sidecar scope: push fan-out of {label}",
+                    f"{ch['notified']} of {sc['proxies']} proxies; `Pipeline.apply` {ms(ch['apply_s'])}")
     row("RSS: control plane after imports", kib(r["rss"].get("baseline_kb")))
     row("RSS: control plane after cold load", kib(r["rss"].get("cold_kb")))
 

@@ -1,6 +1,6 @@
 """meshpilot benchmark: cold translation, config size, one-resource changes, push latency.
 
-    python benchmarks/run.py [--services 1000] [--clients 1000] [--changes 5] [--json]
+    python benchmarks/run.py [--services 1000] [--clients 1000] [--changes 5] [--scoped-proxies 1000] [--json]
 
 1. N services written as a user would (Service, 2 Pods, VirtualService, DestinationRule),
    parsed by ``xds_server.sources.parse.parse_text`` into a World.
@@ -12,7 +12,11 @@
    start_grpc on 127.0.0.1), K Envoy-like delta ADS clients run in a separate process
    (``bench_clients.py``); one VirtualService change is applied at a recorded
    ``time.monotonic()`` and every client reports when it received and ACKed it.
-6. A markdown table (and ``--json``).
+6. Sidecar scoping: K proxies whose Sidecars import 20 services each (one Sidecar per
+   window of 20 services, proxies spread over the windows): config bytes per proxy, and
+   push fan-out (how many of the K proxies a change reaches) for a VirtualService and a
+   Pod IP change; in-process, through ``Pipeline.apply`` with K watches, after the rest.
+7. A markdown table (and ``--json``).
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ from xds_server.xds.status import StreamStatus
 HERE = Path(__file__).resolve().parent
 SYNC_TIMEOUT = 240.0
 PUSH_TIMEOUT = 60.0
+#: Services each benchmark Sidecar imports.
+SCOPE_SIZE = 20
 #: A change kind whose reps take longer than this in total stops early (and says so).
 INCREMENTAL_BUDGET = 20.0
 
@@ -75,6 +81,31 @@ def probe_proxy(i: int = 10_000) -> Proxy:
     )
 
 
+def scoped_proxy(i: int, window: int) -> Proxy:
+    """A sidecar that the Sidecar ``scope-<window>`` selects."""
+    ip = client_ip(20_000 + i)
+    return Proxy(id=f"sidecar~{ip}~scoped-{i}.default~default.svc.cluster.local", ip=ip, namespace=mesh.NAMESPACE,
+                 labels={"app": "bench-client", "scope": f"w{window}"}, service_account="bench-client",
+                 pod_name=f"scoped-{i}")
+
+
+def view_size(view: ProxyView) -> dict[str, Any]:
+    types = {}
+    for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE):
+        resources = list(view.of(type_url).resources())
+        types[SHORT_NAMES[type_url]] = {
+            "count": len(resources),
+            "bytes": sum(len(r.data) for r in resources),
+            "wire_bytes": sum(len(r.delta_entry) for r in resources),
+        }
+    return {
+        "types": types,
+        "count": sum(t["count"] for t in types.values()),
+        "bytes": sum(t["bytes"] for t in types.values()),
+        "wire_bytes": sum(t["wire_bytes"] for t in types.values()),
+    }
+
+
 # ------------------------------------------------------------------ 1-3: load, cold, size
 
 
@@ -83,6 +114,7 @@ class Bench:
         self.args = args
         self.r: dict[str, Any] = {
             "args": {"services": args.services, "clients": args.clients, "changes": args.changes,
+                     "scoped_proxies": args.scoped_proxies,
                      "per_channel": args.per_channel, "ramp": args.ramp},
             "machine": report.machine(),
             "rss": {"baseline_kb": vm_status()["VmRSS"]},
@@ -122,21 +154,7 @@ class Bench:
         return view
 
     def size(self, view: ProxyView) -> None:
-        types = {}
-        for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE):
-            tv = view.of(type_url)
-            resources = list(tv.resources())
-            types[SHORT_NAMES[type_url]] = {
-                "count": len(resources),
-                "bytes": sum(len(r.data) for r in resources),
-                "wire_bytes": sum(len(r.delta_entry) for r in resources),
-            }
-        self.r["size"] = {
-            "types": types,
-            "count": sum(t["count"] for t in types.values()),
-            "bytes": sum(t["bytes"] for t in types.values()),
-            "wire_bytes": sum(t["wire_bytes"] for t in types.values()),
-        }
+        self.r["size"] = view_size(view)
 
     # -------------------------------------------------------------- 4: one-resource changes
 
@@ -188,6 +206,39 @@ class Bench:
                 note(f"change {kind}: Pipeline.apply p50 {report.percentile(update, 50) * 1000:.1f} ms, changed {changed}")
         finally:
             unwatch()
+
+
+    # -------------------------------------------------------------- 6: Sidecar scoping
+
+    def scoped(self) -> None:
+        """K proxies with Sidecars importing SCOPE_SIZE services each; their config size,
+        and how many of them one change reaches."""
+        n, k = self.args.services, self.args.scoped_proxies
+        per = min(SCOPE_SIZE, n)
+        windows = max(1, n // per)
+        text = "---\n".join(mesh.sidecar_yaml(w, [(w * per + j) % n for j in range(per)]) for w in range(windows))
+        resources = dict(self.resources)
+        resources.update(mesh.parse(text, "mesh/sidecars.yaml"))
+        proxies = [scoped_proxy(i, i % windows) for i in range(k)]
+        unwatch = [self.cache.watch(p, lambda view: None) for p in proxies]
+        try:
+            seconds, notified = self.apply(resources)
+            sizes = [view_size(self.cache.view(p))["bytes"] for p in proxies[:windows]]
+            out: dict[str, Any] = {
+                "proxies": k, "windows": windows, "imported": per, "apply_sidecars_s": seconds,
+                "size": view_size(self.cache.view(proxies[0])),
+                "bytes_max": max(sizes), "notified_by_sidecars": notified, "changes": {},
+            }
+            for kind, change in (("vs", self.change_vs), ("pod", self.change_pod)):
+                seconds, notified = self.apply(change())
+                out["changes"][kind] = {"notified": notified, "apply_s": seconds}
+                note(f"scoped change {kind}: {notified} of {k} proxies notified, Pipeline.apply {seconds * 1000:.1f} ms")
+            self.r["scoped"] = out
+            note(f"scoped: {k} proxies in {windows} scopes of {per} services, {out['size']['bytes']:,} bytes per "
+                 f"proxy (unscoped {self.r['size']['bytes']:,})")
+        finally:
+            for stop in unwatch:
+                stop()
 
 
 def _view_changes(before: ProxyView, after: ProxyView) -> str:
@@ -455,6 +506,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             bench.incremental()
     if args.clients > 0:
         await push(bench, profiler)
+    if args.scoped_proxies > 0:  # last: its Sidecars and proxies do not weigh on the rows above
+        with profiler.phase("scoped"):
+            bench.scoped()
     bench.r["elapsed_s"] = time.monotonic() - started
     return bench.r
 
@@ -464,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--services", type=int, default=1000, help="services in the mesh (default 1000)")
     p.add_argument("--clients", type=int, default=1000, help="delta ADS clients for the push test; 0 skips it")
     p.add_argument("--changes", type=int, default=5, help="repetitions of each change measurement (default 5)")
+    p.add_argument("--scoped-proxies", type=int, default=1000,
+                   help="proxies with a Sidecar importing 20 services, for the scoping row; 0 skips it (default 1000)")
     p.add_argument("--per-channel", type=int, default=100, help="client streams per gRPC channel (default 100)")
     p.add_argument("--ramp", type=int, default=200, metavar="N",
                    help="at most N clients connecting (not yet synced) at once; 0: all at once (default 200)")

@@ -1,5 +1,6 @@
 """Clusters: ``outbound|<port>|<subset>|<host>`` per service port (and DestinationRule
-subset), ``inbound|<port>||`` per port of the proxy's own workload, and BlackHoleCluster.
+subset), ``inbound|<port>||`` per port of the proxy's own workload, BlackHoleCluster and
+PassthroughCluster.
 
 Each outbound cluster gets the DestinationRule policy effective for its port and subset
 (features.traffic_policy), applied by one feature module per part.
@@ -28,6 +29,7 @@ from translators.model.names import (
     AUTO,
     BLACKHOLE,
     HTTP2_UPSTREAM,
+    PASSTHROUGH,
     carries_http,
     inbound_cluster,
     outbound_cluster,
@@ -152,14 +154,38 @@ def blackhole() -> cluster_pb2.Cluster:
     )
 
 
-def inbound(port: int, app_address: str, protocol: str) -> cluster_pb2.Cluster:
-    """The proxy's own application on ``app_address:port`` (no capture: a plain static host)."""
+#: The header PassthroughCluster takes a request's original destination from. Without
+#: capture there is no socket original destination, so the request names it: the
+#: ``Host``/``:authority`` it was sent with (``127.0.0.5:8080``, an IP and port).
+ORIGINAL_DST_HEADER = ":authority"
+
+
+def passthrough() -> cluster_pb2.Cluster:
+    """ALLOW_ANY's cluster (istiod's PassthroughCluster): straight to the original
+    destination, here the address the request's authority names."""
+    c = Cluster(
+        name=PASSTHROUGH,
+        type=Cluster.ORIGINAL_DST,
+        lb_policy=Cluster.CLUSTER_PROVIDED,
+        connect_timeout=CONNECT_TIMEOUT,
+    )
+    c.original_dst_lb_config.use_http_header = True
+    c.original_dst_lb_config.http_header_name = ORIGINAL_DST_HEADER
+    options = hpo.HttpProtocolOptions()
+    options.use_downstream_protocol_config.SetInParent()
+    _attach_protocol_options(c, options)
+    return c
+
+
+def inbound(port: int, app_address: str, protocol: str, app_port: int | None = None) -> cluster_pb2.Cluster:
+    """The proxy's own application on ``app_address:port`` (no capture: a plain static host);
+    ``app_port`` when the app listens elsewhere (a Sidecar ingress defaultEndpoint)."""
     name = inbound_cluster(port)
     c = Cluster(
         name=name,
         type=Cluster.STATIC,
         connect_timeout=CONNECT_TIMEOUT,
-        load_assignment=load_assignment(name, (Endpoint(app_address, port),)),
+        load_assignment=load_assignment(name, (Endpoint(app_address, app_port or port),)),
     )
     if protocol in HTTP2_UPSTREAM:
         options = hpo.HttpProtocolOptions()

@@ -4,7 +4,8 @@ Each service host on that port is a virtual host ``<host>:<port>``. Its routes c
 the VirtualService for the host, or are one default route to ``outbound|<port>||<host>``.
 Virtual hosts only differ between namespaces by their short domains (``reviews`` answers
 only in ``reviews``'s own namespace), so the routes are built once per host and port and
-the per-namespace work is picking the right VirtualHost variant.
+the per-namespace work is picking the right VirtualHost variant. The last virtual host
+catches every other Host, as the proxy's outboundTrafficPolicy says (``CATCH_ALL``).
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from translators.features.match import is_catch_all, route_match
 from translators.features.mirror import mirror_policies
 from translators.features.retries import retry_policy
 from translators.features.rewrite import apply_rewrite, direct_response, redirect_action
-from translators.features.timeout import apply_timeout
+from translators.features.timeout import NO_TIMEOUT, apply_timeout
 from translators.model import Destination, HTTPRoute, VirtualService
-from translators.model.names import outbound_cluster, resolve_host
+from translators.model.names import PASSTHROUGH, outbound_cluster, resolve_host
 from translators.model.registry import MeshPort, ServiceShape
 from translators.policies import DestinationPolicy
 
@@ -395,15 +396,30 @@ def _config(port: int) -> route_pb2.RouteConfiguration:
     return out
 
 
-def route_configuration(port: int, encoded: Sequence[bytes]) -> route_pb2.RouteConfiguration:
+#: The last virtual host of every outbound route config, for a Host no service has
+#: (istiod's): ALLOW_ANY passes the request to its original destination, REGISTRY_ONLY
+#: answers 502.
+CATCH_ALL = {
+    "ALLOW_ANY": rc.VirtualHost(name="allow_any", domains=["*"], routes=[rc.Route(
+        name="allow_any", match=rc.RouteMatch(prefix="/"),
+        route=rc.RouteAction(cluster=PASSTHROUGH, timeout=NO_TIMEOUT))]),
+    "REGISTRY_ONLY": rc.VirtualHost(name="block_all", domains=["*"], routes=[rc.Route(
+        name="block_all", match=rc.RouteMatch(prefix="/"), direct_response=rc.DirectResponseAction(status=502))]),
+}
+_CATCH_ALL_ENCODED = {mode: route_pb2.RouteConfiguration(virtual_hosts=[vh]).SerializeToString(deterministic=True)
+                      for mode, vh in CATCH_ALL.items()}
+
+
+def route_configuration(port: int, encoded: Sequence[bytes], mode: str = "ALLOW_ANY") -> route_pb2.RouteConfiguration:
+    """``mode``: the proxy's outboundTrafficPolicy, which picks the catch-all virtual host."""
     out = _config(port)
-    out.MergeFromString(b"".join(encoded))
+    out.MergeFromString(b"".join(encoded) + _CATCH_ALL_ENCODED[mode])
     return out
 
 
 def route_configuration_deduplicated(
     port: int, row: Sequence[VirtualHostPart], namespace: str, colliding: frozenset[str],
-    satisfied: frozenset[SourceCondition] = frozenset(),
+    satisfied: frozenset[SourceCondition] = frozenset(), mode: str = "ALLOW_ANY",
 ) -> route_pb2.RouteConfiguration:
     """Envoy rejects a RouteConfiguration where two virtual hosts share a domain: the full
     host keeps it, the short form is dropped."""
@@ -414,4 +430,5 @@ def route_configuration_deduplicated(
         if len(domains) != len(vh.domains):
             vh = rc.VirtualHost(name=vh.name, domains=domains, routes=vh.routes, retry_policy=vh.retry_policy)
         out.virtual_hosts.append(vh)
+    out.virtual_hosts.append(CATCH_ALL[mode])
     return out

@@ -17,6 +17,10 @@ identity: models are frozen and a new World reuses unchanged objects):
                  target, the tcp/tls routes of the VirtualServices); rows equal to the
                  previous ones are kept, so a VirtualService change reaches proxies only
                  when it changes a row;
+* scopes       - per (Sidecar, namespace): the hosts it imports and its
+                 outboundTrafficPolicy (scope.py); a proxy with a Sidecar gets the
+                 shared cluster, endpoint and route layers cut down to its scope, and
+                 its outbound ports from its scope's services;
 * listeners    - per proxy: (outbound port table, workload, selecting services, the
                  AuthorizationPolicies and RequestAuthentications selecting the workload
                  (security.py), and the resolved ext_authz providers when they name one);
@@ -30,14 +34,14 @@ proto in it) is replaced only when one of its parts is, so the cache can share b
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from google.protobuf.message import Message
 
-from translators import api, clusters, endpoints, listeners, peer_auth, routes, security
+from translators import api, clusters, endpoints, listeners, peer_auth, routes, scope, security
 from translators.errors import ConfigError
 from translators.features import authz, delegate, locality, mtls
 from translators.gateway import GatewayGenerator
@@ -48,14 +52,24 @@ from translators.model import (
     PeerAuthentication,
     RequestAuthentication,
     ResourceKey,
+    Sidecar,
     TrafficPolicy,
     VirtualService,
 )
 from translators.model.index import ResourceIndex
 from translators.model.mesh import MeshConfig
-from translators.model.names import BLACKHOLE, carries_http, host_matches, resolve_host
+from translators.model.names import (
+    BLACKHOLE,
+    PASSTHROUGH,
+    carries_http,
+    host_matches,
+    is_http,
+    port_protocol,
+    resolve_host,
+)
 from translators.model.registry import KINDS as REGISTRY_KINDS
-from translators.model.registry import Registry
+from translators.model.registry import MeshService, Registry, ServiceShape, visible_to
+from translators.model.sidecar import ingress_port
 from translators.model.world import Proxy, World
 from translators.policies import (
     ROOT_NAMESPACE,
@@ -80,6 +94,7 @@ def _layer(key: object, parts: Iterable[tuple[str, Message]]) -> api.Layer:
 @dataclass(eq=False)
 class _NamespaceRoutes:
     epoch: int  # Translator._routes_epoch it was built at
+    scope: scope.Scope
     configs: dict[int, tuple[tuple[bytes, ...], Message]]  # port -> (encoded virtual hosts, RouteConfiguration)
     layer: api.Layer
 
@@ -96,6 +111,7 @@ class _ProxyState:
     errors: tuple[ConfigError, ...]
     generation: int = field(default=0)
     security_epoch: int = field(default=0)
+    conflicts: tuple[ConfigError, ...] = ()  # other Sidecars selecting the workload: ignored for it
 
 
 class Translator:
@@ -121,7 +137,8 @@ class Translator:
         self._merged_into: dict[ResourceKey, DestinationPolicy] = {}
         self._cluster_parts: dict[str, tuple[tuple, list[tuple[str, Message]]]] = {}
         self._endpoint_parts: dict[str, tuple[tuple, list[tuple[str, Message]]]] = {}
-        self._clusters = _layer(("clusters", "outbound"), [(BLACKHOLE, clusters.blackhole())])
+        self._clusters = _layer(("clusters", "outbound"), [(BLACKHOLE, clusters.blackhole()),
+                                                           (PASSTHROUGH, clusters.passthrough())])
         self._endpoints = _layer(("endpoints", "outbound"), ())
         self._mesh_vs: dict[ResourceKey, tuple[VirtualService, tuple[str, ...]]] = {}
         self._vs_index: HostIndex[VirtualService] = HostIndex(())
@@ -134,7 +151,15 @@ class Translator:
         self._vs_restricted: dict[str, list[tuple[VirtualService, tuple[str, ...]]]] = {}
         self._vs_overrides: dict[tuple[str, str], tuple[tuple, list[routes.VirtualHostPart], frozenset[str]]] = {}
         self._overrides_by_ns: dict[str, dict[tuple[str, int], routes.VirtualHostPart]] = {}
-        self._ns_routes: dict[tuple, _NamespaceRoutes] = {}  # (namespace, satisfied source conditions)
+        self._ns_routes: dict[tuple, _NamespaceRoutes] = {}  # (namespace, satisfied source conditions, scope)
+        # Sidecar scoping (scope.py): the Sidecars, the mesh's outboundTrafficPolicy, the
+        # scopes by (Sidecar, namespace), their port tables, and the layer filter.
+        self._sidecars = scope.SidecarIndex((), root_namespace)
+        self._mesh_mode: scope.Mode = "ALLOW_ANY"
+        self._scopes: dict[object, tuple[tuple, scope.Scope]] = {}
+        self._shapes_epoch = 0  # bumped when service shapes change: endpoints alone never change a scope
+        self._scoped_ports: dict[object, tuple[tuple, dict[int, listeners.OutboundPort]]] = {}
+        self._filter = scope.LayerFilter()
         self._port_table: dict[int, listeners.OutboundPort] = {}
         self._proxies: dict[tuple, _ProxyState] = {}
         self._security_epoch = 0  # bumped when a security policy, the mesh config or the services change
@@ -175,6 +200,8 @@ class Translator:
             self._ns_epoch[ns] = self._ns_epoch.get(ns, 0) + 1
         services = self._registry.rebuild(self._index, registry_ns)
         shapes = services and self._registry.shapes_changed  # else only endpoints moved
+        if shapes:
+            self._shapes_epoch += 1
         rule_hosts: set[str] = set()
         if DestinationRule.KIND in kinds:
             rule_hosts = self._rebuild_policies({k for k in changed if k.kind == DestinationRule.KIND})
@@ -194,10 +221,18 @@ class Translator:
             self._rebuild_security(kinds, bool(shapes))
         if self._gateways.affected(changed, prev.resources if prev is not None else {}, world.resources, bool(shapes)):
             self._gateways.invalidate()
+        if Sidecar.KIND in kinds or MeshConfig.KIND in kinds:
+            self._rebuild_sidecars()
         self._errors = None
         self._proxies = {
             k: s for k, s in self._proxies.items() if s.generation > self._generation - PROXY_MEMO_UPDATES
         }
+        if len(self._scopes) > 2 * len(self._proxies) + 8:  # scopes of Sidecars no proxy asks for any more
+            self._scopes = {k: v for k, v in self._scopes.items() if v[0][2] > self._generation - PROXY_MEMO_UPDATES}
+            self._filter.forget(set(self._scopes))
+            self._scoped_ports = {k: v for k, v in self._scoped_ports.items() if k in self._scopes}
+            live = set(self._scopes) | {s.key for s in scope.UNSCOPED.values()}
+            self._ns_routes = {k: v for k, v in self._ns_routes.items() if k[2] in live}
 
     @property
     def errors(self) -> tuple[ConfigError, ...]:
@@ -206,7 +241,8 @@ class Translator:
         if self._errors is None:
             found = [e for errs in self._stage_errors.values() for e in errs]
             found += self._registry.errors
-            found += [e for s in self._proxies.values() if s.generation == self._generation for e in s.errors]
+            found += [e for s in self._proxies.values() if s.generation == self._generation
+                      for e in (*s.errors, *s.conflicts)]
             found += self._grpc.errors()
             found += self._gateways.errors()
             self._errors = tuple(sorted(set(found), key=lambda e: (e.file, e.resource, e.field, e.message)))
@@ -233,13 +269,20 @@ class Translator:
             out[api.LISTENER] = [gateway_listeners]
             out[api.ROUTE] = [gateway_routes]
             return out
-        state = self._proxy_state(proxy)
+        workload = self._index.workload_at(proxy.namespace, proxy.ip)
+        labels = listeners.workload_labels(workload, proxy.labels)
+        sidecar, conflicts = self._sidecars.select(proxy.namespace, labels)
+        seen = self._scope_for(sidecar, proxy.namespace)
+        if seen.hosts is not None:  # what its Sidecar imports, picked from the shared layers
+            out[api.CLUSTER] = [self._filter(layer, seen) for layer in out[api.CLUSTER]]
+            out[api.ENDPOINT] = [self._filter(layer, seen) for layer in out[api.ENDPOINT]]
+        state = self._proxy_state(proxy, self._ports_for(seen), sidecar, conflicts)
         if state.inbound_clusters.resources:
             # Left out when empty: proxies with no inbound services then have the same
             # cluster view, and a response to one is a response to all of them.
             out[api.CLUSTER].append(state.inbound_clusters)
         out[api.LISTENER] = [state.listeners]
-        out[api.ROUTE] = [self._routes_for(proxy)]
+        out[api.ROUTE] = [self._routes_for(proxy, seen, labels)]
         return out
 
     # ------------------------------------------------------------ clusters and endpoints
@@ -315,9 +358,9 @@ class Translator:
             cluster_parts[host] = self._host_clusters(svc, policy, old_c)
             endpoint_parts[host] = self._host_endpoints(svc, policy, old_e)
         if _parts_changed(self._cluster_parts, cluster_parts) or split.keys() != self._split.keys():
-            blackhole = self._clusters.resources[BLACKHOLE]
+            fixed = [(n, self._clusters.resources[n]) for n in (BLACKHOLE, PASSTHROUGH)]
             self._clusters = _layer(("clusters", "outbound"), [
-                (BLACKHOLE, blackhole), *(c for h, (_, p) in cluster_parts.items() if h not in split for c in p)])
+                *fixed, *(c for h, (_, p) in cluster_parts.items() if h not in split for c in p)])
         if _parts_changed(self._endpoint_parts, endpoint_parts) or split.keys() != self._split.keys():
             self._endpoints = _layer(("endpoints", "outbound"),
                                      (e for h, (_, p) in endpoint_parts.items() if h not in split for e in p))
@@ -641,62 +684,150 @@ class Translator:
                                               f"{chosen.key if chosen else '?'} routes it", "warning"))
         return errors
 
-    def _routes_for(self, proxy: Proxy) -> api.Layer:
+    def _routes_for(self, proxy: Proxy, seen: scope.Scope, labels: dict[str, str]) -> api.Layer:
         """The route configs of ``proxy``: per namespace, and per set of source conditions
         (sourceLabels/sourceNamespace of VirtualService matches) the proxy satisfies, when
-        the mesh has any."""
+        the mesh has any; per scope: the virtual hosts of the hosts it imports, and the
+        catch-all of its outboundTrafficPolicy."""
         namespace = proxy.namespace
         satisfied: frozenset[routes.SourceCondition] = frozenset()
         if self._source_conditions:
-            workload = self._index.workload_at(namespace, proxy.ip)
-            labels = listeners.workload_labels(workload, proxy.labels)
             satisfied = frozenset(c for c in self._source_conditions if c.holds(labels, namespace))
-        view = (namespace, satisfied)
+        scoped = seen.hosts is not None
+        view = (namespace, satisfied, seen.key)
         state = self._ns_routes.get(view)
-        if state is not None and state.epoch == self._routes_epoch:
+        if state is not None and state.epoch == self._routes_epoch and state.scope is seen:
             return state.layer
         configs: dict[int, tuple[tuple[bytes, ...], Message]] = {}
         overrides = self._overrides_by_ns.get(namespace)
-        for number, row in self._route_table.items():
+        table = self._scoped_rows(seen) if scoped else self._route_table
+        for number, row in table.items():
             if overrides:
                 row = tuple(overrides.get((part.shape.host, number), part) for part in row)
             encoded = tuple(part.encoded(part.shape.namespace == namespace, satisfied) for part in row)
             old = state.configs.get(number) if state is not None else None
-            if old is not None and _same(old[0], encoded):
+            if old is not None and state is not None and state.scope.mode == seen.mode and _same(old[0], encoded):
                 configs[number] = old
                 continue
             colliding = self._route_collisions.get(number)
+            if colliding and scoped:
+                colliding = routes.colliding_domains(row)
             if colliding:
-                config = routes.route_configuration_deduplicated(number, row, namespace, colliding, satisfied)
+                config = routes.route_configuration_deduplicated(number, row, namespace, colliding, satisfied, seen.mode)
             else:
-                config = routes.route_configuration(number, encoded)
+                config = routes.route_configuration(number, encoded, seen.mode)
             configs[number] = (encoded, config)
         if state is not None and configs.keys() == state.configs.keys() and all(
             configs[n] is state.configs[n] for n in configs
         ):
             layer = state.layer
         else:
-            layer = _layer(("routes", namespace) if not satisfied else ("routes", namespace, satisfied),
-                           ((str(n), rc) for n, (_, rc) in configs.items()))
-        self._ns_routes[view] = _NamespaceRoutes(self._routes_epoch, configs, layer)
+            key: tuple = ("routes", namespace) if not satisfied else ("routes", namespace, satisfied)
+            if seen is not scope.UNSCOPED["ALLOW_ANY"]:  # a Sidecar's scope, or another catch-all
+                key = (*key, seen.key)
+            layer = _layer(key, ((str(n), rc) for n, (_, rc) in configs.items()))
+        self._ns_routes[view] = _NamespaceRoutes(self._routes_epoch, seen, configs, layer)
         return layer
+
+    def _scoped_rows(self, seen: scope.Scope) -> dict[int, tuple[routes.VirtualHostPart, ...]]:
+        """The route table of the hosts ``seen`` imports (in host order, as the table is)."""
+        table: dict[int, list[routes.VirtualHostPart]] = {}
+        for host in sorted(seen.hosts or ()):
+            entry = self._host_parts.get(host)
+            for part in entry[1] if entry is not None else ():
+                if seen.has(host, part.port.number):
+                    table.setdefault(part.port.number, []).append(part)
+        return {n: tuple(table[n]) for n in sorted(table)}
+
+    # ------------------------------------------------------------ Sidecar scopes
+
+    def _rebuild_sidecars(self) -> None:
+        found = [sc for sc in self._index.all(Sidecar.KIND) if isinstance(sc, Sidecar)]
+        self._sidecars = scope.SidecarIndex(found, self._root_namespace)
+        errors = list(self._sidecars.errors)
+        for sc in found:
+            policy = sc.spec.outboundTrafficPolicy
+            if policy is not None and policy.egressProxy is not None:
+                errors.append(ConfigError(sc.source, str(sc.key), "spec.outboundTrafficPolicy.egressProxy",
+                                          "not supported: ALLOW_ANY passes traffic to its destination", "warning"))
+            for i, listener in enumerate(sc.spec.egress):
+                if listener.bind or listener.captureMode == "IPTABLES":
+                    errors.append(ConfigError(sc.source, str(sc.key), f"spec.egress[{i}]", "bind and captureMode are "
+                                              "not supported: outbound listeners bind the proxy's IP", "warning"))
+        self._stage_errors["sidecars"] = errors
+        meshes = [m for m in self._index.all(MeshConfig.KIND)
+                  if isinstance(m, MeshConfig) and m.metadata.namespace == self._root_namespace]
+        self._mesh_mode = scope.effective_mode(meshes[0].spec.outboundTrafficPolicy.mode) if meshes else "ALLOW_ANY"
+
+    def _scope_for(self, sidecar: Sidecar | None, namespace: str) -> scope.Scope:
+        """The scope of proxies in ``namespace`` that ``sidecar`` applies to: recomputed when
+        the Sidecar, the services or the routes change, and the same object while what it
+        imports and its mode stay the same."""
+        mode = scope.mode_of(sidecar, self._mesh_mode)
+        if sidecar is None or not sidecar.spec.egress:  # no egress: istiod imports */*
+            return scope.UNSCOPED[mode]
+        key = scope.scope_key(sidecar.key, namespace)
+        services = self._registry.services
+        hit = self._scopes.get(key)
+        inputs = (sidecar, self._shapes_epoch, self._generation, self._host_parts, mode)
+        if hit is not None and hit[0][0] is sidecar and hit[0][1] == self._shapes_epoch \
+                and hit[0][3] is self._host_parts and hit[0][4] == mode:
+            if hit[0][2] != self._generation:
+                self._scopes[key] = (inputs, hit[1])
+            return hit[1]
+
+        def destinations(host: str) -> frozenset[str]:
+            entry = self._host_parts.get(host)
+            return entry[2] if entry is not None else frozenset()
+
+        hosts, ports = scope.imported_hosts(sidecar, namespace, services, self._registry.by_namespace, destinations,
+                                            visible_to)
+        old = hit[1] if hit is not None else None
+        if old is not None and old.hosts == hosts and old.mode == mode and old.ports == ports:
+            found = old
+        else:
+            found = scope.Scope(key, hosts, mode, ports)
+        self._scopes[key] = (inputs, found)
+        return found
+
+    def _ports_for(self, seen: scope.Scope) -> dict[int, listeners.OutboundPort]:
+        """The outbound port table of a scope: of the services it imports."""
+        if seen.hosts is None:
+            return self._port_table
+        hit = self._scoped_ports.get(seen.key)
+        if hit is not None and hit[0][0] is seen and hit[0][1] is self._port_table:
+            return hit[1]
+        services = self._registry.services
+        table, _ = self._outbound_ports(_on_ports(services[h], seen) for h in sorted(seen.hosts) if h in services)
+        old = hit[1] if hit is not None else {}
+        table = {n: old[n] if n in old and old[n] == p else p for n, p in table.items()}
+        if table.keys() == old.keys() and all(table[n] is old[n] for n in table):
+            table = old
+        self._scoped_ports[seen.key] = ((seen, self._port_table), table)
+        return table
 
     # ------------------------------------------------------------ listeners
 
+    def _outbound_ports(self, services: Iterable[MeshService]) -> tuple[dict[int, listeners.OutboundPort],
+                                                                        list[ConfigError]]:
+        """The outbound port table of ``services``: of the registry, or of a Sidecar scope."""
+        return listeners.outbound_ports(services, self._vs_index.lookup)
+
     def _rebuild_port_table(self) -> None:
-        table, errors = listeners.outbound_ports(self._registry.services.values(), self._vs_index.lookup)
+        table, errors = self._outbound_ports(self._registry.services.values())
         old = self._port_table
         table = {n: old[n] if n in old and old[n] == p else p for n, p in table.items()}
         if table.keys() != old.keys() or any(table[n] is not old[n] for n in table):
             self._port_table = table
         self._stage_errors["ports"] = errors
 
-    def _proxy_state(self, proxy: Proxy) -> _ProxyState:
+    def _proxy_state(self, proxy: Proxy, port_table: dict[int, listeners.OutboundPort], sidecar: Sidecar | None,
+                     conflicts: tuple[ConfigError, ...]) -> _ProxyState:
         key = proxy.key
         state = self._proxies.get(key)
         epoch = self._ns_epoch.get(proxy.namespace, 0)
-        if (state is not None and state.epoch == epoch and state.port_table is self._port_table
-                and state.security_epoch == self._security_epoch):
+        if (state is not None and state.epoch == epoch and state.port_table is port_table
+                and state.security_epoch == self._security_epoch and state.inputs[-1] is sidecar):
             if state.generation != self._generation:
                 state.generation = self._generation
                 self._errors = None if state.errors else self._errors
@@ -706,16 +837,20 @@ class Translator:
         workload = self._index.workload_at(ns, proxy.ip)
         labels = listeners.workload_labels(workload, proxy.labels)
         selecting = self._registry.selecting(ns, labels)
-        # The policies that select this workload, if it has an inbound side for them to act on.
-        policies = security.selected(self._index, self._root_namespace, ns, labels, selecting) if selecting else ()
+        # The policies that select this workload, if it has an inbound side for them to act on
+        # (services selecting it, or its Sidecar's ingress listeners).
+        serves = bool(selecting) or (sidecar is not None and bool(sidecar.spec.ingress))
+        policies = security.selected(self._index, self._root_namespace, ns, labels, selecting) if serves else ()
         context = (self._providers,) if security.needs_registry(policies) else ()
-        peer = self._peer_auth.for_workload(ns, labels) if selecting else None  # interned: compared by identity
-        inputs = (self._port_table, workload, *(s.shape for s in selecting), *policies, *context, peer)
+        peer = self._peer_auth.for_workload(ns, labels) if serves else None  # interned: compared by identity
+        inputs = (port_table, workload, *(s.shape for s in selecting), *policies, *context, peer, sidecar)
         if state is not None and _same(state.inputs, inputs):
-            state.epoch, state.port_table, state.inputs = epoch, self._port_table, inputs
+            state.epoch, state.port_table, state.inputs = epoch, port_table, inputs
         else:
             state = self._build_proxy_state(proxy, state, inputs, workload, labels, selecting, policies, peer)
             state.epoch = epoch
+        if conflicts != state.conflicts:
+            state.conflicts, self._errors = conflicts, None
         state.security_epoch = self._security_epoch
         state.generation = self._generation
         self._proxies[key] = state
@@ -760,12 +895,19 @@ class Translator:
         return policy
 
     def _build_proxy_state(self, proxy, old, inputs, workload, labels, selecting, policies=(), peer=None) -> _ProxyState:  # type: ignore[no-untyped-def]
-        inbound, errors = listeners.inbound_ports(selecting, workload)
+        port_table, sidecar = inputs[0], inputs[-1]
+        app: dict[int, int] = {}  # inbound port -> the app's port, when another (Sidecar ingress defaultEndpoint)
+        if sidecar is not None and sidecar.spec.ingress:  # its ingress listeners replace the services' ports
+            inbound, app = _sidecar_ingress(sidecar), {
+                i.port.number: ingress_port(i) for i in sidecar.spec.ingress if i.port is not None}
+            errors: list[ConfigError] = []
+        else:
+            inbound, errors = listeners.inbound_ports(selecting, workload)
         policy = self._inbound_policy(policies) if inbound else security.NO_POLICY
         errors.extend(policy.errors)
         by_target = {p.target: p for p in inbound}
         outbound: dict[int, tuple[listeners.OutboundPort, listener_pb2.Listener]] = {}
-        for number, port in self._port_table.items():
+        for number, port in port_table.items():
             if number in by_target:
                 res = by_target[number].service.resource
                 errors.append(ConfigError(res.source, str(res.key), "spec.ports", f"the inbound listener on "
@@ -787,11 +929,14 @@ class Translator:
             inbound_built[p.target] = hit
         named += [(lst.name, lst) for _, lst in inbound_built.values()]
         address = listeners.app_address(workload)
-        inbound_clusters = [(c.name, c) for c in (clusters.inbound(p.target, address, p.protocol) for p in inbound)]
+        inbound_clusters = []
+        for p in inbound:
+            c = clusters.inbound(p.target, address, p.protocol, app.get(p.target))
+            inbound_clusters.append((c.name, c))
         inbound_clusters += [(c.name, c) for c in policy.clusters]
         return _ProxyState(
             epoch=0,
-            port_table=self._port_table,
+            port_table=port_table,
             inputs=inputs,
             outbound=outbound,
             inbound=inbound_built,
@@ -799,6 +944,28 @@ class Translator:
             inbound_clusters=_layer(("clusters-inbound", proxy.key), inbound_clusters),
             errors=tuple(errors),
         )
+
+
+def _on_ports(svc: MeshService, seen: scope.Scope) -> MeshService:
+    """``svc`` with the ports ``seen`` imports it on."""
+    if svc.host not in seen.ports:
+        return svc
+    kept = [i for i, p in enumerate(svc.shape.ports) if seen.has(svc.host, p.number)]
+    shape = replace(svc.shape, ports=tuple(svc.shape.ports[i] for i in kept))
+    return MeshService(shape, tuple(svc.endpoints[i] for i in kept), svc.resource)
+
+
+def _sidecar_ingress(sidecar: Sidecar) -> list[listeners.InboundPort]:
+    """The inbound ports a Sidecar's ``ingress`` listeners declare (a stand-in service names
+    the Sidecar in messages)."""
+    stand_in = MeshService(ServiceShape(f"Sidecar {sidecar.metadata.namespace}/{sidecar.metadata.name}",
+                                        sidecar.metadata.namespace, sidecar.metadata.name, False, ()), (), sidecar)
+    out = {}
+    for i in sidecar.spec.ingress:
+        if i.port is not None:
+            protocol = port_protocol(i.port.name, None, i.port.protocol)
+            out[i.port.number] = listeners.InboundPort(i.port.number, is_http(protocol), protocol, stand_in)
+    return [out[n] for n in sorted(out)]
 
 
 def _traffic_policies(p: DestinationPolicy) -> list[TrafficPolicy]:

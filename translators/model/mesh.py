@@ -6,8 +6,9 @@
     spec:                                             # Istio's meshConfig fields
       extensionProviders: [...]
 
-Only the part meshpilot uses is modelled: the ext_authz ``extensionProviders`` that
-``AuthorizationPolicy`` ``action: CUSTOM`` names. Other fields (and other provider kinds)
+Only the parts meshpilot uses are modelled: the ext_authz ``extensionProviders`` that
+``AuthorizationPolicy`` ``action: CUSTOM`` names, and ``outboundTrafficPolicy.mode``
+(the default of sidecars whose Sidecar does not set it). Other fields (and other provider kinds)
 are kept and reported as not supported. The checks are Istio's (ValidateMeshConfig's
 validateExtensionProvider): an invalid document is refused whole, as istiod keeps its
 previous mesh config then.
@@ -16,6 +17,7 @@ previous mesh config then.
 from __future__ import annotations
 
 import ipaddress
+from typing import Literal
 
 from pydantic import model_validator
 
@@ -70,8 +72,15 @@ class ExtensionProvider(IstioModel):
     envoyExtAuthzGrpc: EnvoyExtAuthzGrpc | None = None
 
 
+class MeshOutboundTrafficPolicy(IstioModel):
+    # ALLOW_ANY_DYNAMIC_DNS needs DNS proxying meshpilot does not do; it acts as ALLOW_ANY.
+    mode: Literal["REGISTRY_ONLY", "ALLOW_ANY", "ALLOW_ANY_DYNAMIC_DNS"] = "ALLOW_ANY"
+
+
 class MeshConfigSpec(IstioModel):
     extensionProviders: list[ExtensionProvider] = []
+    #: Where sidecars send a destination the registry does not know, unless their Sidecar says.
+    outboundTrafficPolicy: MeshOutboundTrafficPolicy = MeshOutboundTrafficPolicy()
 
 
 def _service_problem(service: str) -> str | None:

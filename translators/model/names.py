@@ -8,6 +8,8 @@ from collections.abc import Mapping
 
 DOMAIN_SUFFIX = "svc.cluster.local"
 BLACKHOLE = "BlackHoleCluster"
+#: Where ALLOW_ANY sends a destination the registry does not know (original destination).
+PASSTHROUGH = "PassthroughCluster"
 
 
 def outbound_cluster(port: int, host: str, subset: str = "") -> str:

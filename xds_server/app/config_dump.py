@@ -31,6 +31,7 @@ def proxy_config(proxy_id: str, view: ProxyView, secrets: list[dict[str, Any]] |
     for type_url, tv in view.types.items():
         types[short(type_url)] = {
             "version": tv.version,
+            "bytes": sum(len(r.data) for r in tv.resources()),  # serialized size: what a Sidecar scope shrinks
             "resources": {r.name: r.version for r in tv.resources()},
             "full": {r.name: {"version": r.version, "resource": resource_json(r)} for r in tv.resources()},
         }

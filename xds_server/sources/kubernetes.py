@@ -1,7 +1,7 @@
 """The Kubernetes config source: the mesh's resources listed and watched from an API server.
 
 One informer per kind (Namespaces, Services, Pods, EndpointSlices, and Istio's
-VirtualService, DestinationRule, ServiceEntry, WorkloadEntry, PeerAuthentication,
+VirtualService, DestinationRule, ServiceEntry, WorkloadEntry, Sidecar, PeerAuthentication,
 AuthorizationPolicy and RequestAuthentication), each a thread that
 lists, then watches from the list's resourceVersion with bookmarks; it lists again when
 the server answers 410 Gone, and reconnects with backoff (resuming from the last
@@ -77,6 +77,7 @@ WATCHED: tuple[Kind, ...] = (
     _istio("DestinationRule", "destinationrules"),
     _istio("ServiceEntry", "serviceentries"),
     _istio("WorkloadEntry", "workloadentries"),
+    _istio("Sidecar", "sidecars"),
     _istio("PeerAuthentication", "peerauthentications"),
     _istio("AuthorizationPolicy", "authorizationpolicies"),
     _istio("RequestAuthentication", "requestauthentications"),
