@@ -197,6 +197,21 @@ def test_tcp_weighted_split_80_20(mesh: L4Mesh) -> None:
     assert abs(100 * counts["split-b"] / n - 20) <= 8, counts
 
 
+def test_tcp_routes_follow_virtual_service_changes(mesh: L4Mesh) -> None:
+    """A VirtualService that takes over split's host (it sorts first: istiod's order for
+    two in the same namespace) sends every new connection to b; removed, the split is back."""
+    eventually(lambda: tcp_call(mesh.client_ip, 9200).startswith("split-"), timeout=20)
+    mesh.config.write("a-split.yaml", virtual_service("a-split", {"hosts": ["split"], "tcp": [
+        {"route": [{"destination": {"host": "split", "subset": "b"}}]}]}))
+    try:
+        eventually(lambda: all(tcp_call(mesh.client_ip, 9200, f"n{i}").startswith("split-b:") for i in range(20)),
+                   timeout=20, message="every connection goes to b")
+    finally:
+        mesh.config.remove("a-split.yaml")
+    eventually(lambda: any(tcp_call(mesh.client_ip, 9200, f"m{i}").startswith("split-a:") for i in range(20)),
+               timeout=20, message="back to the 80/20 split")
+
+
 def test_tls_routed_by_sni(mesh: L4Mesh) -> None:
     """Opaque TLS through the client's outbound listener: each TLS service by its own name,
     and the tls routes' SNI names to theirs; the backend saw the SNI the client sent."""
