@@ -9,7 +9,8 @@
   of several protocols on one port number) the listener detects HTTP (features/l4.py).
 * inbound: one listener ``inbound|<ip>_<targetPort>`` per port of the services that select
   the proxy's own workload, forwarding to the application at its local address; an
-  ``auto`` port detects HTTP (which then gets the HTTP policies) from the rest.
+  ``auto`` port detects HTTP (which then gets the HTTP policies) from the rest, in
+  plaintext by inspection and inside mesh mTLS by the ALPN its clients announce.
 
 The virtual listeners 15001/15006 of Istio need capture and are not generated.
 """
@@ -72,6 +73,9 @@ _HTTP_FILTERS = (
 )
 
 
+_ANNOUNCE = (l4.announce_http(),)
+
+
 def _listener(name: str, ip: str, port: int, direction: int, network_filter: Message, filter_name: str,
               before: Sequence[lc.Filter] = ()) -> listener_pb2.Listener:
     return listener_pb2.Listener(
@@ -88,9 +92,9 @@ def _stat_prefix(direction: int, port: int) -> str:
 
 
 def _http(name: str, ip: str, port: int, direction: int, policy: InboundPolicy = NO_POLICY,
-          **route: Message | str) -> listener_pb2.Listener:
+          first: Sequence[hcm.HttpFilter] = (), **route: Message | str) -> listener_pb2.Listener:
     manager = hcm.HttpConnectionManager(stat_prefix=_stat_prefix(direction, port),
-                                        http_filters=[*policy.http_filters, *_HTTP_FILTERS], **route)  # type: ignore[arg-type]
+                                        http_filters=[*first, *policy.http_filters, *_HTTP_FILTERS], **route)  # type: ignore[arg-type]
     if policy.http_filters:
         manager.normalize_path.value = True  # policies match the path the app will see (istiod's default)
     if direction == base_pb2.INBOUND:
@@ -238,7 +242,7 @@ def outbound(ip: str, port: OutboundPort, labels: Mapping[str, str] | None = Non
         listener_filters=filters, filter_chains=[*chains, *tcp_chains])
     if port.http:  # and TCP or TLS too: detect HTTP
         rds = hcm.Rds(config_source=ADS, route_config_name=str(port.number))
-        listener = l4.sniffing(listener, _http(name, ip, port.number, direction, rds=rds))
+        listener = l4.sniffing(listener, _http(name, ip, port.number, direction, first=_ANNOUNCE, rds=rds))
     return listener
 
 
