@@ -71,8 +71,7 @@ _HTTP_FILTERS = (
     hcm.HttpFilter(name=cors.FILTER, typed_config=to_any(cors.filter_config())),
     hcm.HttpFilter(name="envoy.filters.http.router", typed_config=to_any(router_pb2.Router())),
 )
-
-
+#: Ahead of them on a sniffed outbound port: HTTP says so in its upstream mTLS ALPN.
 _ANNOUNCE = (l4.announce_http(),)
 
 
@@ -176,9 +175,8 @@ def outbound_ports(services: Iterable[MeshService], vs_of: VirtualServiceOf | No
         elif tls:  # TLS without a known SNI: the one TLS service, if it is alone
             cluster = outbound_cluster(number, tls[0].host) if len(tls) == 1 else BLACKHOLE
         tls_routes = tuple(r for s in tls for r in _l4_routes(s, number, vs_of, ports_of, "tls", errors))
-        table[number] = OutboundPort(
-            number, http, cluster, hosts, tcp_routes=tcp_routes, tls=tuple((s.host, outbound_cluster(number, s.host)) for s in tls),
-            tls_routes=tls_routes)
+        table[number] = OutboundPort(number, http, cluster, hosts, tcp_routes=tcp_routes, tls_routes=tls_routes,
+                                     tls=tuple((s.host, outbound_cluster(number, s.host)) for s in tls))
     return table, errors
 
 
