@@ -172,8 +172,11 @@ def outbound_ports(services: Iterable[MeshService], vs_of: VirtualServiceOf | No
                                     f"({', '.join(x.host for x in tcp)}); without capture they cannot be told "
                                     "apart, TCP on the outbound listener goes to BlackHoleCluster"))
             cluster = BLACKHOLE
-        elif tls:  # TLS without a known SNI: the one TLS service, if it is alone
-            cluster = outbound_cluster(number, tls[0].host) if len(tls) == 1 else BLACKHOLE
+        elif len(tls) == 1:  # TLS without a known SNI: the TLS service, by its tcp routes (as istiod)
+            cluster = outbound_cluster(number, tls[0].host)
+            tcp_routes = _l4_routes(tls[0], number, vs_of, ports_of, "tcp", errors)
+        elif tls:
+            cluster = BLACKHOLE
         tls_routes = tuple(r for s in tls for r in _l4_routes(s, number, vs_of, ports_of, "tls", errors))
         table[number] = OutboundPort(number, http, cluster, hosts, tcp_routes=tcp_routes, tls_routes=tls_routes,
                                      tls=tuple((s.host, outbound_cluster(number, s.host)) for s in tls))
@@ -224,9 +227,10 @@ def outbound(ip: str, port: OutboundPort, labels: Mapping[str, str] | None = Non
     if port.tls:
         claimed: set[tuple[str, tuple[str, ...]]] = set()
         chains += l4.sni_chains(port.tls_routes, stat, accept, claimed=claimed)
-        # Each TLS service by its name, unless the default chain goes there anyway.
+        # Each TLS service by its name, where several share the port (one alone is the
+        # catch-all, through its tcp routes if it has some, as under istiod).
         own = [l4.Route((l4.Match(sni_hosts=(host,)),), ((cluster, 1),)) for host, cluster in port.tls
-               if cluster != port.cluster or chains]
+               if cluster != port.cluster]
         chains += l4.sni_chains(own, stat, accept, claimed=claimed)
         if chains:
             filters.append(l4.TLS_INSPECTOR)
