@@ -167,10 +167,16 @@ def outbound_ports(services: Iterable[MeshService], vs_of: VirtualServiceOf | No
             cluster = outbound_cluster(number, tcp[0].host)
             tcp_routes = _l4_routes(tcp[0], number, vs_of, ports_of, "tcp", errors)
         elif len(tcp) > 1:
+            names = ", ".join(x.host for x in tcp)
             for s in tcp:
-                errors.append(_warn(s.resource, f"TCP port {number} is used by {len(tcp)} services "
-                                    f"({', '.join(x.host for x in tcp)}); without capture they cannot be told "
-                                    "apart, TCP on the outbound listener goes to BlackHoleCluster"))
+                if s in auto:  # its HTTP is fine: say what is not, and how to say what it is
+                    message = (f"port {number} has no protocol (auto) and {len(tcp)} such services use it ({names}): "
+                               "HTTP to it is detected and routed, other TCP on the outbound listener goes to "
+                               "BlackHoleCluster; name the port (http-..., tcp-...) to say which it is")
+                else:
+                    message = (f"TCP port {number} is used by {len(tcp)} services ({names}); without capture they "
+                               "cannot be told apart, TCP on the outbound listener goes to BlackHoleCluster")
+                errors.append(_warn(s.resource, message))
             cluster = BLACKHOLE
         elif len(tls) == 1:  # TLS without a known SNI: the TLS service, by its tcp routes (as istiod)
             cluster = outbound_cluster(number, tls[0].host)
