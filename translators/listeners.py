@@ -9,7 +9,8 @@
   of several protocols on one port number) the listener detects HTTP (features/l4.py).
 * inbound: one listener ``inbound|<ip>_<targetPort>`` per port of the services that select
   the proxy's own workload, forwarding to the application at its local address; an
-  ``auto`` port detects HTTP (which then gets the HTTP policies) from the rest.
+  ``auto`` port detects HTTP (which then gets the HTTP policies) from the rest, in
+  plaintext by inspection and inside mesh mTLS by the ALPN its clients announce.
 
 The virtual listeners 15001/15006 of Istio need capture and are not generated.
 """
@@ -70,6 +71,8 @@ HTTP_FILTERS = (
     hcm.HttpFilter(name=cors.FILTER, typed_config=to_any(cors.filter_config())),
     hcm.HttpFilter(name="envoy.filters.http.router", typed_config=to_any(router_pb2.Router())),
 )
+#: Ahead of them on a sniffed outbound port: HTTP says so in its upstream mTLS ALPN.
+_ANNOUNCE = (l4.announce_http(),)
 
 
 def _listener(name: str, ip: str, port: int, direction: int, network_filter: Message, filter_name: str,
@@ -88,9 +91,9 @@ def _stat_prefix(direction: int, port: int) -> str:
 
 
 def _http(name: str, ip: str, port: int, direction: int, policy: InboundPolicy = NO_POLICY,
-          **route: Message | str) -> listener_pb2.Listener:
+          first: Sequence[hcm.HttpFilter] = (), **route: Message | str) -> listener_pb2.Listener:
     manager = hcm.HttpConnectionManager(stat_prefix=_stat_prefix(direction, port),
-                                        http_filters=[*policy.http_filters, *HTTP_FILTERS], **route)  # type: ignore[arg-type]
+                                        http_filters=[*first, *policy.http_filters, *HTTP_FILTERS], **route)  # type: ignore[arg-type]
     if policy.http_filters:
         manager.normalize_path.value = True  # policies match the path the app will see (istiod's default)
     if direction == base_pb2.INBOUND:
@@ -164,17 +167,25 @@ def outbound_ports(services: Iterable[MeshService], vs_of: VirtualServiceOf | No
             cluster = outbound_cluster(number, tcp[0].host)
             tcp_routes = _l4_routes(tcp[0], number, vs_of, ports_of, "tcp", errors)
         elif len(tcp) > 1:
+            names = ", ".join(x.host for x in tcp)
             for s in tcp:
-                errors.append(_warn(s.resource, f"TCP port {number} is used by {len(tcp)} services "
-                                    f"({', '.join(x.host for x in tcp)}); without capture they cannot be told "
-                                    "apart, TCP on the outbound listener goes to BlackHoleCluster"))
+                if s in auto:  # its HTTP is fine: say what is not, and how to say what it is
+                    message = (f"port {number} has no protocol (auto) and {len(tcp)} such services use it ({names}): "
+                               "HTTP to it is detected and routed, other TCP on the outbound listener goes to "
+                               "BlackHoleCluster; name the port (http-..., tcp-...) to say which it is")
+                else:
+                    message = (f"TCP port {number} is used by {len(tcp)} services ({names}); without capture they "
+                               "cannot be told apart, TCP on the outbound listener goes to BlackHoleCluster")
+                errors.append(_warn(s.resource, message))
             cluster = BLACKHOLE
-        elif tls:  # TLS without a known SNI: the one TLS service, if it is alone
-            cluster = outbound_cluster(number, tls[0].host) if len(tls) == 1 else BLACKHOLE
+        elif len(tls) == 1:  # TLS without a known SNI: the TLS service, by its tcp routes (as istiod)
+            cluster = outbound_cluster(number, tls[0].host)
+            tcp_routes = _l4_routes(tls[0], number, vs_of, ports_of, "tcp", errors)
+        elif tls:
+            cluster = BLACKHOLE
         tls_routes = tuple(r for s in tls for r in _l4_routes(s, number, vs_of, ports_of, "tls", errors))
-        table[number] = OutboundPort(
-            number, http, cluster, hosts, tcp_routes=tcp_routes, tls=tuple((s.host, outbound_cluster(number, s.host)) for s in tls),
-            tls_routes=tls_routes)
+        table[number] = OutboundPort(number, http, cluster, hosts, tcp_routes=tcp_routes, tls_routes=tls_routes,
+                                     tls=tuple((s.host, outbound_cluster(number, s.host)) for s in tls))
     return table, errors
 
 
@@ -222,9 +233,10 @@ def outbound(ip: str, port: OutboundPort, labels: Mapping[str, str] | None = Non
     if port.tls:
         claimed: set[tuple[str, tuple[str, ...]]] = set()
         chains += l4.sni_chains(port.tls_routes, stat, accept, claimed=claimed)
-        # Each TLS service by its name, unless the default chain goes there anyway.
+        # Each TLS service by its name, where several share the port (one alone is the
+        # catch-all, through its tcp routes if it has some, as under istiod).
         own = [l4.Route((l4.Match(sni_hosts=(host,)),), ((cluster, 1),)) for host, cluster in port.tls
-               if cluster != port.cluster or chains]
+               if cluster != port.cluster]
         chains += l4.sni_chains(own, stat, accept, claimed=claimed)
         if chains:
             filters.append(l4.TLS_INSPECTOR)
@@ -238,7 +250,7 @@ def outbound(ip: str, port: OutboundPort, labels: Mapping[str, str] | None = Non
         listener_filters=filters, filter_chains=[*chains, *tcp_chains])
     if port.http:  # and TCP or TLS too: detect HTTP
         rds = hcm.Rds(config_source=ADS, route_config_name=str(port.number))
-        listener = l4.sniffing(listener, _http(name, ip, port.number, direction, rds=rds))
+        listener = l4.sniffing(listener, _http(name, ip, port.number, direction, first=_ANNOUNCE, rds=rds))
     return listener
 
 

@@ -21,7 +21,7 @@ import collections
 import contextlib
 import http.client
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from harness.http_mesh import track_logs
 from harness.tcp_echo import TcpEcho, tcp_call, tls_call
 from harness.tls_upstream import TestPki, TlsUpstream
 
-from xds_server.local.bootstrap import build_bootstrap
+from xds_server.local.bootstrap import build_bootstrap, xds_tls_for
 
 NS = "default"
 TARGET = 8080
@@ -197,6 +197,21 @@ def test_tcp_weighted_split_80_20(mesh: L4Mesh) -> None:
     assert abs(100 * counts["split-b"] / n - 20) <= 8, counts
 
 
+def test_tcp_routes_follow_virtual_service_changes(mesh: L4Mesh) -> None:
+    """A VirtualService that takes over split's host (it sorts first: istiod's order for
+    two in the same namespace) sends every new connection to b; removed, the split is back."""
+    eventually(lambda: tcp_call(mesh.client_ip, 9200).startswith("split-"), timeout=20)
+    mesh.config.write("a-split.yaml", virtual_service("a-split", {"hosts": ["split"], "tcp": [
+        {"route": [{"destination": {"host": "split", "subset": "b"}}]}]}))
+    try:
+        eventually(lambda: all(tcp_call(mesh.client_ip, 9200, f"n{i}").startswith("split-b:") for i in range(20)),
+                   timeout=20, message="every connection goes to b")
+    finally:
+        mesh.config.remove("a-split.yaml")
+    eventually(lambda: any(tcp_call(mesh.client_ip, 9200, f"m{i}").startswith("split-a:") for i in range(20)),
+               timeout=20, message="back to the 80/20 split")
+
+
 def test_tls_routed_by_sni(mesh: L4Mesh) -> None:
     """Opaque TLS through the client's outbound listener: each TLS service by its own name,
     and the tls routes' SNI names to theirs; the backend saw the SNI the client sent."""
@@ -215,3 +230,43 @@ def test_inbound_detects_http_and_tcp(mesh: L4Mesh) -> None:
     assert eventually(lambda: tcp_call(mesh.client_ip, 9300, "via"), timeout=20) == "dual: via"
     status, body = mesh.http(9300, "dual")
     assert status == 200 and body["pod"] == "dual" and body["protocol"] == "http", body
+
+
+# ---------------------------------------------------------------- detection inside mesh mTLS
+
+
+@pytest.mark.parametrize("mode", ["STRICT", "PERMISSIVE"])
+def test_auto_port_over_mesh_mtls(mode: str, config_dir: ConfigDir, start_meshpilot: Callable[..., MeshpilotServer],
+                                  start_envoy: Callable[..., EnvoyProcess], loopback: LoopbackAllocator,
+                                  tmp_path: Path) -> None:
+    """Between two sidecars with mesh identities, an unnamed port carries HTTP (the server's
+    HTTP chain, which tells the app the caller's SPIFFE ID) and raw TCP, both over mTLS."""
+    pod_ip, app_ip = loopback.allocate(), loopback.allocate()
+    app = TcpEcho(app_ip, 9300, "dual").start()
+    try:
+        dual_pod = pod("dual", "v1", pod_ip, {"sidecar.meshpilot.io/app-address": app_ip})
+        dual_pod["metadata"]["labels"]["security.istio.io/tlsMode"] = "istio"  # it has a sidecar
+        dual_pod["spec"] = {"serviceAccountName": "dual"}
+        config_dir.write("mesh.yaml", [
+            service("dual", 9300, target=9300), dual_pod,
+            {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+             "metadata": {"name": "default", "namespace": NS}, "spec": {"mtls": {"mode": mode}}}])
+        server = start_meshpilot(config_dir)
+        client_ip = loopback.allocate()
+        for name, ip, sa in (("dual", pod_ip, "dual"), ("client", client_ip, "client")):
+            start_envoy(build_bootstrap(xds_address=server.xds_tls_address, proxy_ip=ip, namespace=NS,
+                                        pod=f"{name}-v1", service_account=sa, labels={"app": name},
+                                        xds_tls=xds_tls_for(server.ca_state, NS, sa)), wait="live", name=name)
+        mesh = L4Mesh(config_dir, server, client_ip, pod_ip, {}, {}, [])
+        status, body = eventually(lambda: mesh.http(9300, "dual"), timeout=30)
+        assert status == 200 and body["protocol"] == "http", body
+        assert f"URI=spiffe://cluster.local/ns/{NS}/sa/client" in body["headers"]["x-forwarded-client-cert"], body
+        assert eventually(lambda: tcp_call(client_ip, 9300, "raw"), timeout=20) == "dual: raw"
+        try:  # plaintext past the server's sidecar: only where PERMISSIVE allows it
+            plain = tcp_call(pod_ip, 9300, "plain")
+        except OSError:
+            plain = ""
+        # (STRICT: a TLS alert, or nothing, comes back)
+        assert (plain == "dual: plain") == (mode == "PERMISSIVE"), plain
+    finally:
+        app.stop()

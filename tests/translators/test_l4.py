@@ -183,3 +183,26 @@ def test_builders_for_gateway_servers() -> None:
                                          l4.gateway_accepts(31400, {"shop/edge"}))
     assert catch_all and _clusters(listener_pb2.Listener(filter_chains=tcp)) == ["outbound|31400||db"]
     assert l4.tcp_route_chains(vs.spec.tcp, str, "gw", l4.gateway_accepts(8080, {"shop/edge"})) == ([], False)
+
+
+def test_shared_ports_detect_http_and_say_where_tcp_goes() -> None:
+    """Unnamed ports shared by two services: HTTP still routed (sniffed listener), TCP has
+    nowhere to go (BlackHoleCluster), and each is told to name its port; a declared TCP
+    service among auto ones takes their TCP."""
+    def svc(name: str, port: dict[str, Any]) -> Any:
+        return parse_resource({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "a"},
+                               "spec": {"ports": [port]}}, "s.yaml")
+
+    t = Translator()
+    t.update(world_of([svc("x", {"port": 80}), svc("y", {"port": 80}), svc("z", {"port": 81}),
+                       svc("raw", {"port": 81, "name": "tcp"})]))
+    proxy = Proxy(id="sidecar~10.0.0.1~c", ip="10.0.0.1", namespace="a")
+    assert _clusters(_listener(t, proxy, "10.0.0.1_80")) == ["BlackHoleCluster"]
+    assert _clusters(_listener(t, proxy, "10.0.0.1_81")) == ["outbound|81||raw.a.svc.cluster.local"]
+    assert [f.name for f in _listener(t, proxy, "10.0.0.1_80").listener_filters] == [l4.HTTP_INSPECTOR.name]
+    warned = {(e.resource, e.message.split(":")[0]) for e in t.errors}
+    assert warned == {("Service a/x", "port 80 has no protocol (auto) and 2 such services use it (x.a.svc.cluster.local, "
+                                      "y.a.svc.cluster.local)"),
+                      ("Service a/y", "port 80 has no protocol (auto) and 2 such services use it (x.a.svc.cluster.local, "
+                                      "y.a.svc.cluster.local)"),
+                      ("Service a/z", "port 81 has no protocol (auto)")}, t.errors

@@ -16,8 +16,9 @@ Pure builders for VirtualService ``tcp`` and ``tls`` routes, shared by sidecar l
 * ``sniffing``: a TCP listener and an HTTP listener for the same port (both already
   secured by features/mtls.py) as one listener that detects HTTP on the wire, as istiod
   does for ``auto`` ports: each plaintext chain gets an HTTP twin matching the
-  application protocols the http_inspector reports. Mesh mTLS chains stay TCP: our
-  clients announce no HTTP in their ALPN (istiod's clients send ``istio-http/1.1``).
+  application protocols the http_inspector reports, each mesh mTLS chain one matching
+  the ALPN (``istio-http/1.1``) that ``announce_http`` has the client's HCM send upstream,
+  as istiod's clients do.
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ import ipaddress
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from envoy.config.core.v3 import address_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, substitution_format_string_pb2
 from envoy.config.listener.v3 import listener_components_pb2 as lc
 from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.common.set_filter_state.v3 import value_pb2
+from envoy.extensions.filters.http.set_filter_state.v3 import set_filter_state_pb2
 from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from translators.features._proto import to_any, u32
@@ -43,6 +47,8 @@ TLS_INSPECTOR = lc.ListenerFilter(
     name="envoy.filters.listener.tls_inspector", typed_config=to_any(tls_inspector_pb2.TlsInspector()))
 #: What the http_inspector reports for HTTP (istiod's plaintext HTTP ALPNs).
 SNIFFED_HTTP = ("http/1.0", "http/1.1", "h2c")
+#: What a mesh client announces for HTTP over mTLS (istiod's mtlsHTTPALPNs).
+MESH_HTTP_ALPNS = ("istio-http/1.0", "istio-http/1.1", "istio-h2")
 
 ClusterOf = Callable[[Destination], str]
 Weighted = tuple[tuple[str, int], ...]  # (cluster, weight)
@@ -210,27 +216,49 @@ def sni_filter_chains(tls_routes: Sequence[TLSRoute], cluster_of: ClusterOf, sta
 # ---------------------------------------------------------------- detection
 
 
+def announce_http() -> hcm.HttpFilter:
+    """The HTTP filter that makes an HTTP request detected on an outbound ``auto`` port say
+    so in its upstream mTLS ALPN (``istio-http/1.1``, as istiod's ALPN override does): the
+    server's sidecar cannot look inside mTLS, and chooses its HTTP chain by that ALPN.
+    Ignored by plaintext upstreams."""
+    config = set_filter_state_pb2.Config(on_request_headers=[value_pb2.FilterStateValue(
+        object_key="envoy.network.application_protocols",
+        format_string=substitution_format_string_pb2.SubstitutionFormatString(
+            text_format_source=base_pb2.DataSource(inline_string=MESH_HTTP_ALPNS[1])),
+        shared_with_upstream=value_pb2.FilterStateValue.ONCE)])
+    return hcm.HttpFilter(name="envoy.filters.http.set_filter_state", typed_config=to_any(config))
+
+
 def sniffing(tcp: listener_pb2.Listener, http: listener_pb2.Listener) -> listener_pb2.Listener:
-    """``tcp`` with, ahead of its first plaintext catch-all chain of each name, the twin of
-    that name from ``http``, taking what the http_inspector reports as HTTP."""
+    """``tcp`` with, ahead of its first catch-all chain of each name, the twin of that name
+    from ``http``, taking what is HTTP: on plaintext, what the http_inspector reports; on
+    mesh mTLS, what the client's ALPN announces (``istio-http/*``, see ``announce_http``)."""
     twins = {c.name: c for c in http.filter_chains}
     chains = []
+    inspect_tls = False
     for chain in tcp.filter_chains:
         match = chain.filter_chain_match
-        twin = twins.pop(chain.name, None) if not (
-            chain.HasField("transport_socket") or match.server_names or match.prefix_ranges
-            or match.transport_protocol == "tls") else None
-        if twin is not None:
+        twin = twins.pop(chain.name, None) if not (match.server_names or match.prefix_ranges) else None
+        mesh_tls = chain.HasField("transport_socket")
+        if twin is not None and (mesh_tls or match.transport_protocol != "tls"):
             sniffed = lc.FilterChain()
             sniffed.CopyFrom(twin)
             sniffed.name = f"{twin.name}-http" if twin.name else "http"
             # (Same transport_protocol as the chain it shadows: Envoy narrows the chains
             # level by level and would not come back to a less specific one.)
-            sniffed.filter_chain_match.application_protocols.extend(SNIFFED_HTTP)
+            del sniffed.filter_chain_match.application_protocols[:]
+            sniffed.filter_chain_match.application_protocols.extend(MESH_HTTP_ALPNS if mesh_tls else SNIFFED_HTTP)
+            if mesh_tls:  # the TCP chain keeps the rest (Envoy refuses one ALPN on two chains)
+                rest = [p for p in match.application_protocols if p not in MESH_HTTP_ALPNS]
+                del match.application_protocols[:]
+                match.application_protocols.extend(rest)
+                inspect_tls = True
             chains.append(sniffed)
         chains.append(chain)
     del tcp.filter_chains[:]
     tcp.filter_chains.extend(chains)
+    if inspect_tls and not any(f.name == TLS_INSPECTOR.name for f in tcp.listener_filters):
+        tcp.listener_filters.append(TLS_INSPECTOR)  # (STRICT has none: it had one chain)
     tcp.listener_filters.append(HTTP_INSPECTOR)  # after a tls_inspector: it skips TLS
     # A server-speaks-first protocol sends nothing to inspect: serve it as TCP after the wait.
     tcp.continue_on_listener_filters_timeout = True
