@@ -95,7 +95,9 @@ def test_explain_names_the_route_envoy_takes_and_why_it_fails(mesh: Mesh) -> Non
     assert f"Cluster: outbound|{PORT}|v3|{HOST} (EDS, 0 endpoints)" in text
     assert "VirtualService: default/reviews http[4] (to-v3)" in text and "Problem: cluster" in text
     assert request(mesh.client_ip, PORT, "/v3/a", "reviews")[0] == 503
-    assert "no virtual host" in explain(mesh, "/", "--host", "nowhere")["problems"][0]  # last --host wins
+    unknown = explain(mesh, "/", "--host", "nowhere")  # last --host wins
+    assert unknown["virtual_host"]["name"] == "allow_any" and "no service of this proxy has host 'nowhere'" in unknown[
+        "problems"][0]
 
     # Config the proxy rejected: explain says it runs an older version.
     mesh.config.write("reviews-routing.yaml", MATCHERS.replace(

@@ -74,6 +74,13 @@ def _types(config: dict[str, Any], t: str) -> dict[str, Any]:
     return {name: entry["resource"] for name, entry in full.items()}
 
 
+#: The last virtual host of outbound route configs (outboundTrafficPolicy), by name.
+_CATCH_ALLS = {
+    "allow_any": "ALLOW_ANY passes the request to the address its Host names (an ip:port), else Envoy answers 503",
+    "block_all": "REGISTRY_ONLY, Envoy answers 502",
+}
+
+
 def explain(config: dict[str, Any], request: Request, port: int | None) -> dict[str, Any]:
     routes = _types(config, "rds")
     if port is None:
@@ -96,6 +103,9 @@ def explain(config: dict[str, Any], request: Request, port: int | None) -> dict[
                                "Envoy answers 404 (NR)")
         return out
     out["virtual_host"] = {"name": m.virtual_host.get("name"), "domains": m.virtual_host.get("domains")}
+    catch_all = _CATCH_ALLS.get(m.virtual_host.get("name", ""))
+    if catch_all:  # the outboundTrafficPolicy's virtual host: the Host is no service's
+        out["problems"].append(f"no service of this proxy has host {request.host!r}: {catch_all}")
     if m.route is None:
         out["problems"].append(f"no route of virtual host {m.virtual_host.get('name')} matches: Envoy answers 404 (NR)")
         return out
