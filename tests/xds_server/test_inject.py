@@ -336,3 +336,14 @@ def test_reviews_are_cached_briefly_by_token() -> None:
         assert calls[-1] == "good"
 
     asyncio.run(run())
+
+
+def test_ca_trust_bundle_prints_the_roots_for_the_webhook_ca_bundle(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ca", "trust-bundle", "--ca-state", str(tmp_path / "none")]) == 1
+    assert not (tmp_path / "none").exists()  # never creates a CA by asking for its roots
+    bundle = CertificateAuthority.load_or_create(tmp_path / "ca").trust_bundle()
+    capsys.readouterr()
+    assert main(["ca", "trust-bundle", "--ca-state", str(tmp_path / "ca")]) == 0
+    out = capsys.readouterr().out
+    assert out.encode() == bundle and "PRIVATE KEY" not in out
