@@ -29,6 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
+
 from xds_server.local.envoy_binary import ENVOY_VERSION
 
 # ---------------------------------------------------------------- names
@@ -184,8 +186,6 @@ def _hold_application(annotations: Mapping[str, str]) -> bool:
     raw = annotations.get(PROXY_CONFIG)
     if not raw:
         return False
-    import yaml
-
     try:
         config = yaml.safe_load(raw)
     except yaml.YAMLError as e:
