@@ -524,3 +524,27 @@ def kube_meshpilot(kubeconfig: Path, *, workdir: Path, extra_args: tuple[str, ..
     at = argv.index("--config-dir")
     argv[at : at + 2] = ["--kubeconfig", str(kubeconfig)]
     return server
+
+
+def webhook_service(cluster: KubeCluster, namespace: str, ip: str, port: int, *, service_port: int = 9443,
+                    name: str = "meshpilot") -> Callable[[], None]:
+    """A Service ``name`` whose EndpointSlice points at ``ip:port`` (meshpilot's webhook port):
+    with ``--enable-aggregator-routing`` the API server dials the slice's address, as it has
+    no kube-proxy. Returns the function that deletes both (a namespace never finishes
+    terminating here, so later tests would see them)."""
+    cluster.apply(
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace},
+         "spec": {"ports": [{"name": "https-webhook", "port": service_port, "targetPort": port}]}},
+        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+         "metadata": {"name": f"{name}-1", "namespace": namespace, "labels": {"kubernetes.io/service-name": name}},
+         "addressType": "IPv4",
+         # The API server matches the slice's port to the Service's by name.
+         "ports": [{"name": "https-webhook", "port": port, "protocol": "TCP"}],
+         "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}]},
+    )
+
+    def delete() -> None:
+        cluster.kubectl("delete", "-n", namespace, f"service/{name}", f"endpointslice/{name}-1",
+                        "--ignore-not-found", check=False)
+
+    return delete

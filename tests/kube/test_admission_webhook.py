@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from harness import MeshpilotServer, eventually
-from harness.kube import KubeCluster, kube_meshpilot, track
+from harness.kube import KubeCluster, kube_meshpilot, track, webhook_service
 
 from ca import CertificateAuthority
 from xds_server.local.processes import free_port
@@ -58,18 +58,8 @@ def webhook(
     track(request, server)
     server.start(timeout=60)
     name = f"meshpilot-{ns}"
+    delete_service = webhook_service(cluster, ns, ip, port, service_port=SERVICE_PORT)
     try:
-        cluster.apply(
-            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "meshpilot", "namespace": ns},
-             "spec": {"ports": [{"name": "https-webhook", "port": SERVICE_PORT, "targetPort": port}]}},
-            {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-             "metadata": {"name": "meshpilot-1", "namespace": ns,
-                          "labels": {"kubernetes.io/service-name": "meshpilot"}},
-             "addressType": "IPv4",
-             # The API server matches the slice's port to the Service's by name.
-             "ports": [{"name": "https-webhook", "port": port, "protocol": "TCP"}],
-             "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}]},
-        )
         bundle = CertificateAuthority.load_or_create(server.ca_state).trust_bundle()
         cluster.apply({
             "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
@@ -90,9 +80,7 @@ def webhook(
         yield server
     finally:
         cluster.kubectl("delete", "validatingwebhookconfiguration", name, "--ignore-not-found", check=False)
-        # The namespace never finishes terminating (no controllers): later tests would see these.
-        cluster.kubectl("delete", "-n", ns, "service/meshpilot", "endpointslice/meshpilot-1", "--ignore-not-found",
-                        check=False)
+        delete_service()
         server.stop()
 
 

@@ -12,6 +12,7 @@ import asyncio
 import json
 import ssl
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +60,16 @@ def ssl_context(cert: IssuedCertificate) -> ssl.SSLContext:
     return ctx
 
 
+#: An admission handler: a decoded AdmissionReview in, the answer out (ValueError: a 400).
+Handler = Callable[[Any], dict[str, Any]]
+
+
 class WebhookServer:
-    def __init__(self, context: ssl.SSLContext) -> None:
+    """Serves ``routes`` (path -> handler); by default the validating webhook at /validate."""
+
+    def __init__(self, context: ssl.SSLContext, routes: Mapping[str, Handler] | None = None) -> None:
         self.context = context
+        self.routes: dict[str, Handler] = dict(routes) if routes is not None else {"/validate": review}
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -91,7 +99,8 @@ class WebhookServer:
     async def _answer(self, reader: asyncio.StreamReader) -> tuple[int, Any]:
         head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
         method, target, _ = head[0].split(" ", 2)
-        if target.split("?", 1)[0] != "/validate":
+        handler = self.routes.get(target.split("?", 1)[0])
+        if handler is None:
             return 404, {"error": f"no such path: {target}"}
         if method != "POST":
             return 405, {"error": "POST an AdmissionReview"}
@@ -103,6 +112,6 @@ class WebhookServer:
         if not 0 < length <= MAX_BODY:
             return 400, {"error": "a Content-Length up to 3 MiB is required"}
         try:
-            return 200, review(json.loads(await reader.readexactly(length)))
+            return 200, handler(json.loads(await reader.readexactly(length)))
         except ValueError as e:
             return 400, {"error": str(e)}

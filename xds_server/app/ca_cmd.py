@@ -1,6 +1,6 @@
 """``meshpilot ca``: operate the self-signed CA kept in a state directory.
 
-``meshpilot ca rotate-root`` makes a new root in the state and keeps the old one trusted for
+``meshpilot ca trust-bundle`` prints the roots (PEM, no key). ``meshpilot ca rotate-root`` makes a new root in the state and keeps the old one trusted for
 ``--overlap`` seconds. A running ``meshpilot serve`` on the same state notices the new files
 within a second (it polls them) and rolls the mesh over: trust bundle (old and new roots) to
 every proxy first, then workload certificates signed by the new root.
@@ -33,6 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "than a proxy may stay disconnected")
     rotate.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
     rotate.set_defaults(ca_run=rotate_root)
+    bundle = sub.add_parser(
+        "trust-bundle", help="print the trust bundle (root certificates, PEM; never a key)",
+        description="Print the roots proxies and the API server trust, e.g. for the chart's webhook.caBundle.")
+    bundle.add_argument("--ca-state", type=Path, default=None, metavar="DIR",
+                        help=f"the CA's state directory (default: {default_state_dir()})")
+    bundle.set_defaults(ca_run=trust_bundle)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +47,14 @@ def run(args: argparse.Namespace) -> int:
     except CAError as e:
         print(f"meshpilot ca: {e}", file=sys.stderr)
         return 1
+
+
+def trust_bundle(args: argparse.Namespace) -> int:
+    state = args.ca_state or default_state_dir()
+    if not (state / ROOT_FILE).is_file():
+        raise CAError(f"no CA state in {state}")
+    sys.stdout.write(CertificateAuthority.load_or_create(state).trust_bundle().decode())
+    return 0
 
 
 def rotate_root(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""The ``meshpilot`` command: serve, bootstrap, demo, and istioctl-style verbs (version, analyze, proxy-status,
+"""The ``meshpilot`` command: serve, bootstrap, kube-inject, demo, and istioctl-style verbs (version, analyze, proxy-status,
 proxy-config, describe, explain, diff)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from xds_server.app import ca_cmd, serve
+    from xds_server.app import ca_cmd, kube_inject, serve
     from xds_server.app.verbs import analyze, describe, diff, explain, proxy_config, proxy_status, version
     from xds_server.app.verbs.common import client_version
     from xds_server.local import bootstrap, demo
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         ("bootstrap", bootstrap, "print an Envoy bootstrap (JSON) for a sidecar or gateway"),
         ("demo", demo, "run the bundled example mesh with real Envoy sidecars and demo apps"),
         ("ca", ca_cmd, "operate the CA in a state directory (rotate-root)"),
+        ("kube-inject", kube_inject, kube_inject.HELP),
         ("version", version, version.HELP),
         ("analyze", analyze, analyze.HELP),
         ("proxy-status", proxy_status, proxy_status.HELP),

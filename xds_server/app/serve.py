@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ import structlog
 from ca import DEFAULT_WORKLOAD_TTL, CAError, default_state_dir
 from translators.errors import ConfigError
 from translators.model.world import World
-from xds_server.admission.webhook import WebhookServer, ssl_context
+from xds_server.admission import inject
+from xds_server.admission.webhook import WebhookServer, review, ssl_context
 from xds_server.app.config_dump import add_credentials, proxy_config
 from xds_server.app.debounce import Debouncer
 from xds_server.app.describe import DescribeError, describe
@@ -31,9 +33,10 @@ from xds_server.app.node import proxy_as_dict
 from xds_server.app.pipeline import Pipeline, full_collection
 from xds_server.app.verbs.common import client_version
 from xds_server.sources.files import RESCAN_EVERY, DirectorySource, LoadResult
-from xds_server.sources.kubernetes import KubernetesSource
+from xds_server.sources.kubernetes import KubernetesSource, _api_client
 from xds_server.xds.server import XdsServer, start_grpc
 from xds_server.xds.status import CONFIG_ERRORS, RESCANS, WATCH_FAILURES, WATCHING
+from xds_server.xds.tokenreview import TokenReviewer, kube_review_call
 
 log = structlog.get_logger("meshpilot")
 
@@ -65,6 +68,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="serve the validating admission webhook (HTTPS, POST /validate) here; default off")
     p.add_argument("--webhook-san", action="append", default=[], metavar="NAME",
                    help="a name the API server dials the webhook by (default: meshpilot.<--namespace>.svc)")
+    p.add_argument("--inject-xds-address", default="off", metavar="HOST:PORT",
+                   help="also serve the sidecar injection webhook (POST /inject) on --webhook-address; injected "
+                   "proxies dial meshpilot's TLS xDS port at this address (e.g. meshpilot.istio-system.svc:15012)")
+    p.add_argument("--inject-proxy-image", default=inject.DEFAULT_PROXY_IMAGE, help="the injected sidecar's image")
+    p.add_argument("--inject-init-image", default=inject.DEFAULT_INIT_IMAGE,
+                   help="the injected init containers' image (meshpilot and iptables)")
+    p.add_argument("--token-review-ttl", type=float, default=10.0, metavar="SECONDS",
+                   help="Kubernetes mode: how long a TokenReview's answer is reused for the same token (a deleted "
+                   "pod's token keeps working for new streams at most this long)")
     p.add_argument("--namespace", default="default", help="namespace of manifests that name none")
     p.add_argument("--debounce-quiet", type=float, default=0.1, metavar="SECONDS", help="push after this much quiet")
     p.add_argument("--debounce-max", type=float, default=10.0, metavar="SECONDS", help="push at the latest after this")
@@ -137,6 +149,10 @@ class ControlPlane:
             raise CAError(f"--workload-cert-ttl must be positive, not {args.workload_cert_ttl}")
         self.mesh_ca = MeshCA(args.ca_state or default_state_dir(), cacerts=args.cacerts,
                               workload_ttl=timedelta(seconds=args.workload_cert_ttl))
+        if isinstance(self.source, KubernetesSource):
+            # Pods prove who they are with their service-account token, checked by the API server.
+            self.mesh_ca.secrets.reviewer = TokenReviewer(kube_review_call(_api_client(args.kubeconfig, None)),
+                                                          ttl=args.token_review_ttl)
         self.xds = XdsServer(self.cache, self.mesh_ca.secrets, self.pipeline.convergence, self.pipeline.credentials)
         self.ready = False
         # What keeps config from following the files ("watcher", or a task that ended): why.
@@ -214,9 +230,22 @@ class ControlPlane:
         dns, ips = server_names(host, self.args.webhook_san or [f"meshpilot.{self.args.namespace}.svc"])
         # Not renewed yet (30-day TTL), unlike the xDS port's certificate: a later step.
         cert = self.mesh_ca.ca.server_certificate(dns, ip_addresses=ips)
-        webhook = WebhookServer(ssl_context(cert))
+        routes: dict[str, Any] = {"/validate": review}
+        inject_address = self.args.inject_xds_address
+        if inject_address and inject_address != "off":
+            split_address(inject_address)  # exits on a malformed address
+            config = inject.InjectConfig(
+                xds_address=inject_address, root_pem=self.mesh_ca.ca.trust_bundle(),
+                proxy_image=self.args.inject_proxy_image, init_image=self.args.inject_init_image)
+
+            def inject_review(body: Any) -> dict[str, Any]:
+                # The roots of now: during a root rotation, new pods trust the old and the new.
+                return inject.review(body, replace(config, root_pem=self.mesh_ca.ca.trust_bundle()))
+
+            routes["/inject"] = inject_review
+        webhook = WebhookServer(ssl_context(cert), routes)
         await webhook.start(host, port)
-        log.info("admission webhook serving", address=address, names=dns + ips)
+        log.info("admission webhook serving", address=address, names=dns + ips, paths=sorted(routes))
         return webhook
 
     async def watch(self) -> None:

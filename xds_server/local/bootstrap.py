@@ -150,6 +150,33 @@ def _xds_cluster(
     return cluster
 
 
+_ADMIN_CLUSTER = "meshpilot-admin"
+_HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+
+def _admin_cluster(address: str, port: int) -> dict[str, Any]:
+    return {"name": _ADMIN_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": _ADMIN_CLUSTER, "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _socket_address(address, port)}}]}]}}
+
+
+def _health_listener(address: str, port: int) -> dict[str, Any]:
+    """``<proxy ip>:<port>/healthz/ready`` -> the admin's ``/ready``: a kubelet can probe the proxy
+    without the admin (which can stop Envoy) being reachable from the network, as Istio's 15021."""
+    route = {"match": {"path": "/healthz/ready"},
+             "route": {"cluster": _ADMIN_CLUSTER, "prefix_rewrite": "/ready", "timeout": "2s"}}
+    return {
+        "name": "meshpilot-health",
+        "address": _socket_address(address, port),
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": f"type.googleapis.com/{_HCM}", "stat_prefix": "health",
+            "route_config": {"virtual_hosts": [{"name": "health", "domains": ["*"], "routes": [route]}]},
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+        }}]}],
+    }
+
+
 def build_bootstrap(
     *,
     xds_address: str,
@@ -165,6 +192,7 @@ def build_bootstrap(
     bind_source: bool = True,
     xds_tls: XdsTls | None = None,
     locality: str = "",
+    health_port: int | None = None,
 ) -> dict[str, Any]:
     """The bootstrap as a JSON-ready dict. Raises ``ValueError`` on bad input.
 
@@ -214,7 +242,11 @@ def build_bootstrap(
             "cds_config": dict(ads),
             "lds_config": dict(ads),
         },
-        "static_resources": {"clusters": [_xds_cluster(xds_host, xds_port, proxy_ip, bind_source, xds_tls)]},
+        "static_resources": {
+            "clusters": [_xds_cluster(xds_host, xds_port, proxy_ip, bind_source, xds_tls),
+                         *([_admin_cluster(admin_address or proxy_ip, admin_port)] if health_port else [])],
+            **({"listeners": [_health_listener(proxy_ip, health_port)]} if health_port else {}),
+        },
         # A connection limit, mostly so Envoy does not warn at start that there is none.
         "overload_manager": {
             "resource_monitors": [
@@ -277,6 +309,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin-address", metavar="IP", help="admin bind address (default: the proxy IP)")
     parser.add_argument("--no-bind-source", dest="bind_source", action="store_false",
                         help="do not bind the xDS connection's source address to the proxy IP")
+    parser.add_argument("--token-file", type=Path, metavar="FILE",
+                        help="send this token (a Kubernetes projected service-account token, audience istio-ca) "
+                        "instead of minting a mesh token: meshpilot checks it with a TokenReview")
+    parser.add_argument("--root-env", metavar="NAME",
+                        help="read the mesh trust bundle (PEM) from this environment variable instead of the CA "
+                        "state (injected pods: the CA state is not theirs to read)")
+    parser.add_argument("--labels-file", type=Path, metavar="FILE",
+                        help="workload labels in the downward API's format (key=\"value\" lines), added to --label")
+    parser.add_argument("--health-port", type=int, metavar="PORT",
+                        help="also listen on PROXY_IP:PORT for GET /healthz/ready (the admin's /ready), for a kubelet")
     parser.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
     parser.add_argument("--format", choices=("envoy", "grpc"), default="envoy",
                         help="envoy: an Envoy bootstrap (default); grpc: the xDS bootstrap of a proxyless gRPC "
@@ -306,6 +348,33 @@ def xds_tls_for(
     return XdsTls(authority.trust_bundle(), token, server_name)
 
 
+def read_downward_labels(text: str) -> dict[str, str]:
+    """A downward API ``metadata.labels`` file: ``key="value"`` lines, values Go-quoted."""
+    labels = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep or not key:
+            continue
+        try:
+            labels[key] = json.loads(value) if value.startswith('"') else value
+        except ValueError:
+            labels[key] = value.strip('"')
+    return labels
+
+
+def kube_xds_tls(token_file: Path | None, root_env: str | None, server_name: str | None) -> XdsTls:
+    """An injected pod's TLS settings: its projected token and the root the injector gave it."""
+    if token_file is None or root_env is None:
+        raise ValueError("--token-file and --root-env go together")
+    root = os.environ.get(root_env, "")
+    if "BEGIN CERTIFICATE" not in root:
+        raise ValueError(f"environment variable {root_env} holds no PEM certificate")
+    token = token_file.read_text().strip()
+    if not token:
+        raise ValueError(f"{token_file} is empty")
+    return XdsTls(root.encode(), token, server_name)
+
+
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "format", "envoy") == "grpc":
         from xds_server.local import grpc_bootstrap
@@ -317,7 +386,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         tls = None
-        if args.xds_tls_address:
+        labels = dict(args.label)
+        if getattr(args, "labels_file", None) is not None:
+            labels = {**read_downward_labels(args.labels_file.read_text()), **labels}
+        if args.xds_tls_address and (getattr(args, "token_file", None) or getattr(args, "root_env", None)):
+            tls = kube_xds_tls(args.token_file, args.root_env, args.xds_server_name)
+        elif args.xds_tls_address:
             tls = xds_tls_for(args.ca_state or default_state_dir(), args.namespace, args.service_account,
                               cacerts=args.cacerts, token_ttl=timedelta(seconds=args.token_ttl),
                               server_name=args.xds_server_name)
@@ -327,7 +401,7 @@ def run(args: argparse.Namespace) -> int:
             namespace=args.namespace,
             pod=args.pod,
             service_account=args.service_account,
-            labels=dict(args.label),
+            labels=labels,
             role=args.role,
             delta=args.delta,
             locality=args.locality,
@@ -335,8 +409,9 @@ def run(args: argparse.Namespace) -> int:
             admin_address=args.admin_address,
             bind_source=args.bind_source,
             xds_tls=tls,
+            health_port=getattr(args, "health_port", None),
         )
-    except (ValueError, CAError) as e:
+    except (ValueError, CAError, OSError) as e:
         print(f"meshpilot bootstrap: {e}", file=sys.stderr)
         return 2
     text = json.dumps(config, indent=2) + "\n"

@@ -37,12 +37,14 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 from prometheus_client import Counter, Gauge
 
 from ca import IssuedCertificate, Signer, TokenAuthority, TokenError, WorkloadIdentity
+from ca.tokens import PREFIX as MESH_TOKEN_PREFIX
 from ca.tokens import ExpiredToken
 from translators.api import SECRET
 from translators.model.base import ResourceKey
 from translators.model.kube import Secret as KubeSecret
 from translators.model.world import World
 from xds_server.xds.cache import Resource, ResourceSet, TypeView
+from xds_server.xds.tokenreview import TokenReviewer
 
 log = structlog.get_logger("sds")
 
@@ -104,6 +106,8 @@ class SecretStore:
         self._watchers: dict[WorkloadIdentity, dict[int, Callable[[], None]]] = {}
         self._next = 0
         self.probe: SyncProbe | None = None  # set by the xDS server that serves these secrets
+        #: Kubernetes mode: service-account tokens, checked by TokenReview (``tokenreview``).
+        self.reviewer: TokenReviewer | None = None
 
     # ------------------------------------------------------------ identity proof
 
@@ -124,6 +128,28 @@ class SecretStore:
             return Grant(None, "identity_mismatch",
                          f"node metadata claims {claimed} but the token is for {ident.spiffe_id}", claims.token_id)
         return Grant(ident, "ok", token_id=claims.token_id)
+
+    async def authenticate_stream(
+        self, metadata: Iterable[tuple[str, Any]], namespace: str, service_account: str
+    ) -> Grant:
+        """:meth:`authenticate`, and in Kubernetes mode a service-account token checked by a
+        TokenReview: the identity is the one the API server returns; node metadata claiming
+        another is refused (as istiod refuses it), never believed."""
+        token = bearer_token(metadata)
+        if token is None or self.reviewer is None or token.startswith(MESH_TOKEN_PREFIX + "."):
+            return self.authenticate(metadata, namespace, service_account)
+        try:
+            reviewed = await self.reviewer.review(token)
+            ident = WorkloadIdentity(self.tokens.trust_domain, reviewed.namespace, reviewed.service_account)
+        except TokenError as e:
+            return Grant(None, "invalid_token", str(e))
+        except ValueError as e:  # an identity that is not a valid SPIFFE path
+            return Grant(None, "invalid_token", f"the reviewed identity is not usable: {e}")
+        if (ident.namespace, ident.service_account) != (namespace, service_account):
+            claimed = f"spiffe://{ident.trust_domain}/ns/{namespace}/sa/{service_account}"
+            return Grant(None, "identity_mismatch",
+                         f"node metadata claims {claimed} but the token is for {ident.spiffe_id}", reviewed.pod)
+        return Grant(ident, "ok", token_id=reviewed.pod)
 
     @staticmethod
     def reject(grant: Grant, proxy_id: str, **context: Any) -> None:

@@ -102,12 +102,13 @@ class XdsServer:
     def handlers(self, *, tls: bool = False) -> tuple[grpc.GenericRpcHandler, ...]:
         return (self.handler(tls=tls), self.sds_handler(tls=tls))
 
-    def _grant(self, proxy: Proxy, context: Any, tls: bool) -> Grant:
+    async def _grant(self, proxy: Proxy, context: Any, tls: bool) -> Grant:
         if not tls:
             return _PLAINTEXT
         if self.secrets is None:
             return _NO_CA
-        return self.secrets.authenticate(context.invocation_metadata() or (), proxy.namespace, proxy.service_account)
+        return await self.secrets.authenticate_stream(
+            context.invocation_metadata() or (), proxy.namespace, proxy.service_account)
 
     async def _serve(
         self, requests: AsyncIterator[Any], context: Any, protocol: str, *, tls: bool, secrets_only: bool = False
@@ -122,7 +123,7 @@ class XdsServer:
             log.warning("stream refused", reason=str(e), protocol=protocol)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             return
-        grant = self._grant(proxy, context, tls)
+        grant = await self._grant(proxy, context, tls)
         if grant.ok:
             assert grant.identity is not None
             # Translation gives mTLS config only to proxies that will have the secrets it needs.
