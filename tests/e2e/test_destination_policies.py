@@ -19,14 +19,10 @@ from typing import Any
 import pytest
 from harness import ConfigDir, EnvoyProcess, LoopbackAllocator, MeshpilotServer, eventually, request_full
 from harness.controlled_upstream import ControlledUpstream
+from harness.http_mesh import track_logs
 from harness.tls_upstream import Pem, TestPki, TlsUpstream
 
 from xds_server.local.bootstrap import build_bootstrap
-
-try:
-    from tests.conftest import _PROCESSES
-except ImportError:  # run from elsewhere: no logs attached to failures, nothing else lost
-    _PROCESSES = None  # type: ignore[assignment]
 
 PORT, PORT2 = 9080, 9081  # service ports the client calls
 TARGET = 8080  # where every pod answers (each on its own loopback IP)
@@ -266,8 +262,7 @@ def mesh(envoy_binary: str, loopback: LoopbackAllocator, tmp_path_factory: pytes
 
 @pytest.fixture(autouse=True)
 def _logs_on_failure(request: pytest.FixtureRequest, mesh: Mesh) -> None:
-    if _PROCESSES is not None:
-        request.node.stash.setdefault(_PROCESSES, []).extend([mesh.client, mesh.server])
+    track_logs(request, [mesh.client, mesh.server])
 
 
 # ---------------------------------------------------------------- 1. circuit breaking

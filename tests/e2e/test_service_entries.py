@@ -16,13 +16,9 @@ from typing import Any
 import pytest
 from harness import ConfigDir, EnvoyProcess, LoopbackAllocator, MeshpilotServer, eventually, request_full
 from harness.controlled_upstream import ControlledUpstream
+from harness.http_mesh import track_logs
 
 from xds_server.local.bootstrap import build_bootstrap
-
-try:
-    from tests.conftest import _PROCESSES
-except ImportError:  # run from elsewhere: no logs attached to failures, nothing else lost
-    _PROCESSES = None  # type: ignore[assignment]
 
 PORT = 9080  # the service port the client calls
 NS = "default"
@@ -133,8 +129,7 @@ def mesh(envoy_binary: str, loopback: LoopbackAllocator, tmp_path_factory: pytes
 
 @pytest.fixture(autouse=True)
 def _logs_on_failure(request: pytest.FixtureRequest, mesh: Mesh) -> None:
-    if _PROCESSES is not None:
-        request.node.stash.setdefault(_PROCESSES, []).extend([mesh.client, mesh.server])
+    track_logs(request, [mesh.client, mesh.server])
 
 
 def test_no_configuration_errors(mesh: Mesh) -> None:
