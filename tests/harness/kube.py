@@ -494,6 +494,14 @@ class KubeCluster:
         self.netns.add_address(ip)
         return ip
 
+    def bind_pod(self, namespace: str, name: str) -> None:
+        """Bind a Pod made by a controller (a Deployment's) to the one Node, as the scheduler
+        would: the EndpointSlice controller skips pods on no Node."""
+        binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": namespace},
+                   "target": {"apiVersion": "v1", "kind": "Node", "name": NODE_NAME}}
+        self.kubectl("create", "--raw", f"/api/v1/namespaces/{namespace}/pods/{name}/binding", "-f", "-",
+                     input=json.dumps(binding))
+
     def set_pod_ready(self, namespace: str, name: str, ip: str, ready: bool = True) -> None:
         """Write what a kubelet would: Running, the pod IP, and the Ready condition."""
         status = "True" if ready else "False"
