@@ -21,6 +21,7 @@ import base64
 import collections
 import json
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,6 @@ from harness.kube import (
     track,
 )
 
-from ca import CertificateAuthority
 from xds_server.app.verbs.proxy_status import type_status
 from xds_server.local.bootstrap import build_bootstrap
 
@@ -279,7 +279,11 @@ def test_the_users_flow(
         chart_pod = eventually(lambda: the_pod(cluster), timeout=30)["metadata"]["name"]
         cluster.bind_pod(NS, chart_pod)
         cluster.set_pod_ready(NS, chart_pod, pod_ip)
-        webhook_ca_bundle(CertificateAuthority.load_or_create(server.ca_state).trust_bundle())
+        # As the README says: `meshpilot ca trust-bundle` of the pod's CA state.
+        bundle = run([sys.executable, "-m", "xds_server.app.cli", "ca", "trust-bundle", "--ca-state",
+                      str(server.ca_state)]).stdout
+        assert bundle.startswith("-----BEGIN CERTIFICATE-----")
+        webhook_ca_bundle(bundle.encode())
 
         client_ip = loopback.allocate()
         start_envoy(build_bootstrap(xds_address=server.xds_address, proxy_ip=client_ip, namespace=ns,
