@@ -46,6 +46,14 @@ def test_the_check_mode_reports_a_stale_file(tmp_path: Path, capsys: pytest.Capt
     assert "1 CRD file(s) stale: networking.istio.io_virtualservices.yaml" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("kind, plural", [
+    ("AuthorizationPolicy", "authorizationpolicies"), ("ServiceEntry", "serviceentries"), ("Gateway", "gateways"),
+    ("Sidecar", "sidecars"), ("VirtualService", "virtualservices"),
+])
+def test_plural_names(kind: str, plural: str) -> None:
+    assert crds.plural(kind) == plural
+
+
 def test_schemas_follow_the_models() -> None:
     http = crds.spec_schema(crds.KINDS["VirtualService"])["properties"]["http"]["items"]
     route = http["properties"]["route"]["items"]["properties"]

@@ -56,8 +56,9 @@ _SCALARS: dict[Any, str] = {str: "string", bool: "boolean", int: "integer", floa
 
 
 def plural(kind: str) -> str:
+    """English, as Kubernetes resource names are: policy -> policies, gateway -> gateways."""
     lower = kind.lower()
-    return lower[:-1] + "ies" if lower.endswith("y") else lower + "s"
+    return lower[:-1] + "ies" if lower.endswith("y") and lower[-2:-1] not in "aeiou" else lower + "s"
 
 
 def group_of(cls: type[Resource]) -> str:
