@@ -118,7 +118,6 @@ def test_the_cluster_role_reads_exactly_what_the_source_watches(helm: Any) -> No
         assert "resourceNames" not in rule and "nonResourceURLs" not in rule
         granted |= {(group, resource) for group in rule["apiGroups"] for resource in rule["resources"]}
     assert granted == {(k.group, k.plural) for k in WATCHED}
-    assert ("", "secrets") not in granted
     binding = docs["ClusterRoleBinding"]
     assert binding["roleRef"]["name"] == docs["ClusterRole"]["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "meshpilot", "namespace": "istio-system"}]

@@ -99,6 +99,8 @@ def test_istio_yaml_applies_unchanged(
     ("DestinationRule", {"host": "reviews", "exportTo": "."}, "spec.exportTo", "must be of type array"),
     ("ServiceEntry", {"hosts": ["a.example.com"], "ports": [{"number": "443"}]}, "spec.ports[0].number",
      "must be of type integer"),
+    ("Gateway", {"servers": [{"port": {"number": "eighty", "protocol": "HTTP"}, "hosts": ["*"]}]},
+     "spec.servers[0].port.number", "must be of type integer"),
     ("PeerAuthentication", {"mtls": "STRICT"}, "spec.mtls", "must be of type object"),
     ("AuthorizationPolicy", {"rules": [{"to": [{"operation": {"ports": [True]}}]}]},
      "spec.rules[0].to[0].operation.ports[0]", "must be of type integer,string"),

@@ -42,6 +42,7 @@ from harness.kube import (
 
 from xds_server.app.verbs.proxy_status import type_status
 from xds_server.local.bootstrap import build_bootstrap
+from xds_server.sources.kubernetes import WATCHED
 
 CHART = REPO_ROOT / "charts" / "meshpilot"
 NS = "istio-system"
@@ -103,9 +104,11 @@ def _peer_authentication(ns: str) -> dict[str, Any]:
 def _sees_what_kubectl_applies(cluster: KubeCluster, server: MeshpilotServer, ns: str) -> None:
     status, errors = server.get("/debug/errors")
     assert (status, errors) == (200, []), "every kind listed, every CRD installed: no failure, no warning"
-    cluster.apply(_service(ns), _vs(ns), _peer_authentication(ns))
+    credential = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "reviews-cred", "namespace": ns},
+                  "type": "kubernetes.io/tls", "stringData": {"tls.crt": "c", "tls.key": "k"}}
+    cluster.apply(_service(ns), _vs(ns), _peer_authentication(ns), credential)
     wanted = {f"Service {ns}/reviews", f"VirtualService {ns}/reviews", f"PeerAuthentication {ns}/default",
-              "Service default/kubernetes"}
+              f"Secret {ns}/reviews-cred", "Service default/kubernetes"}
     eventually(lambda: wanted <= set(server.get("/debug/world")[1]["resources"]), timeout=30,
                message="/debug/world shows what kubectl applied")
     assert server.get("/healthz")[0] == 200
@@ -122,7 +125,7 @@ def test_helm_install_creates_the_chart(installed: KubeCluster) -> None:
     crds = {c["metadata"]["name"] for c in cluster.get("crds", "-l", "app.kubernetes.io/part-of=meshpilot")["items"]}
     assert {"virtualservices.networking.istio.io", "peerauthentications.security.istio.io",
             "authorizationpolicies.security.istio.io", "requestauthentications.security.istio.io"} <= crds
-    assert len(crds) == 7
+    assert len(crds) == len([k for k in WATCHED if k.crd])
     assert cluster.get("serviceaccount", SA, "-n", NS)["metadata"]["name"] == SA
     service = cluster.get("service", "meshpilot", "-n", NS)
     assert sorted(p["port"] for p in service["spec"]["ports"]) == [15010, 15012, 15014, 15017]
@@ -178,7 +181,10 @@ def test_serve_in_cluster_as_in_the_pod(
     ("watch", "virtualservices.networking.istio.io", True),
     ("list", "workloadentries.networking.istio.io", True),
     ("watch", "authorizationpolicies.security.istio.io", True),
-    ("list", "secrets", False),
+    ("list", "secrets", True),  # gateway credentials
+    ("watch", "secrets", True),
+    ("create", "secrets", False),
+    ("update", "secrets", False),
     ("get", "configmaps", False),
     ("create", "virtualservices.networking.istio.io", False),
     ("update", "services", False),
@@ -194,11 +200,12 @@ def test_the_service_account_has_least_privilege(
     assert (done.stdout.strip(), done.returncode) == (("yes", 0) if allowed else ("no", 1)), done.stderr
 
 
-def test_the_token_cannot_read_secrets(installed: KubeCluster, sa_kubeconfig: Path) -> None:
+def test_the_token_cannot_write_secrets(installed: KubeCluster, sa_kubeconfig: Path) -> None:
     # A real request, not only a review: the API server refuses it.
-    done = as_meshpilot(installed, sa_kubeconfig, "get", "secrets", "-n", NS)
+    done = as_meshpilot(installed, sa_kubeconfig, "create", "secret", "generic", "planted", "-n", NS,
+                        "--from-literal=k=v")
     assert done.returncode != 0
-    assert 'cannot list resource "secrets"' in done.stderr and "system:serviceaccount:istio-system:meshpilot" in \
+    assert 'cannot create resource "secrets"' in done.stderr and "system:serviceaccount:istio-system:meshpilot" in \
         done.stderr, done.stderr
     # While what meshpilot reads, it can.
     listed = as_meshpilot(installed, sa_kubeconfig, "get", "virtualservices", "-A", "-o", "json")

@@ -9,7 +9,10 @@ answer on 10.244.x.y pod addresses, which exist only there.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
+import json
+import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -310,3 +313,52 @@ async def test_an_api_server_restart_makes_it_relist_and_nothing_is_lost(
     assert stats["gone"] >= 1 and stats["lists"] >= 2, stats
     # What did not change keeps its identity through the relist (nothing re-translated for it).
     assert last.resources[kubernetes] is first.resources[kubernetes]
+
+
+# ---------------------------------------------------------------- Secrets (gateway credentials)
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_secrets_of_the_types_read_are_watched_and_their_data_never_shown(
+    request: pytest.FixtureRequest, kube_cluster: KubeCluster, kube_namespace: str, istio_crds: None, tmp_path: Path,
+) -> None:
+    ns = kube_namespace
+    marker = f"not-for-your-eyes-{secrets.token_hex(8)}"
+
+    def secret(name: str, type_: str, data: dict[str, str]) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns}, "type": type_,
+                "data": {k: _b64(v) for k, v in data.items()}}
+
+    kube_cluster.apply(
+        secret("cred", "kubernetes.io/tls", {"tls.crt": f"{marker}-crt", "tls.key": f"{marker}-key"}),
+        secret("opaque", "Opaque", {"cert": marker}),
+        # Types meshpilot does not read: never sent (field selector) or dropped unparsed.
+        secret("registry", "kubernetes.io/dockerconfigjson", {".dockerconfigjson": '{"auths": {}}'}),
+        secret("basic", "kubernetes.io/basic-auth", {"username": "u", "password": marker}),
+    )
+    server = kube_meshpilot(kube_cluster.kubeconfig, workdir=tmp_path / "meshpilot", extra_args=("--log-level", "debug"))
+    track(request, server)
+    server.start(timeout=60)
+    try:
+        def world() -> set[str]:
+            return set(server.get("/debug/world")[1]["resources"])
+
+        eventually(lambda: {f"Secret {ns}/cred", f"Secret {ns}/opaque"} <= world(), timeout=20,
+                   message="the tls and Opaque Secrets are in the world")
+        assert not {f"Secret {ns}/registry", f"Secret {ns}/basic"} & world()
+        # An edit and a delete are followed.
+        kube_cluster.apply(secret("cred2", "kubernetes.io/tls", {"tls.crt": f"{marker}-2", "tls.key": marker}))
+        kube_cluster.kubectl("delete", "secret", "cred", "-n", ns)
+        eventually(lambda: f"Secret {ns}/cred2" in world() and f"Secret {ns}/cred" not in world(), timeout=20)
+        # The data shows nowhere: not in the debug pages, not in the log (at debug level).
+        for path in ("/debug/world", "/debug/errors", "/debug/syncz", "/debug/pushes"):
+            status, body = server.get(path)
+            text = json.dumps(body)
+            assert marker not in text and _b64(marker)[:16] not in text, path
+        log = server.log_path.read_text()
+        assert marker not in log and _b64(marker)[:16] not in log
+    finally:
+        server.stop()
