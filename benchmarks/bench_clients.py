@@ -12,6 +12,10 @@ Protocol (one JSON object per line). The parent writes commands on stdin:
   each client records the monotonic time it received, and the time it had ACKed, its
   next response of that type; answered by ``{"event": "marked"}`` and later
   ``{"event": "done", ...}`` once every client has one;
+* ``{"cmd": "expect", "clusters": [names]}``: answered by ``{"event": "expecting"}``, then
+  ``{"event": "expected", "t": ...}`` once every client has ACKed a CDS response with all of
+  these clusters and an EDS response with at least one endpoint for each (the Kubernetes
+  benchmark, bench_kube.py: a big apply arrives in several pushes);
 * ``{"cmd": "quit"}`` (or EOF): close every stream and exit.
 
 and reads events on stdout: ``synced`` (every client has ACKed CDS, EDS, LDS and RDS),
@@ -34,6 +38,7 @@ from typing import Any
 
 import grpc
 from envoy.config.core.v3.base_pb2 import Node
+from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (
@@ -181,6 +186,8 @@ class Fleet:
         self.synced = 0
         self.all_synced = asyncio.Event()
         self.mark: Mark | None = None
+        self.expect: frozenset[str] | None = None
+        self.expected = 0  # clients that have everything expected
         self.failed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.responses = 0
         self.response_bytes = 0
@@ -232,7 +239,8 @@ class Fleet:
         routes: set[str] = set()
         started: set[str] = set()
         acked: set[str] = set()
-        synced = False
+        ready: set[str] = set()  # clusters whose last EDS response had endpoints (expect mode)
+        synced = has_expected = False
 
         async def subscribe(type_url: str, add: set[str], remove: set[str]) -> None:
             if type_url not in started:
@@ -268,7 +276,15 @@ class Fleet:
                 mark.bytes += size
 
             check = record and i == 0 and mark is not None and mark.check
-            resp = DeltaDiscoveryResponse.FromString(raw) if type_url in (CLUSTER, LISTENER) or check else None
+            expecting = self.expect is not None and not has_expected
+            resp = DeltaDiscoveryResponse.FromString(raw) if type_url in (CLUSTER, LISTENER) or check or (
+                expecting and type_url == ENDPOINT) else None
+            if expecting and type_url == ENDPOINT:
+                assert resp is not None
+                ready.difference_update(resp.removed_resources)
+                for res in resp.resources:
+                    cla = ClusterLoadAssignment.FromString(res.resource.value)
+                    (ready.add if any(e.lb_endpoints for e in cla.endpoints) else ready.discard)(res.name)
             if type_url == CLUSTER:
                 assert resp is not None
                 names = {r.name for r in resp.resources}
@@ -307,6 +323,11 @@ class Fleet:
                         **vm_status(),
                     )
                     self.mark = None
+            if expecting and self.expect is not None and self.expect <= clusters and self.expect <= ready:
+                has_expected = True
+                self.expected += 1
+                if self.expected == self.k:
+                    emit(event="expected", t=time.monotonic(), cpu=cpu_seconds(), **vm_status())
             if not synced and len(acked) == 4:
                 synced = True
                 if self.ramp is not None:
@@ -364,6 +385,9 @@ async def main(args: argparse.Namespace) -> None:
             cmd = json.loads(line)
             if cmd["cmd"] == "quit":
                 return
+            if cmd["cmd"] == "expect":
+                fleet.expect = frozenset(cmd["clusters"])
+                emit(event="expecting")
             if cmd["cmd"] == "mark":
                 fleet.mark = Mark(cmd["rep"], cmd["type"], cmd.get("check", ""), [None] * fleet.k, [None] * fleet.k)
                 emit(event="marked", rep=cmd["rep"], cpu=cpu_seconds())

@@ -342,8 +342,12 @@ class KubeCluster:
         )
 
     def _child(self, name: str, argv: list[str]) -> ChildProcess:
-        return ChildProcess(name, [*self.netns.exec_prefix(), *argv], log_path=self.workdir / f"{name}.log",
-                            cwd=self.workdir)
+        """Started from the cluster's own long-lived thread, whichever thread asks: a child dies
+        with the thread that forked it (PDEATHSIG), and a test restarting the API server from a
+        short-lived worker (``asyncio.to_thread``) would otherwise leave later tests without one."""
+        child = ChildProcess(name, [*self.netns.exec_prefix(), *argv], log_path=self.workdir / f"{name}.log",
+                             cwd=self.workdir)
+        return self.in_netns(child.start)
 
     def start_etcd(self, timeout: float = 60.0) -> None:
         client = f"http://127.0.0.1:{ETCD_PORT}"
@@ -353,7 +357,7 @@ class KubeCluster:
             "--listen-client-urls", client, "--advertise-client-urls", client,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"test={peer}", "--unsafe-no-fsync", "--log-level", "warn",
-        ]).start()
+        ])
         self._wait("etcd", self.etcd, lambda: self._http(f"{client}/health").get("health") == "true", timeout)
 
     def start_apiserver(self, timeout: float = 60.0) -> None:
@@ -373,7 +377,7 @@ class KubeCluster:
             "--profiling=false",
             # On SIGTERM, end open watches within 2 s instead of waiting for them (a restart takes seconds).
             "--shutdown-watch-termination-grace-period=2s",
-        ]).start()
+        ])
         self._wait("kube-apiserver", self.apiserver, lambda: self._api_text("/readyz") == "ok", timeout)
 
     def start_controller_manager(self, timeout: float = 60.0) -> None:
@@ -387,13 +391,18 @@ class KubeCluster:
             # No kubelet heartbeats here: the node lifecycle controller would mark every pod unready.
             "--controllers=*,-node-lifecycle-controller",
             f"--service-account-private-key-file={self.pki['sa.key']}", f"--root-ca-file={self.pki['ca.crt']}",
-        ]).start()
+        ])
         # The service account controller creating `default` shows the controllers run.
         self._wait(
             "kube-controller-manager", self.controller_manager,
             lambda: self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0,
             timeout,
         )
+
+    def ensure_apiserver(self) -> None:
+        """Start the API server again if a test stopped it and failed before restarting it."""
+        if self.apiserver is not None and not self.apiserver.alive:
+            self.start_apiserver()
 
     def restart_apiserver(self, timeout: float = 60.0) -> None:
         """Stop the API server and start it again on the same etcd (watches break, data stays)."""
@@ -484,6 +493,14 @@ class KubeCluster:
         ip = f"{POD_PREFIX}.{n // 250}.{n % 250 + 2}"
         self.netns.add_address(ip)
         return ip
+
+    def bind_pod(self, namespace: str, name: str) -> None:
+        """Bind a Pod made by a controller (a Deployment's) to the one Node, as the scheduler
+        would: the EndpointSlice controller skips pods on no Node."""
+        binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": namespace},
+                   "target": {"apiVersion": "v1", "kind": "Node", "name": NODE_NAME}}
+        self.kubectl("create", "--raw", f"/api/v1/namespaces/{namespace}/pods/{name}/binding", "-f", "-",
+                     input=json.dumps(binding))
 
     def set_pod_ready(self, namespace: str, name: str, ip: str, ready: bool = True) -> None:
         """Write what a kubelet would: Running, the pod IP, and the Ready condition."""

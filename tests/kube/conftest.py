@@ -20,7 +20,9 @@ _TESTS = str(Path(__file__).resolve().parents[1])
 if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
 
-from harness.kube import PROCESSES, KubeCluster, KubeClusterError, ensure_binaries  # noqa: E402
+from harness.kube import PROCESSES, REPO_ROOT, KubeCluster, KubeClusterError, ensure_binaries  # noqa: E402
+
+CRDS = REPO_ROOT / "charts" / "meshpilot" / "crds"
 
 
 def _progress(config: pytest.Config) -> Callable[[str], None]:
@@ -60,6 +62,8 @@ def kube_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 @pytest.fixture(autouse=True)
 def _in_cluster_netns(kube_cluster: KubeCluster) -> Iterator[None]:
+    # Whatever ran before (a test that stops the API server may fail before it restarts it).
+    kube_cluster.ensure_apiserver()
     with kube_cluster.entered():
         yield
 
@@ -76,6 +80,13 @@ def pytest_runtest_makereport(
         if isinstance(cluster, KubeCluster) and cluster.apiserver is not None:
             report.sections.append(("log of kube-apiserver", cluster.apiserver.log_tail(30)))
     return report
+
+
+@pytest.fixture(scope="session")
+def istio_crds(kube_cluster: KubeCluster) -> None:
+    """The chart's CRDs installed (``kubectl apply``: a test may install them with helm too)."""
+    kube_cluster.kubectl("apply", "-f", str(CRDS))
+    kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS))
 
 
 _namespaces = itertools.count(1)

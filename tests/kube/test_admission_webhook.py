@@ -22,16 +22,9 @@ from harness.kube import KubeCluster, kube_meshpilot, track, webhook_service
 from ca import CertificateAuthority
 from xds_server.local.processes import free_port
 
-CRDS = Path(__file__).resolve().parents[2] / "charts" / "meshpilot" / "crds"
 #: Not 443: the API server's own Service has it, and meshpilot would warn of the clash.
 SERVICE_PORT = 9443
 REGEX_ERROR = "spec.http[0].match[0].uri.regex: RE2 cannot compile 'a(b'"
-
-
-@pytest.fixture(scope="module")
-def istio_crds(kube_cluster: KubeCluster) -> None:
-    kube_cluster.kubectl("apply", "-f", str(CRDS))
-    kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS))
 
 
 def virtual_service(ns: str, name: str, regex: str) -> dict[str, Any]:

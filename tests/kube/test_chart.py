@@ -118,7 +118,6 @@ def test_the_cluster_role_reads_exactly_what_the_source_watches(helm: Any) -> No
         assert "resourceNames" not in rule and "nonResourceURLs" not in rule
         granted |= {(group, resource) for group in rule["apiGroups"] for resource in rule["resources"]}
     assert granted == {(k.group, k.plural) for k in WATCHED}
-    assert ("", "secrets") not in granted
     binding = docs["ClusterRoleBinding"]
     assert binding["roleRef"]["name"] == docs["ClusterRole"]["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "meshpilot", "namespace": "istio-system"}]
@@ -159,3 +158,10 @@ def test_serve_in_cluster_outside_a_pod_says_so() -> None:
                           capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=60)
     assert done.returncode == 2
     assert "KUBERNETES_SERVICE_HOST is not set" in done.stderr
+
+
+def test_the_trust_bundle_verb_never_makes_a_root(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "xds_server.app.cli", "ca", "trust-bundle", "--ca-state",
+                           str(tmp_path / "none")], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+    assert done.returncode == 1
+    assert "no CA state in" in done.stderr and not (tmp_path / "none").exists()

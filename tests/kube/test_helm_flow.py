@@ -6,18 +6,28 @@ meshpilot runs as the chart's ServiceAccount. There is no kubelet to run its pod
 through a kubeconfig (``--kubeconfig``), once exactly as in the pod (``--in-cluster``, the
 token and CA mounted at the standard path in a mount namespace of its own). The chart's
 RBAC is enough (ready, and it sees what kubectl applies) and no more than that.
+
+``test_the_users_flow`` is the whole of it: the chart's pod made Ready at an address where
+the local meshpilot serves the webhook, the chart's webhook configuration installed with
+``helm upgrade --set webhook.caBundle``, Envoy in front of two versions of a service, and
+then a VirtualService 80/20 measured through Envoy, an invalid one refused by the webhook
+at ``kubectl apply``, the default back after a delete, and an API server restart that loses
+no update.
 """
 
 from __future__ import annotations
 
+import base64
+import collections
 import json
 import subprocess
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import MeshpilotServer, eventually
+from harness import EnvoyProcess, LoopbackAllocator, MeshpilotServer, UpstreamServer, eventually, request
 from harness.kube import (
     APISERVER_IP,
     APISERVER_PORT,
@@ -25,9 +35,14 @@ from harness.kube import (
     KubeCluster,
     _kubeconfig,
     kube_meshpilot,
+    pod_manifest,
     run,
     track,
 )
+
+from xds_server.app.verbs.proxy_status import type_status
+from xds_server.local.bootstrap import build_bootstrap
+from xds_server.sources.kubernetes import WATCHED
 
 CHART = REPO_ROOT / "charts" / "meshpilot"
 NS = "istio-system"
@@ -64,6 +79,12 @@ def as_meshpilot(cluster: KubeCluster, kubeconfig: Path, *args: str) -> subproce
                check=False)
 
 
+def the_pod(cluster: KubeCluster) -> dict[str, Any]:
+    """The one Pod of the chart's Deployment."""
+    (pod,) = cluster.get("pods", "-n", NS, "-l", "app.kubernetes.io/name=meshpilot")["items"]
+    return dict(pod)
+
+
 def _service(ns: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews", "namespace": ns},
             "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 9080}]}}
@@ -83,9 +104,11 @@ def _peer_authentication(ns: str) -> dict[str, Any]:
 def _sees_what_kubectl_applies(cluster: KubeCluster, server: MeshpilotServer, ns: str) -> None:
     status, errors = server.get("/debug/errors")
     assert (status, errors) == (200, []), "every kind listed, every CRD installed: no failure, no warning"
-    cluster.apply(_service(ns), _vs(ns), _peer_authentication(ns))
+    credential = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "reviews-cred", "namespace": ns},
+                  "type": "kubernetes.io/tls", "stringData": {"tls.crt": "c", "tls.key": "k"}}
+    cluster.apply(_service(ns), _vs(ns), _peer_authentication(ns), credential)
     wanted = {f"Service {ns}/reviews", f"VirtualService {ns}/reviews", f"PeerAuthentication {ns}/default",
-              "Service default/kubernetes"}
+              f"Secret {ns}/reviews-cred", "Service default/kubernetes"}
     eventually(lambda: wanted <= set(server.get("/debug/world")[1]["resources"]), timeout=30,
                message="/debug/world shows what kubectl applied")
     assert server.get("/healthz")[0] == 200
@@ -102,17 +125,13 @@ def test_helm_install_creates_the_chart(installed: KubeCluster) -> None:
     crds = {c["metadata"]["name"] for c in cluster.get("crds", "-l", "app.kubernetes.io/part-of=meshpilot")["items"]}
     assert {"virtualservices.networking.istio.io", "peerauthentications.security.istio.io",
             "authorizationpolicies.security.istio.io", "requestauthentications.security.istio.io"} <= crds
-    assert len(crds) == 7
+    assert len(crds) == len([k for k in WATCHED if k.crd])
     assert cluster.get("serviceaccount", SA, "-n", NS)["metadata"]["name"] == SA
     service = cluster.get("service", "meshpilot", "-n", NS)
     assert sorted(p["port"] for p in service["spec"]["ports"]) == [15010, 15012, 15014, 15017]
 
     # The controllers take the Deployment to a Pod running as the ServiceAccount (no kubelet starts it).
-    def the_pod() -> dict[str, Any]:
-        (pod,) = cluster.get("pods", "-n", NS, "-l", "app.kubernetes.io/name=meshpilot")["items"]
-        return dict(pod)
-
-    pod = eventually(the_pod, timeout=30, message="the Deployment's pod is created")
+    pod = eventually(lambda: the_pod(cluster), timeout=30, message="the Deployment's pod is created")
     assert pod["spec"]["serviceAccountName"] == SA
     assert pod["spec"]["containers"][0]["args"][:2] == ["serve", "--in-cluster"]
 
@@ -162,7 +181,10 @@ def test_serve_in_cluster_as_in_the_pod(
     ("watch", "virtualservices.networking.istio.io", True),
     ("list", "workloadentries.networking.istio.io", True),
     ("watch", "authorizationpolicies.security.istio.io", True),
-    ("list", "secrets", False),
+    ("list", "secrets", True),  # gateway credentials
+    ("watch", "secrets", True),
+    ("create", "secrets", False),
+    ("update", "secrets", False),
     ("get", "configmaps", False),
     ("create", "virtualservices.networking.istio.io", False),
     ("update", "services", False),
@@ -178,12 +200,149 @@ def test_the_service_account_has_least_privilege(
     assert (done.stdout.strip(), done.returncode) == (("yes", 0) if allowed else ("no", 1)), done.stderr
 
 
-def test_the_token_cannot_read_secrets(installed: KubeCluster, sa_kubeconfig: Path) -> None:
+def test_the_token_cannot_write_secrets(installed: KubeCluster, sa_kubeconfig: Path) -> None:
     # A real request, not only a review: the API server refuses it.
-    done = as_meshpilot(installed, sa_kubeconfig, "get", "secrets", "-n", NS)
+    done = as_meshpilot(installed, sa_kubeconfig, "create", "secret", "generic", "planted", "-n", NS,
+                        "--from-literal=k=v")
     assert done.returncode != 0
-    assert 'cannot list resource "secrets"' in done.stderr and "system:serviceaccount:istio-system:meshpilot" in \
+    assert 'cannot create resource "secrets"' in done.stderr and "system:serviceaccount:istio-system:meshpilot" in \
         done.stderr, done.stderr
     # While what meshpilot reads, it can.
     listed = as_meshpilot(installed, sa_kubeconfig, "get", "virtualservices", "-A", "-o", "json")
     assert listed.returncode == 0, listed.stderr
+
+
+# ---------------------------------------------------------------- the user's flow, end to end
+
+PORT, TARGET = 9080, 8080
+#: 400 requests split 80/20 at random: the v2 share's standard deviation is 2 points, so
+#: 20 % +- 8 points (4 standard deviations) fails by chance about once in 16,000 runs.
+SPLIT_REQUESTS, SPLIT_TOLERANCE = 400, 0.08
+REGEX_ERROR = "spec.http[0].match[0].uri.regex: RE2 cannot compile 'a(b'"
+
+
+def _reviews_vs(ns: str, weights: dict[str, int], regex: str | None = None) -> dict[str, Any]:
+    route: dict[str, Any] = {"route": [{"destination": {"host": "reviews", "subset": v}, "weight": w}
+                                       for v, w in weights.items()]}
+    if regex is not None:
+        route["match"] = [{"uri": {"regex": regex}}]
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "reviews", "namespace": ns}, "spec": {"hosts": ["reviews"], "http": [route]}}
+
+
+def _versions(client_ip: str, n: int) -> collections.Counter[str]:
+    def one() -> str:
+        status, body = request(client_ip, PORT, "/", "reviews")
+        return str(body.get("version")) if status == 200 and isinstance(body, dict) else f"HTTP {status}"
+
+    return collections.Counter(one() for _ in range(n))
+
+
+@pytest.fixture
+def webhook_ca_bundle(installed: KubeCluster) -> Iterator[Callable[[bytes], None]]:
+    """``install(root_pem)``: ``helm upgrade`` with the CA bundle, which adds the chart's
+    ValidatingWebhookConfiguration; removed again at the end (it covers every namespace with
+    failurePolicy Fail, and later tests apply Istio kinds with no meshpilot running)."""
+    set_once: list[bool] = []
+
+    def install(root: bytes) -> None:
+        installed.helm("upgrade", "meshpilot", str(CHART), "-n", NS, "--reuse-values",
+                       "--set", f"webhook.caBundle={base64.b64encode(root).decode()}")
+        set_once.append(True)
+
+    yield install
+    if set_once:
+        installed.helm("upgrade", "meshpilot", str(CHART), "-n", NS, "--reuse-values", "--set", "webhook.caBundle=")
+
+
+def test_the_users_flow(
+    request: pytest.FixtureRequest, installed: KubeCluster, sa_kubeconfig: Path, kube_namespace: str,
+    webhook_ca_bundle: Callable[[bytes], None], start_envoy: Callable[..., EnvoyProcess],
+    start_upstream: Callable[..., UpstreamServer], loopback: LoopbackAllocator, tmp_path: Path,
+) -> None:
+    cluster, ns = installed, kube_namespace
+    # The workloads: a Service, two Pods whose apps answer on their 10.244 addresses.
+    ips = {v: cluster.pod_ip() for v in ("v1", "v2")}
+    apps = {v: start_upstream(ip, TARGET, service="reviews", version=v, pod=f"reviews-{v}") for v, ip in ips.items()}
+    cluster.apply(
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews", "namespace": ns},
+         "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": PORT, "targetPort": TARGET}]}},
+        *(pod_manifest(f"reviews-{v}", ns, {"app": "reviews", "version": v}, ports=(TARGET,)) for v in ips),
+        {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+         "metadata": {"name": "reviews", "namespace": ns},
+         "spec": {"host": "reviews", "subsets": [{"name": v, "labels": {"version": v}} for v in ips]}},
+    )
+    for v, ip in ips.items():
+        cluster.set_pod_ready(ns, f"reviews-{v}", ip)
+
+    # meshpilot as the chart's pod: its ServiceAccount's token, and the webhook on the pod's
+    # address, which the API server reaches through the chart's Service once the pod is Ready.
+    pod_ip = cluster.pod_ip()
+    server = kube_meshpilot(sa_kubeconfig, workdir=tmp_path / "meshpilot", extra_args=(
+        "--webhook-address", f"{pod_ip}:15017", "--webhook-san", f"meshpilot.{NS}.svc"))
+    track(request, server)
+    server.start(timeout=60)
+    try:
+        chart_pod = eventually(lambda: the_pod(cluster), timeout=30)["metadata"]["name"]
+        cluster.bind_pod(NS, chart_pod)
+        cluster.set_pod_ready(NS, chart_pod, pod_ip)
+        # As the README says: `meshpilot ca trust-bundle` of the pod's CA state.
+        bundle = run([sys.executable, "-m", "xds_server.app.cli", "ca", "trust-bundle", "--ca-state",
+                      str(server.ca_state)]).stdout
+        assert bundle.startswith("-----BEGIN CERTIFICATE-----")
+        webhook_ca_bundle(bundle.encode())
+
+        client_ip = loopback.allocate()
+        start_envoy(build_bootstrap(xds_address=server.xds_address, proxy_ip=client_ip, namespace=ns,
+                                    pod="productpage", labels={"app": "productpage"}), wait="live", name="client")
+        eventually(lambda: set(_versions(client_ip, 20)) == {"v1", "v2"}, timeout=30,
+                   message="with no VirtualService both versions serve")
+
+        # An invalid VirtualService is refused at kubectl apply, in meshpilot's words.
+        def refused() -> None:  # the API server picks up a new webhook configuration within seconds
+            out = cluster.kubectl("apply", "-f", "-", input=json.dumps(_reviews_vs(ns, {"v1": 100}, "a(b")),
+                                  check=False)
+            assert out.returncode != 0 and REGEX_ERROR in out.stderr, out.stdout + out.stderr
+            assert 'admission webhook "validation.meshpilot.io" denied the request' in out.stderr, out.stderr
+
+        eventually(refused, timeout=30, interval=0.5)
+        assert cluster.kubectl("get", "virtualservice", "reviews", "-n", ns, check=False).returncode != 0
+
+        # 80/20, measured through Envoy once it has ACKed the new routes.
+        def routes() -> tuple[str, str]:
+            (stream,) = server.get("/debug/syncz")[1]
+            return stream["types"]["rds"].get("sent_version"), type_status(stream["types"]["rds"])
+
+        before, _ = routes()
+        cluster.apply(_reviews_vs(ns, {"v1": 80, "v2": 20}))
+        eventually(lambda: (r := routes())[0] != before and r[1] == "SYNCED", timeout=30,
+                   message="the client's sidecar ACKs the routes of the VirtualService")
+        split = _versions(client_ip, SPLIT_REQUESTS)
+        assert set(split) == {"v1", "v2"}, split
+        assert abs(split["v2"] / SPLIT_REQUESTS - 0.2) <= SPLIT_TOLERANCE, split
+
+        # Deleted: back to the default, both versions.
+        cluster.kubectl("delete", "virtualservice", "reviews", "-n", ns)
+        eventually(lambda: f"VirtualService {ns}/reviews" not in server.get("/debug/world")[1]["resources"],
+                   timeout=30)
+        default = eventually(lambda: (c := _versions(client_ip, 40)) and min(c["v1"], c["v2"]) >= 10 and c,
+                             timeout=30, message="round robin over both versions again")
+        assert set(default) == {"v1", "v2"}, default
+
+        # The API server restarts; traffic keeps flowing meanwhile, and the changes made right
+        # after it is back (while meshpilot may still be backing off) all arrive.
+        assert cluster.apiserver is not None
+        cluster.apiserver.stop(10)
+        assert set(_versions(client_ip, 20)) == {"v1", "v2"}, "the last config keeps serving"
+        cluster.start_apiserver()
+        cluster.apply(_reviews_vs(ns, {"v1": 100}))
+        cluster.apply(_reviews_vs(ns, {"v2": 100}))
+        eventually(lambda: _versions(client_ip, 20) == collections.Counter({"v2": 20}), timeout=60,
+                   message="the last edit arrives")
+        eventually(lambda: server.get("/healthz")[0] == 200, timeout=40, message="healthy again")
+        assert apps["v2"].requests >= 20
+        # The webhook still answers after the restart.
+        eventually(refused, timeout=30, interval=0.5)
+        assert [e for e in server.get("/debug/errors")[1] if e["severity"] == "error"] == []
+    finally:
+        server.stop()

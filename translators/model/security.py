@@ -28,7 +28,7 @@ def _port_text(value: object) -> object:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-PortText = Annotated[str, BeforeValidator(_port_text)]
+PortText = Annotated[str, BeforeValidator(_port_text, json_schema_input_type=int | str)]
 
 
 class PolicySelector(IstioModel):

@@ -108,11 +108,13 @@ def _zero_or_positive_ms(value: object) -> Duration:
 _SERIALIZE = PlainSerializer(str, return_type=str)
 
 #: A duration of at least 1 ms (timeouts, intervals, ejection times).
-PositiveDuration = Annotated[Duration, BeforeValidator(_positive_ms), _SERIALIZE]
+# Written as strings (the input declared for JSON schemas and the CRDs, as in Istio's).
+PositiveDuration = Annotated[Duration, BeforeValidator(_positive_ms, json_schema_input_type=str), _SERIALIZE]
 #: 0 (meaning "off") or at least 1 ms (a TCP idle timeout).
-ZeroOrPositiveDuration = Annotated[Duration, BeforeValidator(_zero_or_positive_ms), _SERIALIZE]
+ZeroOrPositiveDuration = Annotated[Duration, BeforeValidator(_zero_or_positive_ms, json_schema_input_type=str),
+                                   _SERIALIZE]
 #: Any non-negative duration (a cookie ``ttl: 0s`` makes a session cookie).
-AnyDuration = Annotated[Duration, BeforeValidator(parse_duration), _SERIALIZE]
+AnyDuration = Annotated[Duration, BeforeValidator(parse_duration, json_schema_input_type=str), _SERIALIZE]
 
 # ---------------------------------------------------------------- percentages
 
@@ -151,7 +153,7 @@ def check_regex(regex: str) -> str:
 
 
 #: A string that must compile as an RE2 regex Envoy accepts.
-Regex = Annotated[str, BeforeValidator(lambda v: check_regex(v) if isinstance(v, str) else v)]
+Regex = Annotated[str, BeforeValidator(lambda v: check_regex(v) if isinstance(v, str) else v, json_schema_input_type=str)]
 
 # ---------------------------------------------------------------- headers
 

@@ -34,10 +34,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     rotate.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
     rotate.set_defaults(ca_run=rotate_root)
     bundle = sub.add_parser(
-        "trust-bundle", help="print the trust bundle (root certificates, PEM; never a key)",
-        description="Print the roots proxies and the API server trust, e.g. for the chart's webhook.caBundle.")
+        "trust-bundle", help="print the roots the mesh trusts (PEM): the webhook's caBundle, for one",
+        description="Print the trust bundle of the CA state (the current root and those still trusted), PEM. "
+        "In the chart: helm upgrade ... --set webhook.caBundle=\"$(kubectl exec deploy/meshpilot -- "
+        "meshpilot ca trust-bundle | base64 -w0)\"")
     bundle.add_argument("--ca-state", type=Path, default=None, metavar="DIR",
                         help=f"the CA's state directory (default: {default_state_dir()})")
+    bundle.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
     bundle.set_defaults(ca_run=trust_bundle)
 
 
@@ -47,14 +50,6 @@ def run(args: argparse.Namespace) -> int:
     except CAError as e:
         print(f"meshpilot ca: {e}", file=sys.stderr)
         return 1
-
-
-def trust_bundle(args: argparse.Namespace) -> int:
-    state = args.ca_state or default_state_dir()
-    if not (state / ROOT_FILE).is_file():
-        raise CAError(f"no CA state in {state}")
-    sys.stdout.write(CertificateAuthority.load_or_create(state).trust_bundle().decode())
-    return 0
 
 
 def rotate_root(args: argparse.Namespace) -> int:
@@ -69,4 +64,12 @@ def rotate_root(args: argparse.Namespace) -> int:
     new = ca.rotate_root(overlap=overlap)
     print(json.dumps({"state": str(state), "old_root": fingerprint(old), "new_root": fingerprint(new),
                       "trusted": ca.describe()["roots"]}, indent=2))
+    return 0
+
+
+def trust_bundle(args: argparse.Namespace) -> int:
+    state = args.ca_state or default_state_dir()
+    if not (state / ROOT_FILE).is_file():  # never create a root here: serve does, at its first start
+        raise CAError(f"no CA state in {state}: has meshpilot serve started with it?")
+    sys.stdout.write(CertificateAuthority.load_or_create(state, trust_domain=args.trust_domain).trust_bundle().decode())
     return 0

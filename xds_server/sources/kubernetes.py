@@ -1,8 +1,9 @@
 """The Kubernetes config source: the mesh's resources listed and watched from an API server.
 
-One informer per kind (Namespaces, Services, Pods, EndpointSlices, and Istio's
-VirtualService, DestinationRule, ServiceEntry, WorkloadEntry, Sidecar, PeerAuthentication,
-AuthorizationPolicy and RequestAuthentication), each a thread that
+One informer per kind (Namespaces, and each kind with a model in ``translators.model.KINDS``:
+Services, Pods, EndpointSlices, Secrets of types ``kubernetes.io/tls`` and ``Opaque``, and
+Istio's kinds, such as VirtualService, DestinationRule, Gateway, ServiceEntry, WorkloadEntry,
+Sidecar, PeerAuthentication, AuthorizationPolicy and RequestAuthentication), each a thread that
 lists, then watches from the list's resourceVersion with bookmarks; it lists again when
 the server answers 410 Gone, and reconnects with backoff (resuming from the last
 resourceVersion it saw) when the connection fails. Objects are parsed in those threads
@@ -34,6 +35,7 @@ from typing import Any
 
 from translators.errors import ConfigError
 from translators.model import KINDS, Resource, ResourceKey
+from xds_server.sources.crds import group_of, istio_kinds, plural
 from xds_server.sources.files import LoadResult
 from xds_server.sources.parse import parse_object
 
@@ -57,31 +59,47 @@ class Kind:
     versions: tuple[str, ...] = ("v1",)  # tried in order (a CRD may serve only some)
     crd: bool = False
     modelled: bool = True  # fed to the mesh model
+    #: Only objects whose ``type`` is one of these (Secrets); empty: all.
+    types: tuple[str, ...] = ()
+    #: Objects the server need not send at all (a field selector).
+    field_selector: str = ""
 
     def api_version(self, version: str) -> str:
         return f"{self.group}/{version}" if self.group else version
 
 
-def _istio(kind: str, plural: str) -> Kind:
-    cls = KINDS[kind]
-    group = cls.API_VERSIONS[0].split("/")[0]
-    return Kind(kind, plural, group, tuple(v.split("/")[1] for v in cls.API_VERSIONS), crd=True)
+#: Secrets meshpilot reads (gateway credentials); the others (service account tokens, Helm's
+#: releases, registry credentials...) are not even sent, or dropped before they are parsed.
+SECRET_TYPES = ("kubernetes.io/tls", "Opaque")
+_SECRETS_NOT_READ = ",".join(f"type!={t}" for t in (
+    "kubernetes.io/service-account-token", "helm.sh/release.v1", "kubernetes.io/dockerconfigjson",
+    "kubernetes.io/dockercfg", "bootstrap.kubernetes.io/token"))
 
-
-WATCHED: tuple[Kind, ...] = (
-    Kind("Namespace", "namespaces", modelled=False),
+#: The core kinds meshpilot reads, each watched once its model exists in ``KINDS``.
+_CORE = (
     Kind("Service", "services"),
     Kind("Pod", "pods"),
     Kind("EndpointSlice", "endpointslices", "discovery.k8s.io"),
-    _istio("VirtualService", "virtualservices"),
-    _istio("DestinationRule", "destinationrules"),
-    _istio("ServiceEntry", "serviceentries"),
-    _istio("WorkloadEntry", "workloadentries"),
-    _istio("Sidecar", "sidecars"),
-    _istio("PeerAuthentication", "peerauthentications"),
-    _istio("AuthorizationPolicy", "authorizationpolicies"),
-    _istio("RequestAuthentication", "requestauthentications"),
+    Kind("Secret", "secrets", types=SECRET_TYPES, field_selector=_SECRETS_NOT_READ),
 )
+
+
+def _istio(cls: type[Resource]) -> Kind:
+    return Kind(cls.KIND, plural(cls.KIND), group_of(cls), tuple(v.split("/")[1] for v in cls.API_VERSIONS),
+                crd=True)
+
+
+def watched_kinds() -> tuple[Kind, ...]:
+    """Namespaces, then every kind that has a model: a kind given a model is watched (and its CRD
+    generated, and the chart's RBAC test asks for it) with no change here."""
+    return (
+        Kind("Namespace", "namespaces", modelled=False),
+        *(k for k in _CORE if k.kind in KINDS),
+        *(_istio(cls) for cls in istio_kinds()),
+    )
+
+
+WATCHED: tuple[Kind, ...] = watched_kinds()
 
 
 @dataclass(frozen=True)
@@ -318,12 +336,12 @@ class _Informer:
             return client.CustomObjectsApi(self.api).list_cluster_custom_object(k.group, version, k.plural, **kw)
         if k.kind == "EndpointSlice":
             return client.DiscoveryV1Api(self.api).list_endpoint_slice_for_all_namespaces(**kw)
+        if k.field_selector:
+            kw["field_selector"] = k.field_selector
         core = client.CoreV1Api(self.api)
         if k.kind == "Namespace":
             return core.list_namespace(**kw)
-        if k.kind == "Service":
-            return core.list_service_for_all_namespaces(**kw)
-        return core.list_pod_for_all_namespaces(**kw)
+        return getattr(core, f"list_{k.kind.lower()}_for_all_namespaces")(**kw)
 
     def _list(self) -> str:
         """List everything (in pages); hand it over; return the list's resourceVersion."""
@@ -430,8 +448,8 @@ class _Informer:
     def _entry(self, obj: dict[str, Any]) -> _Entry | None:
         meta = obj.get("metadata") or {}
         name = _name(obj)
-        if not meta.get("name"):
-            return None
+        if not meta.get("name") or self.kind.types and obj.get("type", "Opaque") not in self.kind.types:
+            return None  # never parsed, never kept (a Secret of a type meshpilot does not read)
         uid, rv = str(meta.get("uid", "")), str(meta.get("resourceVersion", ""))
         previous = self.known.get(name)
         if previous is not None and previous.uid == uid and previous.resource_version == rv:
