@@ -12,11 +12,12 @@ result is memoized on the identity of what it reads, so a push costs what change
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from translators.errors import ConfigError
 from translators.model import DestinationRule, Resource, ResourceKey, VirtualService
 from translators.model.names import resolve_host
+from translators.model.networking import HTTPRouteDestination, RouteDestination
 from translators.model.registry import MeshService
 from translators.model.world import World
 
@@ -51,10 +52,14 @@ def route_destinations(vs: VirtualService) -> list[tuple[str, str]]:
     """(field path, resolved host) of every route destination of ``vs`` (http, tls, tcp)."""
     ns = vs.metadata.namespace
     out = []
-    for kind, routes in (("http", vs.spec.http), ("tls", vs.spec.tls), ("tcp", vs.spec.tcp)):
-        for i, route in enumerate(routes):
-            for j, dest in enumerate(route.route):
-                out.append((f"spec.{kind}[{i}].route[{j}].destination.host", resolve_host(dest.destination.host, ns)))
+    found: list[tuple[str, int, Sequence[HTTPRouteDestination | RouteDestination]]] = [
+        *(("http", i, r.route) for i, r in enumerate(vs.spec.http)),
+        *(("tls", i, r.route) for i, r in enumerate(vs.spec.tls)),
+        *(("tcp", i, r.route) for i, r in enumerate(vs.spec.tcp)),
+    ]
+    for kind, i, route in found:
+        for j, dest in enumerate(route):
+            out.append((f"spec.{kind}[{i}].route[{j}].destination.host", resolve_host(dest.destination.host, ns)))
     return out
 
 
@@ -130,7 +135,7 @@ class Checks:
                 self._rules[key] = (dr, now, subset_problems(dr, now))
         for key, (vs, dests, svcs, _) in list(self._routes.items()):
             now_svcs = tuple(services.get(host) for _, host in dests)
-            if key in changed or len(now_svcs) != len(svcs) or any(a is not b for a, b in zip(now_svcs, svcs)):
+            if key in changed or len(now_svcs) != len(svcs) or any(a is not b for a, b in zip(now_svcs, svcs, strict=True)):
                 self._routes[key] = (vs, dests, now_svcs, route_problems(vs, dests, now_svcs))
         self._world = world
         found = [e for _, _, errs in self._rules.values() for e in errs]

@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import structlog
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
+from grpc._cython.cygrpc import ExecuteBatchError  # what a write to a closed stream raises
 
 from translators.api import SECRET
 from translators.model.world import Proxy
@@ -267,6 +268,8 @@ class XdsServer:
                 item = await inbox.get()
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
+        except ExecuteBatchError:
+            pass  # a write pending (a slow client) when the stream was closed or the server stopped
         except Exception:
             # A bug, not a protocol event: the proxy reconnects, but the log must say why.
             log.exception("stream failed", proxy=proxy.id, protocol=protocol)
