@@ -141,6 +141,8 @@ class ControlPlane:
         self.ready = False
         # What keeps config from following the files ("watcher", or a task that ended): why.
         self.failures: dict[str, str] = {}
+        if self.mesh_ca.state_problem is not None:
+            self.failures["ca-state"] = self.mesh_ca.state_problem
         self._last_apply = 0.0
         self._reported: set[str] = set()
         self.debouncer: Debouncer[LoadResult] = Debouncer(
