@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import structlog
 
 from ca import DEFAULT_WORKLOAD_TTL, CAError, default_state_dir
@@ -139,6 +140,7 @@ class ControlPlane:
                               workload_ttl=timedelta(seconds=args.workload_cert_ttl))
         self.xds = XdsServer(self.cache, self.mesh_ca.secrets, self.pipeline.convergence, self.pipeline.credentials)
         self.ready = False
+        self._loaded = asyncio.Event()  # set once the first config is applied
         # What keeps config from following the files ("watcher", or a task that ended): why.
         self.failures: dict[str, str] = {}
         if self.mesh_ca.state_problem is not None:
@@ -170,21 +172,6 @@ class ControlPlane:
         )
         host, port = split_address(self.args.http_address)
         await http.start(host, port)
-        grpc_server = await start_grpc(self.xds, self.args.xds_address)
-        servers = [grpc_server]
-        tls_address = self.args.xds_tls_address
-        if tls_address and tls_address != "off":
-            tls_host, _ = split_address(tls_address)
-            credentials = self.mesh_ca.server_credentials(tls_host, self.args.xds_tls_san)
-            servers.append(await start_grpc(self.xds, tls_address, credentials))
-        webhook = await self.start_webhook()
-        log.info(
-            "meshpilot serving",
-            xds=self.args.xds_address,
-            xds_tls=tls_address if len(servers) > 1 else None,
-            http=self.args.http_address,
-            config_dir=self.source_name,
-        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -193,10 +180,35 @@ class ControlPlane:
             asyncio.create_task(self.debouncer.run(), name="debouncer"),
             asyncio.create_task(self.watch(), name="watcher"),
             asyncio.create_task(self.collect_when_quiet(), name="collector"),
-            asyncio.create_task(self.mesh_ca.run(), name="certificates"),
         ]
         for t in tasks:
             t.add_done_callback(self._task_ended)
+        # No xDS before the first config is applied: a proxy reconnecting to a restarted
+        # control plane would be answered with an empty world and drop its listeners.
+        loaded, stopping = asyncio.create_task(self._loaded.wait()), asyncio.create_task(stop.wait())
+        await asyncio.wait((loaded, stopping), return_when=asyncio.FIRST_COMPLETED)
+        loaded.cancel()
+        stopping.cancel()
+        servers: list[grpc.aio.Server] = []
+        webhook = None
+        if not stop.is_set():
+            servers.append(await start_grpc(self.xds, self.args.xds_address))
+            tls_address = self.args.xds_tls_address
+            if tls_address and tls_address != "off":
+                tls_host, _ = split_address(tls_address)
+                credentials = self.mesh_ca.server_credentials(tls_host, self.args.xds_tls_san)
+                servers.append(await start_grpc(self.xds, tls_address, credentials))
+            webhook = await self.start_webhook()
+            # After the serving certificate is issued: its renewal is one of this task's jobs.
+            tasks.append(asyncio.create_task(self.mesh_ca.run(), name="certificates"))
+            tasks[-1].add_done_callback(self._task_ended)
+            log.info(
+                "meshpilot serving",
+                xds=self.args.xds_address,
+                xds_tls=tls_address if len(servers) > 1 else None,
+                http=self.args.http_address,
+                config_dir=self.source_name,
+            )
         await stop.wait()
         log.info("shutting down")
         for t in tasks:
@@ -288,6 +300,7 @@ class ControlPlane:
         self._last_apply = time.monotonic()
         self._report_errors()
         self.ready = True
+        self._loaded.set()
         log.info(
             "config applied",
             version=applied.version,
