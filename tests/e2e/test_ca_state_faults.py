@@ -1,9 +1,9 @@
 """A CA state directory (``--ca-state``) that cannot be written: a full disk, a read-only mount.
 
 ``meshpilot serve`` does not crash on it: it serves config (traffic flows through a real Envoy)
-with an in-memory CA, and says so at /healthz (degraded), /debug/errors, in the log and in
-``meshpilot_ca_state_unusable``. A read-only directory that already holds the CA's state (a
-Kubernetes Secret volume) is simply used. The mounts need root; they are undone at teardown.
+with an in-memory CA, and says so at /healthz (degraded), /debug/errors (counted in
+``meshpilot_config_errors{severity="error"}``) and in the log. A read-only directory that
+already holds the CA's state (a Kubernetes Secret volume) is simply used. The mounts need root; they are undone at teardown.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def test_an_unwritable_ca_state_directory_is_reported_and_serving_goes_on(
         assert "in-memory CA" in health
         errors = [e["message"] for e in server.get("/debug/errors")[1]]
         assert any("CA state directory" in m and "in-memory CA" in m for m in errors), errors
-        assert "meshpilot_ca_state_unusable 1.0" in server.get("/metrics")[1]
+        assert 'meshpilot_config_errors{severity="error"} 1.0' in server.get("/metrics")[1]
         assert "ca state directory unusable" in server.log_tail(400)
         # The CA serves from memory: it has a root, and it signs (the TLS port's certificate).
         ca = server.get("/debug/ca")[1]
@@ -111,5 +111,5 @@ def test_a_read_only_directory_holding_the_state_is_used(
         server = serve_traffic(config_dir, start_meshpilot, start_envoy, start_upstream, proxy_ip, state)
         assert server.get("/healthz") == (200, "ok\n")
         assert server.get("/debug/ca")[1]["ca"]["roots"] == expected  # the root from the files
-        assert "meshpilot_ca_state_unusable 0.0" in server.get("/metrics")[1]
+        assert 'meshpilot_config_errors{severity="error"} 0.0' in server.get("/metrics")[1]
         server.stop()

@@ -18,7 +18,6 @@ from typing import Any
 
 import grpc
 import structlog
-from prometheus_client import Gauge
 
 from ca import (
     DEFAULT_SERVER_TTL,
@@ -31,11 +30,6 @@ from ca.errors import StateError
 from xds_server.xds.secrets import SecretStore
 
 log = structlog.get_logger("ca")
-
-CA_STATE_UNUSABLE = Gauge(
-    "meshpilot_ca_state_unusable",
-    "1 when the CA state directory (--ca-state) could not be read or written and an in-memory CA serves",
-)
 
 #: How often ``serve`` looks for a root rotated by ``meshpilot ca rotate-root`` (seconds).
 STATE_POLL = 1.0
@@ -99,8 +93,8 @@ class MeshCA:
 
     def _state_unusable(self, state_dir: Path, error: StateError) -> None:
         """A full disk or a read-only directory with nothing in it yet: not a reason to stop
-        serving config. Said at /healthz, /debug/errors, in the log and as a metric."""
-        CA_STATE_UNUSABLE.set(1)
+        serving config. Said at /healthz, /debug/errors (so in ``meshpilot_config_errors``) and
+        in the log."""
         if self.state_problem is None:
             self.state_problem = (
                 f"the CA state directory {state_dir} cannot be used ({error}); serving with an in-memory CA "

@@ -267,11 +267,13 @@ class ControlPlane:
         what = "the config directory" if self.args.config_dir is not None else "the Kubernetes API"
         meanwhile = "scanning it every second meanwhile, " if self.args.config_dir is not None else ""
         self.failures["watcher"] = f"watching {what} failed: {why}; {meanwhile}retrying in {retry_in:g} s"
+        self._count_errors()
         log.error("config watcher failed", error=why, retry_in_s=retry_in)
 
     def _watch_recovered(self) -> None:
         WATCHING.set(1)
         if self.failures.pop("watcher", None) is not None:
+            self._count_errors()
             log.info("config watcher running again")
 
     def _rescanned(self, result: LoadResult, changed: bool) -> None:
@@ -287,6 +289,7 @@ class ControlPlane:
         why = f"{type(error).__name__}: {error}" if error else "returned"
         name = task.get_name()
         self.failures[name] = f"the {name} task ended ({why}); config no longer follows the files"
+        self._count_errors()
         log.error("control plane task ended", task=name, error=why)
 
     async def apply(self, result: LoadResult, merged: int) -> None:
@@ -339,8 +342,13 @@ class ControlPlane:
         for text in self._reported - current.keys():
             log.info("config problem resolved", problem=text)
         self._reported = set(current)
-        for severity in ("error", "warning"):
-            CONFIG_ERRORS.labels(severity).set(sum(1 for e in current.values() if e.severity == severity))
+        self._count_errors()
+
+    def _count_errors(self) -> None:
+        """``meshpilot_config_errors``: what /debug/errors lists, failures (watcher, CA state) as errors."""
+        errors = self.errors
+        CONFIG_ERRORS.labels("error").set(len(self.failures) + sum(1 for e in errors if e.severity == "error"))
+        CONFIG_ERRORS.labels("warning").set(sum(1 for e in errors if e.severity == "warning"))
 
     # ---------------------------------------------------------------- HTTP pages
 
