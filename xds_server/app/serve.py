@@ -141,6 +141,7 @@ class ControlPlane:
         self.xds = XdsServer(self.cache, self.mesh_ca.secrets, self.pipeline.convergence, self.pipeline.credentials)
         self.ready = False
         self._loaded = asyncio.Event()  # set once the first config is applied
+        self.serving = False  # the xDS ports are open (after the first config)
         # What keeps config from following the files ("watcher", or a task that ended): why.
         self.failures: dict[str, str] = {}
         if self.mesh_ca.state_problem is not None:
@@ -183,6 +184,7 @@ class ControlPlane:
         ]
         for t in tasks:
             t.add_done_callback(self._task_ended)
+        webhook = await self.start_webhook()  # validation needs no config: not held back
         # No xDS before the first config is applied: a proxy reconnecting to a restarted
         # control plane would be answered with an empty world and drop its listeners.
         loaded, stopping = asyncio.create_task(self._loaded.wait()), asyncio.create_task(stop.wait())
@@ -190,7 +192,6 @@ class ControlPlane:
         loaded.cancel()
         stopping.cancel()
         servers: list[grpc.aio.Server] = []
-        webhook = None
         if not stop.is_set():
             servers.append(await start_grpc(self.xds, self.args.xds_address))
             tls_address = self.args.xds_tls_address
@@ -198,10 +199,10 @@ class ControlPlane:
                 tls_host, _ = split_address(tls_address)
                 credentials = self.mesh_ca.server_credentials(tls_host, self.args.xds_tls_san)
                 servers.append(await start_grpc(self.xds, tls_address, credentials))
-            webhook = await self.start_webhook()
             # After the serving certificate is issued: its renewal is one of this task's jobs.
             tasks.append(asyncio.create_task(self.mesh_ca.run(), name="certificates"))
             tasks[-1].add_done_callback(self._task_ended)
+            self.serving = True
             log.info(
                 "meshpilot serving",
                 xds=self.args.xds_address,
@@ -353,7 +354,7 @@ class ControlPlane:
     # ---------------------------------------------------------------- HTTP pages
 
     def healthz(self, _q: dict[str, list[str]]) -> Reply:
-        if not self.ready:
+        if not self.ready or not self.serving:
             return text_reply("config not loaded yet\n", 503)
         if self.failures:
             return text_reply("".join(f"degraded: {why}\n" for _, why in sorted(self.failures.items())), 503)
