@@ -1,6 +1,6 @@
 """Reliability under load: a reconnect storm, stuck clients, a soak.
 
-    python benchmarks/bench_reliability.py storm [--streams 2000] [--services 200]
+    python benchmarks/bench_reliability.py storm [--streams 2000] [--services 200] [--protocol delta|sotw]
     python benchmarks/bench_reliability.py slow  [--stuck 200] [--streams 200] [--changes 60]
     python benchmarks/bench_reliability.py soak  [--streams 2000] [--minutes 10]
 
@@ -12,7 +12,8 @@ The control plane runs here as ``run.py`` wires it (Pipeline, XdsServer, start_g
   Pipeline, cold translation, same port) starts, and the fleet's N streams reconnect at once
   (no ramp; Envoy's reconnect jitter, at most 1 s with meshpilot's bootstrap, is left out,
   so this is harsher than real). Reported: time from the new server listening until every
-  stream has ACKed CDS, EDS, LDS and RDS; the server's RSS peak meanwhile (sampled every
+  stream has ACKed CDS, EDS, LDS and RDS (``--protocol sotw``: SotW streams from this file's
+  own client process, Envoy's request order); the server's RSS peak meanwhile (sampled every
   20 ms) against its RSS before the fleet connected.
 * ``slow``: S stuck proxies (SotW streams in a child process that subscribe to CDS and never
   read) beside W healthy ones; a DestinationRule change (CDS, to every stream) every
@@ -35,17 +36,19 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import bench_report as report
 import grpc
-from bench_clients import emit, istio_node, vm_status
+from bench_clients import emit, istio_node, route_names, vm_status
 from bench_sds import change
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.service.discovery.v3 import ads_pb2_grpc
-from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
 from run import Bench, ClientProcess, free_port, note
 
-from translators.api import CLUSTER
+from translators.api import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.app.serve import configure_logging
 from xds_server.xds.server import XdsServer, start_grpc
 
@@ -100,9 +103,10 @@ async def serving(bench: Bench, address: str) -> AsyncIterator[XdsServer]:
 
 
 @contextlib.asynccontextmanager
-async def fleet(address: str, streams: int, per_channel: int, ramp: int = 0) -> AsyncIterator[ClientProcess]:
+async def fleet(address: str, streams: int, per_channel: int, ramp: int = 0,
+                protocol: str = "delta") -> AsyncIterator[ClientProcess]:
     stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
-    clients = ClientProcess(stderr)
+    clients = ClientProcess(stderr) if protocol == "delta" else SotwProcess(stderr)
     try:
         await clients.start(address, streams, per_channel, ramp)
         yield clients
@@ -111,13 +115,96 @@ async def fleet(address: str, streams: int, per_channel: int, ramp: int = 0) -> 
         stderr.close()
 
 
+# ---------------------------------------------------------------- SotW streams
+
+
+def _eds_names(resp: DiscoveryResponse) -> list[str]:
+    names = []
+    for any_ in resp.resources:
+        c = Cluster()
+        any_.Unpack(c)
+        if c.type == Cluster.EDS:
+            names.append(c.eds_cluster_config.service_name or c.name)
+    return sorted(names)
+
+
+async def sotw_stream(i: int, channel: grpc.aio.Channel, synced: list[int]) -> None:
+    """One Envoy-like SotW ADS stream: CDS, then EDS for its clusters, LDS, then RDS for its
+    listeners' routes; every response ACKed. Counts itself in ``synced`` once all four were."""
+    call: Any = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+    await call.write(DiscoveryRequest(node=istio_node(i), type_url=CLUSTER))
+    names: dict[str, list[str]] = {}
+    acked: set[str] = set()
+    while True:
+        resp = await call.read()
+        if resp is grpc.aio.EOF:
+            return
+        t = resp.type_url
+        if t == CLUSTER:
+            names[ENDPOINT] = _eds_names(resp)
+        elif t == LISTENER:
+            names[ROUTE] = sorted(route_names(SimpleNamespace(resources=[SimpleNamespace(resource=r)
+                                                                         for r in resp.resources])))
+        await call.write(DiscoveryRequest(type_url=t, version_info=resp.version_info, response_nonce=resp.nonce,
+                                          resource_names=names.get(t, [])))
+        first = t not in acked
+        acked.add(t)
+        if first and t == CLUSTER:
+            await call.write(DiscoveryRequest(type_url=ENDPOINT, resource_names=names[ENDPOINT]))
+            await call.write(DiscoveryRequest(type_url=LISTENER))
+        elif first and t == LISTENER:
+            await call.write(DiscoveryRequest(type_url=ROUTE, resource_names=names[ROUTE]))
+        if first and len(acked) == 4:
+            synced[0] += 1
+
+
+async def sotw_child(args: argparse.Namespace) -> None:
+    """N SotW streams opened at once; "synced" once every one has ACKed all four types."""
+    channels = [grpc.aio.insecure_channel(args.address, options=[("grpc.use_local_subchannel_pool", 1),
+                                                                   ("grpc.max_receive_message_length", 512 << 20),
+                                                                   ("bench.channel", c)])
+                for c in range((args.streams + args.per_channel - 1) // args.per_channel)]
+    synced = [0]
+    started = time.monotonic()
+    tasks = [asyncio.create_task(sotw_stream(i, channels[i // args.per_channel], synced)) for i in range(args.streams)]
+    while synced[0] < args.streams:
+        failed = [t for t in tasks if t.done()]
+        if failed:
+            emit(event="error", message=f"a stream ended before syncing: {failed[0].exception()!r}")
+            return
+        await asyncio.sleep(0.01)
+    emit(event="synced", seconds=time.monotonic() - started, **vm_status())
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for channel in channels:
+        await channel.close(grace=None)
+
+
+class SotwProcess(ClientProcess):
+    async def start(self, address: str, clients: int, per_channel: int, ramp: int) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "sotw-child", "--address", address, "--streams", str(clients),
+            "--per-channel", str(per_channel),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=self.stderr,
+            limit=64 * 1024 * 1024,
+        )
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.stdin is not None and self.proc.returncode is None:
+            self.proc.stdin.close()  # the child reads stdin to its end, then closes its streams
+        await super().stop()
+
+
 # ---------------------------------------------------------------- storm
 
 
 async def storm(args: argparse.Namespace) -> dict[str, Any]:
     address = f"127.0.0.1:{free_port()}"
     first = make_bench(args)
-    async with serving(first, address), fleet(address, args.streams, args.per_channel, ramp=200) as clients:
+    async with serving(first, address), fleet(address, args.streams, args.per_channel, ramp=200,
+                                              protocol=args.protocol) as clients:
         await clients.event("synced", SYNC_TIMEOUT)
         note(f"{args.streams} streams synced to the first control plane")
     # The fleet and the first server are gone: what a restart leaves. A fresh control plane
@@ -129,11 +216,11 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
     async with serving(bench, address) as xds:
         listening = time.monotonic()
         with Sampler() as sampler:
-            async with fleet(address, args.streams, args.per_channel, ramp=0) as clients:
+            async with fleet(address, args.streams, args.per_channel, ramp=0, protocol=args.protocol) as clients:
                 await clients.event("synced", SYNC_TIMEOUT)
                 all_acked = time.monotonic() - listening
                 streams = len(xds.streams)
-    r = {"streams": args.streams, "services": args.services, "cold_start_s": listening - restarted,
+    r = {"streams": args.streams, "protocol": args.protocol, "services": args.services, "cold_start_s": listening - restarted,
          "all_acked_s": all_acked, "rss_before_kb": before, "rss_peak_kb": sampler.peak, "open_streams": streams}
     note(f"storm: {streams} streams all ACKed {all_acked:.2f} s after the new server listened "
          f"(cold start {r['cold_start_s']:.2f} s); RSS {before // KIB_PER_MIB} -> peak "
@@ -258,7 +345,7 @@ def table(mode: str, r: dict[str, Any]) -> str:
     mib = lambda kb: f"{kb / KIB_PER_MIB:.0f} MiB"  # noqa: E731
     ms = lambda s: f"{s * 1000:.0f} ms"  # noqa: E731
     if mode == "storm":
-        rows = [(f"reconnect storm: {r['streams']} delta streams at once, time until all ACKed",
+        rows = [(f"reconnect storm: {r['streams']} {r['protocol']} streams at once, time until all ACKed",
                  f"{r['all_acked_s']:.2f} s (cold start before it {r['cold_start_s']:.2f} s)"),
                 ("server RSS before / peak during the storm", f"{mib(r['rss_before_kb'])} / {mib(r['rss_peak_kb'])}")]
     elif mode == "slow":
@@ -283,7 +370,8 @@ def table(mode: str, r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["storm", "slow", "soak", "stuck-child"])
+    p.add_argument("mode", choices=["storm", "slow", "soak", "stuck-child", "sotw-child"])
+    p.add_argument("--protocol", choices=["delta", "sotw"], default="delta", help="storm: the streams' protocol")
     p.add_argument("--services", type=int, default=200, help="services in the mesh (default 200)")
     p.add_argument("--streams", type=int, default=None,
                    help="healthy delta streams (default 2000; slow: 200)")
@@ -295,9 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--address", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    if args.mode == "stuck-child":
+    if args.mode in ("stuck-child", "sotw-child"):
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(stuck_child(args))
+            asyncio.run(stuck_child(args) if args.mode == "stuck-child" else sotw_child(args))
         return 0
     if args.streams is None:
         args.streams = 200 if args.mode == "slow" else 2000
