@@ -142,6 +142,24 @@ class CertificateAuthority:
         )
 
     @classmethod
+    def in_memory(
+        cls,
+        *,
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
+        key_type: KeyType = "ecdsa",
+        root_ttl: timedelta = DEFAULT_ROOT_TTL,
+        clock: Clock = utcnow,
+    ) -> CertificateAuthority:
+        """A self-signed CA kept nowhere: what serving falls back to when the state directory
+        cannot be written (its root is lost on restart)."""
+        check_trust_domain(trust_domain)
+        key_type = check_key_type(key_type)
+        key = generate_private_key(key_type)
+        root = build_root(key, trust_domain, clock(), root_ttl)
+        return cls(Issuer(root, key, ()), [root], trust_domain=trust_domain, key_type=key_type, clock=clock,
+                   root_ttl=root_ttl)
+
+    @classmethod
     def from_cacerts(
         cls,
         cacerts_dir: Path | str,

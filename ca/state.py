@@ -12,6 +12,7 @@ serialize on an ``flock`` so exactly one of them creates the root.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import stat
@@ -38,7 +39,13 @@ def ensure_private_dir(path: Path) -> Path:
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         if stat.S_IMODE(path.stat().st_mode) != 0o700:
-            os.chmod(path, 0o700)
+            try:
+                os.chmod(path, 0o700)
+            except OSError as e:
+                # A read-only mount (a Kubernetes Secret volume): the files' own modes are still
+                # checked when read, and nothing can be written here to leak.
+                if e.errno != errno.EROFS:
+                    raise
     except OSError as e:
         raise StateError(f"cannot create private state directory {path}: {e.strerror}") from None
     return path
@@ -89,6 +96,9 @@ def locked(state_dir: Path) -> Iterator[None]:
     try:
         fd = os.open(state_dir / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError as e:
+        if e.errno == errno.EROFS:
+            yield  # nobody can create anything there either: reading needs no lock
+            return
         raise StateError(f"cannot lock {state_dir}: {e.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

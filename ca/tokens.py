@@ -105,6 +105,11 @@ class TokenAuthority:
             raise StateError(f"{path / KEY_FILE} is corrupt (expected {KEY_BYTES} bytes)")
         return cls(key, trust_domain=trust_domain, clock=clock)
 
+    @classmethod
+    def in_memory(cls, *, trust_domain: str = DEFAULT_TRUST_DOMAIN, clock: Clock = utcnow) -> TokenAuthority:
+        """A random key kept nowhere (tokens it signs stop verifying after a restart)."""
+        return cls(SecretBytes(secrets.token_bytes(KEY_BYTES)), trust_domain=trust_domain, clock=clock)
+
     def issue_token(self, identity: WorkloadIdentity, ttl: timedelta = DEFAULT_TOKEN_TTL) -> str:
         if identity.trust_domain != self.trust_domain:
             raise CAError(f"{identity.spiffe_id} is outside trust domain {self.trust_domain!r}")

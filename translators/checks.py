@@ -1,6 +1,8 @@
 """Warnings for config that parses and translates but cannot work (istioctl analyze's kind):
 
 * a DestinationRule subset that selects no endpoint of its service (a route to it answers 503);
+* a VirtualService route to a service that has no endpoints at all (every request to it
+  answers 503; an unknown host is the translator's error, not this warning);
 * (describe only) a VirtualService whose ``gateways`` name only Gateways that do not exist;
   the translator's gateway stage already warns about each missing Gateway at its field.
 
@@ -10,11 +12,12 @@ result is memoized on the identity of what it reads, so a push costs what change
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from translators.errors import ConfigError
 from translators.model import DestinationRule, Resource, ResourceKey, VirtualService
 from translators.model.names import resolve_host
+from translators.model.networking import HTTPRouteDestination, RouteDestination
 from translators.model.registry import MeshService
 from translators.model.world import World
 
@@ -45,6 +48,34 @@ def subset_problems(dr: DestinationRule, svc: MeshService | None) -> list[Config
     return out
 
 
+def route_destinations(vs: VirtualService) -> list[tuple[str, str]]:
+    """(field path, resolved host) of every route destination of ``vs`` (http, tls, tcp)."""
+    ns = vs.metadata.namespace
+    out = []
+    found: list[tuple[str, int, Sequence[HTTPRouteDestination | RouteDestination]]] = [
+        *(("http", i, r.route) for i, r in enumerate(vs.spec.http)),
+        *(("tls", i, r.route) for i, r in enumerate(vs.spec.tls)),
+        *(("tcp", i, r.route) for i, r in enumerate(vs.spec.tcp)),
+    ]
+    for kind, i, route in found:
+        for j, dest in enumerate(route):
+            out.append((f"spec.{kind}[{i}].route[{j}].destination.host", resolve_host(dest.destination.host, ns)))
+    return out
+
+
+def route_problems(vs: VirtualService, destinations: list[tuple[str, str]],
+                   services: tuple[MeshService | None, ...]) -> list[ConfigError]:
+    """Destinations (aligned with ``services``) whose service is known, found through EDS, and
+    has no endpoint on any port. DNS services resolve their host; ORIGINAL_DST needs none."""
+    out = []
+    for (field, host), svc in zip(destinations, services, strict=True):
+        if svc is None or svc.shape.discovery != "EDS" or any(svc.endpoints):
+            continue
+        out.append(_warning(vs, field, f"{host} has no endpoints: requests routed to it fail with 503 "
+                                       "(no healthy upstream) until a workload backs it"))
+    return out
+
+
 def gateway_key(ref: str, namespace: str) -> ResourceKey:
     """Istio's forms: ``ns/name``, ``name`` (the VirtualService's namespace), ``name.ns.svc.<domain>``."""
     if "/" in ref:
@@ -68,14 +99,17 @@ def gateway_problems(vs: VirtualService, resources: Mapping[ResourceKey, Resourc
 
 
 class Checks:
-    """The subset warnings for one World at a time. A World that follows the last one rechecks
-    only what its changes reach: the changed rules and rules whose service changed (compared
-    by identity)."""
+    """The subset and route warnings for one World at a time. A World that follows the last one
+    rechecks only what its changes reach: the changed rules and VirtualServices, and those whose
+    services changed (compared by identity)."""
 
     def __init__(self) -> None:
         self._world: World | None = None
         self._found: tuple[ConfigError, ...] = ()
         self._rules: dict[ResourceKey, tuple[DestinationRule, MeshService | None, list[ConfigError]]] = {}
+        #: VirtualService -> (its destinations, the services they resolved to, the warnings)
+        self._routes: dict[ResourceKey, tuple[VirtualService, list[tuple[str, str]],
+                                              tuple[MeshService | None, ...], list[ConfigError]]] = {}
 
     def run(self, world: World, services: Mapping[str, MeshService]) -> tuple[ConfigError, ...]:
         if world is self._world:
@@ -90,11 +124,21 @@ class Checks:
                 dr = world.resources.get(key)
                 if isinstance(dr, DestinationRule) and dr.spec.subsets:
                     self._rules[key] = (dr, None, [])  # checked below against its service
+            elif key.kind == VirtualService.KIND:
+                self._routes.pop(key, None)
+                vs = world.resources.get(key)
+                if isinstance(vs, VirtualService):
+                    self._routes[key] = (vs, route_destinations(vs), (), [])  # checked below
         for key, (dr, svc, _) in list(self._rules.items()):
             now = services.get(resolve_host(dr.spec.host, dr.metadata.namespace))
             if now is not svc or key in changed:
                 self._rules[key] = (dr, now, subset_problems(dr, now))
+        for key, (vs, dests, svcs, _) in list(self._routes.items()):
+            now_svcs = tuple(services.get(host) for _, host in dests)
+            if key in changed or len(now_svcs) != len(svcs) or any(a is not b for a, b in zip(now_svcs, svcs, strict=True)):
+                self._routes[key] = (vs, dests, now_svcs, route_problems(vs, dests, now_svcs))
         self._world = world
         found = [e for _, _, errs in self._rules.values() for e in errs]
+        found += [e for _, _, _, errs in self._routes.values() for e in errs]
         self._found = tuple(sorted(found, key=lambda e: (e.file, e.resource, e.field)))
         return self._found

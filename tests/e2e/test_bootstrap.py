@@ -51,7 +51,9 @@ def test_cli_writes_the_documented_bootstrap() -> None:
     assert ads["api_type"] == "GRPC"
     assert ads["transport_api_version"] == "V3"
     assert ads["set_node_on_first_message_only"] is True
-    assert ads["grpc_services"] == [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]
+    assert ads["grpc_services"] == [{"envoy_grpc": {
+        "cluster_name": "xds-grpc",
+        "retry_policy": {"retry_back_off": {"base_interval": "0.2s", "max_interval": "1s"}}}}]
     for key in ("cds_config", "lds_config"):
         assert b["dynamic_resources"][key] == {"ads": {}, "resource_api_version": "V3"}
     assert b["admin"]["address"]["socket_address"] == {"address": "127.0.10.3", "port_value": 15000}

@@ -116,3 +116,53 @@ def test_gateway_references() -> None:
     assert gateway_key("edge", "shop") == ResourceKey("Gateway", "shop", "edge")
     assert gateway_key("istio-system/edge", "shop") == ResourceKey("Gateway", "istio-system", "edge")
     assert gateway_key("edge.istio-system.svc.cluster.local", "shop") == ResourceKey("Gateway", "istio-system", "edge")
+
+
+EMPTY = """
+apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: default}
+spec:
+  selector: {app: ratings}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - route: [{destination: {host: reviews}}]
+  - route: [{destination: {host: reviews}, weight: 50}, {destination: {host: ratings}, weight: 50}]
+  tcp: [{route: [{destination: {host: ratings.default.svc.cluster.local}}]}]
+"""
+
+RATINGS_POD = """
+apiVersion: v1
+kind: Pod
+metadata: {name: ratings-1, namespace: default, labels: {app: ratings}}
+status: {phase: Running, podIP: 10.0.0.9}
+"""
+
+
+def test_routes_to_a_service_without_endpoints_are_warned_at_the_destination() -> None:
+    run = Run()
+    resources = {**_resources(BASE), **_resources(EMPTY)}
+    found = [e for e in run.apply(resources) if e["resource"] == "VirtualService default/ratings"]
+    assert [e["field"] for e in found] == ["spec.http[1].route[1].destination.host",
+                                           "spec.tcp[0].route[0].destination.host"]
+    assert found[0]["severity"] == "warning"
+    assert found[0]["message"].startswith("ratings.default.svc.cluster.local has no endpoints: requests routed")
+    key = ResourceKey("VirtualService", "default", "ratings")
+    kept = run.checks._routes[key][3]
+    # An unrelated change: the VirtualService is not rechecked (same result object).
+    other = _gateway("other", "x")
+    run.apply({**resources, other.key: other})
+    assert run.checks._routes[key][3] is kept
+    # A workload appears behind ratings: its service changes, the warnings go.
+    found = run.apply({**resources, other.key: other, **_resources(RATINGS_POD)})
+    assert [e for e in found if e["resource"] == "VirtualService default/ratings"] == []
+    # Deleting the VirtualService drops its warnings with it.
+    del resources[key]
+    run.apply(resources)
+    assert key not in run.checks._routes

@@ -26,6 +26,7 @@ from ca import (
     Signer,
     TokenAuthority,
 )
+from ca.errors import StateError
 from xds_server.xds.secrets import SecretStore
 
 log = structlog.get_logger("ca")
@@ -67,18 +68,41 @@ class MeshCA:
         workload_ttl: timedelta,
         cacerts: Path | None = None,
     ) -> None:
+        #: Why the state directory cannot be used (None: it is fine); serving goes on meanwhile.
+        self.state_problem: str | None = None
         if cacerts is not None:
             self.ca = CertificateAuthority.from_cacerts(cacerts)
         else:
-            self.ca = CertificateAuthority.load_or_create(state_dir)
+            try:
+                self.ca = CertificateAuthority.load_or_create(state_dir)
+            except StateError as e:
+                self._state_unusable(state_dir, e)
+                self.ca = CertificateAuthority.in_memory()
         # The token key lives in the state directory even with a plugged-in CA (it is ours).
-        self.tokens = TokenAuthority.load_or_create(state_dir, trust_domain=self.ca.trust_domain)
+        try:
+            self.tokens = TokenAuthority.load_or_create(state_dir, trust_domain=self.ca.trust_domain)
+        except StateError as e:
+            self._state_unusable(state_dir, e)
+            self.tokens = TokenAuthority.in_memory(trust_domain=self.ca.trust_domain)
         self.signer = Signer(self.ca, ttl=workload_ttl)
         self.secrets = SecretStore(self.signer, self.tokens)
         self.server_cert: IssuedCertificate | None = None
         self._names: tuple[list[str], list[str]] = ([], [])
         self._pending: grpc.ServerCertificateConfiguration | None = None
         self._lock = threading.Lock()
+
+    def _state_unusable(self, state_dir: Path, error: StateError) -> None:
+        """A full disk or a read-only directory with nothing in it yet: not a reason to stop
+        serving config. Said at /healthz, /debug/errors (so in ``meshpilot_config_errors``) and
+        in the log."""
+        if self.state_problem is None:
+            self.state_problem = (
+                f"the CA state directory {state_dir} cannot be used ({error}); serving with an in-memory CA "
+                "and token key instead: workload certificates and tokens it issues are not trusted after "
+                "a restart, and bootstraps made from that directory are not accepted"
+            )
+        log.error("ca state directory unusable; serving with an in-memory CA", state_dir=str(state_dir),
+                  error=str(error))
 
     # ------------------------------------------------------------ the xDS TLS port
 

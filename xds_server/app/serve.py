@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import structlog
 
 from ca import DEFAULT_WORKLOAD_TTL, CAError, default_state_dir
@@ -155,8 +156,12 @@ class ControlPlane:
                                                           ttl=args.token_review_ttl)
         self.xds = XdsServer(self.cache, self.mesh_ca.secrets, self.pipeline.convergence, self.pipeline.credentials)
         self.ready = False
+        self._loaded = asyncio.Event()  # set once the first config is applied
+        self.serving = False  # the xDS ports are open (after the first config)
         # What keeps config from following the files ("watcher", or a task that ended): why.
         self.failures: dict[str, str] = {}
+        if self.mesh_ca.state_problem is not None:
+            self.failures["ca-state"] = self.mesh_ca.state_problem
         self._last_apply = 0.0
         self._reported: set[str] = set()
         self.debouncer: Debouncer[LoadResult] = Debouncer(
@@ -184,21 +189,6 @@ class ControlPlane:
         )
         host, port = split_address(self.args.http_address)
         await http.start(host, port)
-        grpc_server = await start_grpc(self.xds, self.args.xds_address)
-        servers = [grpc_server]
-        tls_address = self.args.xds_tls_address
-        if tls_address and tls_address != "off":
-            tls_host, _ = split_address(tls_address)
-            credentials = self.mesh_ca.server_credentials(tls_host, self.args.xds_tls_san)
-            servers.append(await start_grpc(self.xds, tls_address, credentials))
-        webhook = await self.start_webhook()
-        log.info(
-            "meshpilot serving",
-            xds=self.args.xds_address,
-            xds_tls=tls_address if len(servers) > 1 else None,
-            http=self.args.http_address,
-            config_dir=self.source_name,
-        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -207,10 +197,35 @@ class ControlPlane:
             asyncio.create_task(self.debouncer.run(), name="debouncer"),
             asyncio.create_task(self.watch(), name="watcher"),
             asyncio.create_task(self.collect_when_quiet(), name="collector"),
-            asyncio.create_task(self.mesh_ca.run(), name="certificates"),
         ]
         for t in tasks:
             t.add_done_callback(self._task_ended)
+        webhook = await self.start_webhook()  # validation needs no config: not held back
+        # No xDS before the first config is applied: a proxy reconnecting to a restarted
+        # control plane would be answered with an empty world and drop its listeners.
+        loaded, stopping = asyncio.create_task(self._loaded.wait()), asyncio.create_task(stop.wait())
+        await asyncio.wait((loaded, stopping), return_when=asyncio.FIRST_COMPLETED)
+        loaded.cancel()
+        stopping.cancel()
+        servers: list[grpc.aio.Server] = []
+        if not stop.is_set():
+            servers.append(await start_grpc(self.xds, self.args.xds_address))
+            tls_address = self.args.xds_tls_address
+            if tls_address and tls_address != "off":
+                tls_host, _ = split_address(tls_address)
+                credentials = self.mesh_ca.server_credentials(tls_host, self.args.xds_tls_san)
+                servers.append(await start_grpc(self.xds, tls_address, credentials))
+            # After the serving certificate is issued: its renewal is one of this task's jobs.
+            tasks.append(asyncio.create_task(self.mesh_ca.run(), name="certificates"))
+            tasks[-1].add_done_callback(self._task_ended)
+            self.serving = True
+            log.info(
+                "meshpilot serving",
+                xds=self.args.xds_address,
+                xds_tls=tls_address if len(servers) > 1 else None,
+                http=self.args.http_address,
+                config_dir=self.source_name,
+            )
         await stop.wait()
         log.info("shutting down")
         for t in tasks:
@@ -282,11 +297,13 @@ class ControlPlane:
         what = "the config directory" if self.args.config_dir is not None else "the Kubernetes API"
         meanwhile = "scanning it every second meanwhile, " if self.args.config_dir is not None else ""
         self.failures["watcher"] = f"watching {what} failed: {why}; {meanwhile}retrying in {retry_in:g} s"
+        self._count_errors()
         log.error("config watcher failed", error=why, retry_in_s=retry_in)
 
     def _watch_recovered(self) -> None:
         WATCHING.set(1)
         if self.failures.pop("watcher", None) is not None:
+            self._count_errors()
             log.info("config watcher running again")
 
     def _rescanned(self, result: LoadResult, changed: bool) -> None:
@@ -302,6 +319,7 @@ class ControlPlane:
         why = f"{type(error).__name__}: {error}" if error else "returned"
         name = task.get_name()
         self.failures[name] = f"the {name} task ended ({why}); config no longer follows the files"
+        self._count_errors()
         log.error("control plane task ended", task=name, error=why)
 
     async def apply(self, result: LoadResult, merged: int) -> None:
@@ -315,6 +333,7 @@ class ControlPlane:
         self._last_apply = time.monotonic()
         self._report_errors()
         self.ready = True
+        self._loaded.set()
         log.info(
             "config applied",
             version=applied.version,
@@ -353,13 +372,18 @@ class ControlPlane:
         for text in self._reported - current.keys():
             log.info("config problem resolved", problem=text)
         self._reported = set(current)
-        for severity in ("error", "warning"):
-            CONFIG_ERRORS.labels(severity).set(sum(1 for e in current.values() if e.severity == severity))
+        self._count_errors()
+
+    def _count_errors(self) -> None:
+        """``meshpilot_config_errors``: what /debug/errors lists, failures (watcher, CA state) as errors."""
+        errors = self.errors
+        CONFIG_ERRORS.labels("error").set(len(self.failures) + sum(1 for e in errors if e.severity == "error"))
+        CONFIG_ERRORS.labels("warning").set(sum(1 for e in errors if e.severity == "warning"))
 
     # ---------------------------------------------------------------- HTTP pages
 
     def healthz(self, _q: dict[str, list[str]]) -> Reply:
-        if not self.ready:
+        if not self.ready or not self.serving:
             return text_reply("config not loaded yet\n", 503)
         if self.failures:
             return text_reply("".join(f"degraded: {why}\n" for _, why in sorted(self.failures.items())), 503)

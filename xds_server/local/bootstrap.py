@@ -212,7 +212,10 @@ def build_bootstrap(
     app = labels.get("app") or labels.get("app.kubernetes.io/name") or pod
 
     ads = {"ads": {}, "resource_api_version": "V3"}
-    grpc_service: dict[str, Any] = {"envoy_grpc": {"cluster_name": XDS_CLUSTER}}
+    # Reconnect within a second of the control plane coming back (Envoy's default backs off
+    # to 30 s); jittered, so a restart does not see every proxy at the same instant.
+    retry = {"retry_back_off": {"base_interval": "0.2s", "max_interval": "1s"}}
+    grpc_service: dict[str, Any] = {"envoy_grpc": {"cluster_name": XDS_CLUSTER, "retry_policy": retry}}
     if xds_tls is not None and xds_tls.token:
         # Sent as request headers on each stream: over TLS only, it is a credential.
         grpc_service["initial_metadata"] = [{"key": "authorization", "value": f"Bearer {xds_tls.token}"}]

@@ -11,6 +11,7 @@ identity with a mesh token also gets that identity's certificate (see ``secrets`
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import grpc
 import structlog
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
+from grpc._cython.cygrpc import ExecuteBatchError  # what a write to a closed stream raises
 
 from translators.api import SECRET
 from translators.model.world import Proxy
@@ -32,7 +34,11 @@ log = structlog.get_logger("xds")
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 SDS_SERVICE = "envoy.service.secret.v3.SecretDiscoveryService"
-_VIEW_CHANGED = object()
+VIEW_CHANGED = object()
+#: Requests read from a client and not handled yet, per stream. Past this, the stream stops
+#: reading; gRPC then stops taking the client's messages (HTTP/2 flow control), so a client
+#: sending faster than it is served waits instead of growing the server's memory.
+MAX_QUEUED_REQUESTS = 16
 
 _PLAINTEXT = Grant(None, "plaintext", "the plaintext xDS port never serves secrets; use the TLS port")
 _NO_CA = Grant(None, "disabled", "this server has no certificate authority")
@@ -40,6 +46,55 @@ _NO_CA = Grant(None, "disabled", "this server has no certificate authority")
 
 def _identity(payload: bytes) -> bytes:
     return payload
+
+
+class Inbox:
+    """What one stream has to handle: requests in arrival order, at most ``limit`` of them,
+    and at most one "view changed" (config changes merge: the stream always sends the latest
+    view). A pending view change and queued requests take turns, so a client flooding requests
+    cannot hold back its pushes, nor a burst of changes its requests.
+
+    A stuck client (one that stops reading) stalls only its own stream at ``context.write``;
+    meanwhile this holds at most ``limit`` requests and one view change, however many
+    changes are made.
+    """
+
+    def __init__(self, limit: int = MAX_QUEUED_REQUESTS) -> None:
+        self.requests: deque[Any] = deque()
+        self.pending_views = 0  # 0 or 1
+        self.closed = False
+        self._turn_of_requests = False
+        self._room = asyncio.Semaphore(limit)
+        self._wake = asyncio.Event()
+
+    async def put(self, request: Any) -> None:
+        await self._room.acquire()
+        self.requests.append(request)
+        self._wake.set()
+
+    def view_changed(self) -> None:
+        self.pending_views = 1
+        self._wake.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake.set()
+
+    async def get(self) -> Any:
+        """The next thing to handle: ``VIEW_CHANGED``, a request, or None once the client is done."""
+        while True:
+            if self.pending_views and not (self._turn_of_requests and self.requests):
+                self.pending_views = 0
+                self._turn_of_requests = True
+                return VIEW_CHANGED
+            if self.requests:
+                self._turn_of_requests = False
+                self._room.release()
+                return self.requests.popleft()
+            if self.closed:
+                return None
+            self._wake.clear()
+            await self._wake.wait()
 
 
 class XdsServer:
@@ -52,6 +107,8 @@ class XdsServer:
         self.streams: dict[int, StreamStatus] = {}
         #: per stream: which port it came in on and what identity it proved (for /debug/syncz)
         self.security: dict[int, dict[str, Any]] = {}
+        #: per stream: what waits to be handled (bounded; see ``Inbox``)
+        self.inboxes: dict[int, Inbox] = {}
         self.shared = SharedResponses()
         self._ids = 0
         if secrets is not None:
@@ -135,16 +192,12 @@ class XdsServer:
         tracker = None if secrets_only else self.convergence
         status = StreamStatus(proxy.id, protocol, convergence=tracker, stream_id=sid)
         stream = (SotwStream if protocol == "sotw" else DeltaStream)(status, self.shared)
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        view_pending = False
+        inbox = Inbox()
         secret_view: TypeView | None = None  # set once the stream asked for secrets it may have
         refused_logged = tls  # on the TLS port the refusal was logged at open
 
         def on_view(_view: object = None) -> None:
-            nonlocal view_pending
-            if not view_pending:  # merge bursts: the stream reads the latest view anyway
-                view_pending = True
-                queue.put_nowait(_VIEW_CHANGED)
+            inbox.view_changed()
 
         def view() -> ProxyView:
             config = ProxyView(self.cache.generation, {}) if secrets_only else self.cache.view(proxy)
@@ -160,11 +213,13 @@ class XdsServer:
         async def read() -> None:
             try:
                 async for req in requests:
-                    queue.put_nowait(req)
+                    await inbox.put(req)
             finally:
-                queue.put_nowait(None)
+                inbox.close()
 
-        notified: list[int] = []  # generations told of since the last send (bursts merge)
+        # Generations told of since the last send (bursts merge). Bounded: the tracker keeps only
+        # its latest changes anyway, and a stuck stream is told of every change.
+        notified: deque[int] = deque(maxlen=tracker.keep if tracker is not None else 1)
 
         def on_config(view: ProxyView) -> None:
             if tracker is not None:
@@ -176,6 +231,7 @@ class XdsServer:
         # Only gateways get credentials, and only on a stream that proved an identity.
         credentials = grant.ok and proxy.role == "gateway" and self.credentials is not None
         self.streams[sid] = status
+        self.inboxes[sid] = inbox
         self.security[sid] = {"port": "tls" if tls else "plaintext", "secrets": grant.reason,
                               "identity": grant.identity.spiffe_id if grant.identity else None}
         STREAMS.labels(protocol).inc()
@@ -186,8 +242,7 @@ class XdsServer:
         try:
             item: Any = first
             while item is not None:
-                if item is _VIEW_CHANGED:
-                    view_pending = False
+                if item is VIEW_CHANGED:
                     current = view()
                     outgoing = stream.on_view(current)
                     if tracker is not None:
@@ -195,7 +250,7 @@ class XdsServer:
                         notified.clear()
                 else:
                     if secrets_only and item.type_url != SECRET:
-                        item = await queue.get()
+                        item = await inbox.get()
                         continue
                     if item.type_url == SECRET and secret_view is None:
                         if grant.ok:
@@ -210,10 +265,12 @@ class XdsServer:
                             SecretStore.reject(grant, proxy.id, port="plaintext")
                     outgoing = stream.on_request(item, view())
                 for out in outgoing:
-                    await context.write(out.payload)
-                item = await queue.get()
+                    await context.write(out.payload)  # blocks while this client does not read
+                item = await inbox.get()
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
+        except ExecuteBatchError:
+            pass  # a write pending (a slow client) when the stream was closed or the server stopped
         except Exception:
             # A bug, not a protocol event: the proxy reconnects, but the log must say why.
             log.exception("stream failed", proxy=proxy.id, protocol=protocol)
@@ -229,6 +286,7 @@ class XdsServer:
             reader.cancel()
             del self.streams[sid]
             del self.security[sid]
+            del self.inboxes[sid]
             STREAMS.labels(protocol).dec()
             log.info("stream closed", proxy=proxy.id, protocol=protocol)
 
