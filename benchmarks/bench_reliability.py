@@ -86,7 +86,7 @@ class Sampler:
 
 def make_bench(args: argparse.Namespace) -> Bench:
     bench = Bench(argparse.Namespace(services=args.services, clients=args.streams, changes=0,
-                                     per_channel=args.per_channel, ramp=0))
+                                     per_channel=args.per_channel, ramp=0, scoped_proxies=0))
     bench.load()
     bench.cold()
     return bench
