@@ -178,6 +178,7 @@ def test_invalid_edit_keeps_serving_the_last_good_config_and_names_the_problem(m
     # Fixed: applied, and the errors are gone.
     mesh.config.write("reviews-routing.yaml", routing(0, 100))
     eventually(lambda: mesh.split(20) == collections.Counter({"v2": 20}), timeout=5)
+    assert mesh.server.get("/debug/errors")[1] == []  # the NACK is settled by the next push
     assert mesh.server.get("/debug/errors")[1] == []
 
 
@@ -309,7 +310,11 @@ def test_a_config_envoy_rejects_is_recorded_not_resent_and_the_old_one_keeps_ser
 
     nack = eventually(nacked, timeout=5)
     assert "NO_SUCH_COMMAND" in nack["message"], nack
-    assert mesh.server.get("/debug/errors")[1] == []  # valid as far as meshpilot can tell
+    # Valid as far as meshpilot can tell; the NACK is tied back to what the rejected push changed.
+    (blamed,) = mesh.server.get("/debug/errors")[1]
+    assert (blamed["file"], blamed["resource"], blamed["severity"]) == (
+        "reviews-routing.yaml", "VirtualService default/reviews", "error"), blamed
+    assert blamed["field"].startswith("rds rejected by proxy sidecar~") and "NO_SUCH_COMMAND" in blamed["message"]
     assert _rds_pushes(mesh) == pushes + 1  # the rejected route config, once
     time.sleep(1.0)
     assert _rds_pushes(mesh) == pushes + 1  # no loop re-sending what was rejected
@@ -319,6 +324,7 @@ def test_a_config_envoy_rejects_is_recorded_not_resent_and_the_old_one_keeps_ser
 
     mesh.config.write("reviews-routing.yaml", routing(0, 100))
     eventually(lambda: mesh.split(20) == collections.Counter({"v2": 20}), timeout=5)
+    assert mesh.server.get("/debug/errors")[1] == []  # the NACK is settled by the next push
 
 
 def _client_types(mesh: Mesh) -> dict[str, Any]:

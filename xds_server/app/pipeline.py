@@ -44,7 +44,7 @@ class Pipeline:
         notified = self.cache.update(world)
         self.credentials.update(world)
         # Before any stream runs: the notified streams answer this generation later.
-        self.convergence.begin(world.version, notified)
+        self.convergence.begin(world.version, notified, _changed_resources(world))
         self.world = world
         self.source_errors = source_errors
         elapsed = time.perf_counter() - started
@@ -71,3 +71,16 @@ def full_collection() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+
+
+#: How many of a change's resources a NACK names (a bulk load changes thousands).
+NACK_BLAME_LIMIT = 10
+
+
+def _changed_resources(world: World) -> list[tuple[str, str]]:
+    """The resources ``world`` changed, with their files, for tying a NACK back to them."""
+    out = []
+    for key in sorted(world.changed, key=str)[:NACK_BLAME_LIMIT]:
+        res = world.resources.get(key)
+        out.append((str(key), res.source if res is not None else ""))
+    return out

@@ -36,7 +36,7 @@ from xds_server.app.verbs.common import client_version
 from xds_server.sources.files import RESCAN_EVERY, DirectorySource, LoadResult
 from xds_server.sources.kubernetes import KubernetesSource, _api_client
 from xds_server.xds.server import XdsServer, start_grpc
-from xds_server.xds.status import CONFIG_ERRORS, RESCANS, WATCH_FAILURES, WATCHING
+from xds_server.xds.status import CONFIG_ERRORS, RESCANS, WATCH_FAILURES, WATCHING, short
 from xds_server.xds.tokenreview import TokenReviewer, kube_review_call
 
 log = structlog.get_logger("meshpilot")
@@ -393,7 +393,22 @@ class ControlPlane:
         failures = [
             ConfigError(self.source_name, "", "", why) for _, why in sorted(self.failures.items())
         ]
-        return json_reply([e.as_dict() for e in (*failures, *self.errors)])
+        return json_reply([e.as_dict() for e in (*failures, *self.errors, *self.nack_errors())])
+
+    def nack_errors(self) -> list[ConfigError]:
+        """Each proxy's standing NACK (its last response of a type was rejected), tied back to the
+        resources of the change that response carried: one entry per resource, at its file."""
+        out = []
+        for status in self.xds.streams.values():
+            for type_url, st in status.types.items():
+                nack = st.nack
+                if nack is None or nack["nonce"] != st.sent_nonce:
+                    continue  # settled: a later response went out
+                what = f"{short(type_url)} rejected by proxy {status.proxy_id}"
+                message = f"Envoy rejected config version {nack['version']}: {nack['message']}"
+                blamed = nack.get("resources") or [("", "")]
+                out += [ConfigError(source, resource, what, message) for resource, source in blamed]
+        return out
 
     def debug_syncz(self, _q: dict[str, list[str]]) -> Reply:
         return json_reply(self.xds.syncz())

@@ -33,6 +33,9 @@ class Change:
     at: float  # wall clock, for people
     started: float  # monotonic, for durations
     proxies: int
+    #: the resources the change added, changed or removed ("Kind ns/name", their file): what a
+    #: NACK of its responses is tied back to
+    resources: tuple[tuple[str, str], ...] = ()
     acked: list[float] = field(default_factory=list)  # seconds to ACK, one per converged proxy
     nacked: int = 0
     #: stream id -> responses of this change it has not had answered yet
@@ -67,11 +70,11 @@ class ConvergenceTracker:
         #: (stream, generation) -> older changes that stream skipped, settled with that generation
         self._covers: dict[tuple[int, int], list[Change]] = {}
 
-    def begin(self, generation: int, proxies: int) -> None:
+    def begin(self, generation: int, proxies: int, resources: Iterable[tuple[str, str]] = ()) -> None:
         """A change was applied and ``proxies`` streams were told about it."""
         if generation in self._by_generation:
             return
-        change = Change(generation, time.time(), time.monotonic(), proxies)
+        change = Change(generation, time.time(), time.monotonic(), proxies, tuple(resources))
         self.changes.append(change)
         self._by_generation[generation] = change
         while len(self.changes) > self.keep:
@@ -98,24 +101,26 @@ class ConvergenceTracker:
         for nonce in nonces:
             mine[nonce] = generation
 
-    def answered(self, stream: int, nonce: str, accepted: bool) -> None:
+    def answered(self, stream: int, nonce: str, accepted: bool) -> Change | None:
+        """Settle one response; returns the change it carried (if still remembered)."""
         mine = self._nonces.get(stream)
         generation = mine.pop(nonce, None) if mine is not None else None
         change = self._by_generation.get(generation) if generation is not None else None
         if change is None:
-            return
+            return None
         left = change.outstanding.get(stream)
         if left is None or left <= 0:
-            return
+            return change
         if accepted and left > 1:
             change.outstanding[stream] = left - 1
-            return
+            return change
         change.outstanding[stream] = 0  # settled; after a NACK its other answers are ignored
         for c in (change, *self._covers.pop((stream, change.generation), ())):
             if accepted:
                 self._converged(c)
             else:
                 c.nacked += 1
+        return change
 
     def _converged(self, change: Change) -> None:
         seconds = time.monotonic() - change.started

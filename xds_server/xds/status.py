@@ -97,10 +97,12 @@ class StreamStatus:
 
     def nacked(self, type_url: str, version: str, nonce: str, message: str) -> None:
         # The proxy keeps its last accepted config; nothing is re-sent until the config changes.
-        self.of(type_url).nack = {"version": version, "nonce": nonce, "message": message, "at": time.time()}
+        nack: dict[str, Any] = {"version": version, "nonce": nonce, "message": message, "at": time.time()}
         NACKS.labels(short(type_url)).inc()
-        if self.convergence is not None:
-            self.convergence.answered(self.stream_id, nonce, False)
+        change = self.convergence.answered(self.stream_id, nonce, False) if self.convergence is not None else None
+        if change is not None:  # the change that response carried: what the NACK is tied back to
+            nack["generation"], nack["resources"] = change.generation, [list(r) for r in change.resources]
+        self.of(type_url).nack = nack
         log.warning("config rejected by proxy", proxy=self.proxy_id, type=short(type_url), version=version, error=message)
 
     def protocol_error(self, kind: str, type_url: str, **details: Any) -> None:
