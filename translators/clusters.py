@@ -25,7 +25,14 @@ from translators.features.outlier import apply_outlier_detection
 from translators.features.tls import apply_tls
 from translators.features.traffic_policy import NO_POLICY, ClusterPolicy
 from translators.model import ServiceEntry
-from translators.model.names import BLACKHOLE, HTTP2_UPSTREAM, inbound_cluster, is_http, outbound_cluster
+from translators.model.names import (
+    AUTO,
+    BLACKHOLE,
+    HTTP2_UPSTREAM,
+    carries_http,
+    inbound_cluster,
+    outbound_cluster,
+)
 from translators.model.registry import Endpoint, MeshPort, MeshService
 from translators.policies import DestinationPolicy
 
@@ -57,7 +64,7 @@ def _cluster(name: str, port: MeshPort, svc: MeshService, policy: ClusterPolicy,
         c.dns_lookup_family = Cluster.V4_ONLY  # as Istio, without dual-stack
         c.load_assignment.CopyFrom(load_assignment(name, endpoints))
     options = hpo.HttpProtocolOptions()
-    if is_http(port.protocol):
+    if carries_http(port.protocol):  # (auto: HTTP/2 upstream when it came downstream)
         h2 = http2_upstream(policy.connection_pool, port.protocol in HTTP2_UPSTREAM)
         if h2 is None:
             options.use_downstream_protocol_config.SetInParent()
@@ -75,7 +82,7 @@ def _cluster(name: str, port: MeshPort, svc: MeshService, policy: ClusterPolicy,
                    server_name=(tls.sni if tls is not None and tls.sni else sni(port.number, svc.host, subset)),
                    sans=mesh_identities(svc), explicit_sans=tls.subjectAltNames if tls is not None else (),
                    http2=options.explicit_http_config.HasField("http2_protocol_options"))
-    if is_http(port.protocol):
+    if carries_http(port.protocol):
         _attach_protocol_options(c, options)
     return c
 
@@ -132,5 +139,9 @@ def inbound(port: int, app_address: str, protocol: str) -> cluster_pb2.Cluster:
     if protocol in HTTP2_UPSTREAM:
         options = hpo.HttpProtocolOptions()
         options.explicit_http_config.http2_protocol_options.CopyFrom(protocol_pb2.Http2ProtocolOptions())
+        c.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(to_any(options))
+    elif protocol == AUTO:  # detected HTTP goes on as it came (HTTP/1.1 or h2c)
+        options = hpo.HttpProtocolOptions()
+        options.use_downstream_protocol_config.SetInParent()
         c.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(to_any(options))
     return c

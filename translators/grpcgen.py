@@ -56,7 +56,7 @@ from translators.errors import ConfigError
 from translators.features import fault
 from translators.features._proto import to_any
 from translators.model import DestinationRule, HTTPRoute, TrafficPolicy, VirtualService
-from translators.model.names import is_http, outbound_cluster
+from translators.model.names import carries_http, outbound_cluster
 from translators.model.registry import MeshPort, ServiceShape
 from translators.routes import default_route
 
@@ -515,7 +515,7 @@ class GrpcGenerator:
                         partial(route_configuration, name, vh, part.shape, number))
             for shape in self._shapes:
                 for port in shape.ports:
-                    if is_http(port.protocol):
+                    if carries_http(port.protocol):
                         continue
                     # gRPC speaks HTTP/2 whatever the port is named: a default route for the rest.
                     name = outbound_cluster(port.number, shape.host)

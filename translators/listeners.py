@@ -1,17 +1,22 @@
 """Sidecar listeners, without traffic capture (Istio's Sidecar ``captureMode: NONE``).
 
 * outbound: one listener ``<ip>_<port>`` per service port number of the registry, bound
-  to the proxy's IP: HTTP ports route by Host header through RDS ``"<port>"``; a TCP port
-  goes to its service when exactly one service uses it (nothing else can tell them apart).
+  to the proxy's IP: HTTP routes by Host header through RDS ``"<port>"``; TCP goes to the
+  one TCP (or ``auto``) service of the port, when there is exactly one (nothing else can
+  tell them apart), through its VirtualService ``tcp`` routes; TLS (``https``/``tls``
+  ports) is routed by SNI: the VirtualService ``tls`` routes, then each TLS service by
+  its host name. Where both HTTP and something else arrive (``auto`` ports, or services
+  of several protocols on one port number) the listener detects HTTP (features/l4.py).
 * inbound: one listener ``inbound|<ip>_<targetPort>`` per port of the services that select
-  the proxy's own workload, forwarding to the application at its local address.
+  the proxy's own workload, forwarding to the application at its local address; an
+  ``auto`` port detects HTTP (which then gets the HTTP policies) from the rest.
 
 The virtual listeners 15001/15006 of Istio need capture and are not generated.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from envoy.config.core.v3 import address_pb2, base_pb2
@@ -26,17 +31,21 @@ from google.protobuf.message import Message
 
 from translators.clusters import ADS
 from translators.errors import ConfigError
-from translators.features import cors, fault, mtls
+from translators.features import cors, fault, l4, mtls
 from translators.features._proto import to_any
 from translators.features.timeout import NO_TIMEOUT
-from translators.model import Pod, Resource, WorkloadEntry
+from translators.model import Destination, Pod, Resource, TCPRoute, TLSRoute, VirtualService, WorkloadEntry
 from translators.model.names import (
+    AUTO,
     BLACKHOLE,
+    carries_http,
     inbound_cluster,
     inbound_listener,
     is_http,
+    is_tls,
     outbound_cluster,
     outbound_listener,
+    resolve_host,
 )
 from translators.model.registry import MeshService
 from translators.security import NO_POLICY, InboundPolicy
@@ -47,7 +56,7 @@ APP_ADDRESS_ANNOTATION = "sidecar.meshpilot.io/app-address"
 #: The HTTP filters of every HTTP listener, in Istio's order: fault injection and CORS
 #: stay inert until a route's typed_per_filter_config turns them on. Fault comes first, so
 #: an injected abort or delay hits CORS preflights too, as it does under istiod.
-_HTTP_FILTERS = (
+HTTP_FILTERS = (
     hcm.HttpFilter(name=fault.FILTER, typed_config=to_any(fault.filter_config())),
     hcm.HttpFilter(name=cors.FILTER, typed_config=to_any(cors.filter_config())),
     hcm.HttpFilter(name="envoy.filters.http.router", typed_config=to_any(router_pb2.Router())),
@@ -72,7 +81,7 @@ def _stat_prefix(direction: int, port: int) -> str:
 def _http(name: str, ip: str, port: int, direction: int, policy: InboundPolicy = NO_POLICY,
           **route: Message | str) -> listener_pb2.Listener:
     manager = hcm.HttpConnectionManager(stat_prefix=_stat_prefix(direction, port),
-                                        http_filters=[*policy.http_filters, *_HTTP_FILTERS], **route)  # type: ignore[arg-type]
+                                        http_filters=[*policy.http_filters, *HTTP_FILTERS], **route)  # type: ignore[arg-type]
     if policy.http_filters:
         manager.normalize_path.value = True  # policies match the path the app will see (istiod's default)
     if direction == base_pb2.INBOUND:
@@ -92,48 +101,118 @@ def _tcp(name: str, ip: str, port: int, direction: int, cluster: str, policy: In
 
 @dataclass(frozen=True, slots=True)
 class OutboundPort:
+    """What the outbound listener on one port number does (compared by value: a VirtualService
+    change that leaves it equal keeps the old object, and the proxies' listeners)."""
+
     number: int
-    http: bool
-    cluster: str  # the tcp_proxy target; "" for HTTP
+    http: bool  # an HTTP connection manager, RDS "<port>"
+    cluster: str  # where TCP goes (tcp_proxy); "" when only HTTP arrives
     hosts: tuple[str, ...]  # the services on this port, for messages
+    tcp_routes: tuple[l4.Route, ...] = ()  # the TCP service's VirtualService tcp routes
+    tls: tuple[tuple[str, str], ...] = ()  # TLS services: (SNI host, cluster)
+    tls_routes: tuple[l4.Route, ...] = ()  # their VirtualServices' tls routes
+
+    @property
+    def source_dependent(self) -> bool:
+        """Its listener differs between proxies (sourceLabels / sourceNamespace)."""
+        return any(m.source_dependent for r in (*self.tcp_routes, *self.tls_routes) for m in r.matches)
 
 
-def outbound_ports(services: Iterable[MeshService]) -> tuple[dict[int, OutboundPort], list[ConfigError]]:
-    """What every outbound listener does, by port number."""
-    by_port: dict[int, list[tuple[MeshService, bool]]] = {}
+#: The VirtualService for a service host (and its namespace), or None.
+VirtualServiceOf = Callable[[str, str], "VirtualService | None"]
+
+
+def outbound_ports(services: Iterable[MeshService], vs_of: VirtualServiceOf | None = None,
+                   ) -> tuple[dict[int, OutboundPort], list[ConfigError]]:
+    """What every outbound listener does, by port number; ``vs_of`` gives the tcp/tls
+    routes of the TCP and TLS services."""
+    services = list(services)
+    by_port: dict[int, list[tuple[MeshService, str]]] = {}
+    ports_of: dict[str, tuple[int, ...]] = {}
     for svc in services:
+        ports_of[svc.host] = tuple(p.number for p in svc.shape.ports)
         for p in svc.shape.ports:
-            by_port.setdefault(p.number, []).append((svc, is_http(p.protocol)))
+            by_port.setdefault(p.number, []).append((svc, p.protocol))
     table: dict[int, OutboundPort] = {}
     errors: list[ConfigError] = []
     for number in sorted(by_port):
         users = by_port[number]
         hosts = tuple(s.host for s, _ in users)
-        tcp = [s for s, http in users if not http]
-        if len(tcp) < len(users):
-            # HTTP routes by Host header; a TCP service sharing the port cannot be told apart.
-            for s in tcp:
-                errors.append(_warn(s.resource, f"TCP port {number} is also used by HTTP services; "
-                                    "the outbound listener routes HTTP only and this service is unreachable on it"))
-            table[number] = OutboundPort(number, True, "", hosts)
-        elif len(tcp) == 1:
-            table[number] = OutboundPort(number, False, outbound_cluster(number, tcp[0].host), hosts)
-        else:
+        http = any(carries_http(proto) for _, proto in users)
+        tcp = [s for s, proto in users if not is_http(proto) and not is_tls(proto)]
+        tls = [s for s, proto in users if is_tls(proto)]
+        cluster = ""
+        tcp_routes: tuple[l4.Route, ...] = ()
+        if len(tcp) == 1:
+            cluster = outbound_cluster(number, tcp[0].host)
+            tcp_routes = _l4_routes(tcp[0], number, vs_of, ports_of, "tcp")
+        elif len(tcp) > 1:
             for s in tcp:
                 errors.append(_warn(s.resource, f"TCP port {number} is used by {len(tcp)} services "
-                                    f"({', '.join(hosts)}); without capture they cannot be told apart, "
-                                    "the outbound listener goes to BlackHoleCluster"))
-            table[number] = OutboundPort(number, False, BLACKHOLE, hosts)
+                                    f"({', '.join(x.host for x in tcp)}); without capture they cannot be told "
+                                    "apart, TCP on the outbound listener goes to BlackHoleCluster"))
+            cluster = BLACKHOLE
+        elif tls:  # TLS without a known SNI: the one TLS service, if it is alone
+            cluster = outbound_cluster(number, tls[0].host) if len(tls) == 1 else BLACKHOLE
+        tls_routes = tuple(r for s in tls for r in _l4_routes(s, number, vs_of, ports_of, "tls"))
+        table[number] = OutboundPort(
+            number, http, cluster, hosts, tcp_routes=tcp_routes, tls=tuple((s.host, outbound_cluster(number, s.host)) for s in tls),
+            tls_routes=tls_routes)
     return table, errors
 
 
-def outbound(ip: str, port: OutboundPort) -> listener_pb2.Listener:
+def _l4_routes(svc: MeshService, number: int, vs_of: VirtualServiceOf | None, ports_of: Mapping[str, tuple[int, ...]],
+               kind: str) -> tuple[l4.Route, ...]:
+    vs = vs_of(svc.host, svc.shape.namespace) if vs_of is not None else None
+    if vs is None:
+        return ()
+    entries: list[TCPRoute] | list[TLSRoute] = vs.spec.tcp if kind == "tcp" else vs.spec.tls
+    ns = vs.metadata.namespace
+
+    def cluster_of(d: Destination) -> str:
+        # istiod: the destination's port, else the service's only port, else the listener's
+        host = resolve_host(d.host, ns)
+        ports = ports_of.get(host, ())
+        port = d.port.number if d.port is not None else ports[0] if len(ports) == 1 else number
+        return outbound_cluster(port, host, d.subset)
+
+    return l4.resolve(entries, cluster_of)
+
+
+def outbound(ip: str, port: OutboundPort, labels: Mapping[str, str] | None = None,
+             namespace: str = "") -> listener_pb2.Listener:
+    """The listener of ``port`` for a proxy with ``labels`` in ``namespace`` (they choose the
+    tcp/tls route matches with source conditions)."""
     name = outbound_listener(ip, port.number)
     direction = base_pb2.OUTBOUND
-    if port.http:
+    stat = _stat_prefix(direction, port.number)
+    if port.http and not port.cluster:
         rds = hcm.Rds(config_source=ADS, route_config_name=str(port.number))
         return _http(name, ip, port.number, direction, rds=rds)
-    return _tcp(name, ip, port.number, direction, port.cluster)
+    accept = l4.sidecar_accepts(port.number, labels or {}, namespace)
+    chains: list[lc.FilterChain] = []
+    filters: list[lc.ListenerFilter] = []
+    if port.tls:
+        claimed: set[tuple[str, tuple[str, ...]]] = set()
+        chains += l4.sni_chains(port.tls_routes, stat, accept, claimed=claimed)
+        # Each TLS service by its name, unless the default chain goes there anyway.
+        own = [l4.Route((l4.Match(sni_hosts=(host,)),), ((cluster, 1),)) for host, cluster in port.tls
+               if cluster != port.cluster or chains]
+        chains += l4.sni_chains(own, stat, accept, claimed=claimed)
+        if chains:
+            filters.append(l4.TLS_INSPECTOR)
+    tcp_chains, has_default = l4.tcp_filter_chains(port.tcp_routes, stat, accept)
+    if not has_default and port.cluster:
+        tcp_chains.append(lc.FilterChain(filters=[l4.tcp_proxy(stat, ((port.cluster, 1),))]))
+    listener = listener_pb2.Listener(
+        name=name,
+        address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=ip, port_value=port.number)),
+        traffic_direction=direction,  # type: ignore[arg-type]
+        listener_filters=filters, filter_chains=[*chains, *tcp_chains])
+    if port.http:  # and TCP or TLS too: detect HTTP
+        rds = hcm.Rds(config_source=ADS, route_config_name=str(port.number))
+        listener = l4.sniffing(listener, _http(name, ip, port.number, direction, rds=rds))
+    return listener
 
 
 # ---------------------------------------------------------------- inbound
@@ -206,17 +285,23 @@ def inbound(ip: str, port: InboundPort, policy: InboundPolicy = NO_POLICY, mtls_
     name = inbound_listener(ip, port.target)
     cluster = inbound_cluster(port.target)
     direction = base_pb2.INBOUND
+    tcp = http = None
     if not port.http:
-        listener = _tcp(name, ip, port.target, direction, cluster, policy)
-    else:
+        tcp = _tcp(name, ip, port.target, direction, cluster, policy)
+        mtls.secure_inbound(tcp, mtls_mode, has_identity, False)
+    if port.http or port.protocol == AUTO:
         route = rc.Route(name="default", match=rc.RouteMatch(prefix="/"),
                          route=rc.RouteAction(cluster=cluster, timeout=NO_TIMEOUT))
         config = route_pb2.RouteConfiguration(
             name=cluster,
             virtual_hosts=[rc.VirtualHost(name=f"inbound|http|{port.target}", domains=["*"], routes=[route])],
         )
-        listener = _http(name, ip, port.target, direction, policy, route_config=config)
-    mtls.secure_inbound(listener, mtls_mode, has_identity, port.http)
+        http = _http(name, ip, port.target, direction, policy, route_config=config)
+        mtls.secure_inbound(http, mtls_mode, has_identity, True)
+    if tcp is not None and http is not None:  # auto: detect HTTP
+        return l4.sniffing(tcp, http)
+    listener = tcp or http
+    assert listener is not None
     return listener
 
 

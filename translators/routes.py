@@ -146,9 +146,26 @@ def virtual_host_part(
     """``http_routes``: the VirtualService's http entries with delegates already merged in
     (``problems``: what merging them found)."""
     if vs is None or not (http_routes or vs.spec.http):
-        return VirtualHostPart(shape, port, _factor_retries((default_route(shape, port, own_policy),)), tuple(problems))
-    entries = http_routes if http_routes is not None else [OwnedRoute(vs, f"spec.http[{i}]", h) for i, h in enumerate(vs.spec.http)]
+        return VirtualHostPart(shape, port, factor_retries((default_route(shape, port, own_policy),)), tuple(problems))
+    entries = http_routes if http_routes is not None else owned_routes(vs)
     errors: list[ConfigError] = list(problems)
+    out = build_routes(entries, port, dests, errors)
+    if not out:
+        # Istio: a VirtualService with no route for this port leaves the host unrouted here.
+        errors.append(ConfigError(vs.source, str(vs.key), "spec.http", f"no route applies to port {port.number} "
+                                  f"of {shape.host}; requests to it get 404", "warning"))
+    return VirtualHostPart(shape, port, factor_retries([r for r, _ in out]), tuple(errors), tuple(c for _, c in out))
+
+
+def owned_routes(vs: VirtualService) -> list[OwnedRoute]:
+    return [OwnedRoute(vs, f"spec.http[{i}]", h) for i, h in enumerate(vs.spec.http)]
+
+
+def build_routes(entries: Sequence[OwnedRoute], port: MeshPort, dests: Destinations, errors: list[ConfigError],
+                 context: str = "mesh") -> list[tuple[rc.Route, SourceCondition | None]]:
+    """The routes of ``entries`` for ``port``, in order, each with who gets it; unreachable
+    ones dropped with a warning. ``context``: where they apply, ``mesh`` (sidecars) or a
+    gateway's ``namespace/name`` (a match's ``gateways`` must then name it)."""
     out: list[tuple[rc.Route, SourceCondition | None]] = []
     catch_all: str | None = None
     warn_after = True
@@ -158,7 +175,7 @@ def virtual_host_part(
             if warn_after:
                 errors.append(entry.error("", f"unreachable: {catch_all} before it matches every request", "warning"))
             continue
-        for r, cond, where in _http_routes(entry, port, dests, errors):
+        for r, cond, where in _http_routes(entry, port, dests, errors, context):
             if catch_all is not None:
                 if warn_after:
                     errors.append(entry.error(where, f"unreachable: {catch_all} before it matches every request",
@@ -174,11 +191,7 @@ def virtual_host_part(
                 catch_all = f"{entry.field}{where}"
                 if _port_limited(entry.http, where):
                     warn_after = False  # other ports still reach what follows: no warning
-    if not out:
-        # Istio: a VirtualService with no route for this port leaves the host unrouted here.
-        errors.append(ConfigError(vs.source, str(vs.key), "spec.http", f"no route applies to port {port.number} "
-                                  f"of {shape.host}; requests to it get 404", "warning"))
-    return VirtualHostPart(shape, port, _factor_retries([r for r, _ in out]), tuple(errors), tuple(c for _, c in out))
+    return out
 
 
 #: Istio's default retry policy sits once on each virtual host instead of on each of its
@@ -189,7 +202,7 @@ _DEFAULT_BYTES = DEFAULT_RETRIES.SerializeToString(deterministic=True)
 _NO_RETRIES = rc.RetryPolicy(num_retries=wrappers_pb2.UInt32Value(value=0))
 
 
-def _factor_retries(built: Sequence[rc.Route]) -> tuple[rc.Route, ...]:
+def factor_retries(built: Sequence[rc.Route]) -> tuple[rc.Route, ...]:
     for r in built:
         if not r.HasField("route"):
             continue
@@ -221,7 +234,7 @@ def _port_limited(http: HTTPRoute, where: str) -> bool:
 
 
 def _http_routes(
-    entry: OwnedRoute, port: MeshPort, dests: Destinations, errors: list[ConfigError]
+    entry: OwnedRoute, port: MeshPort, dests: Destinations, errors: list[ConfigError], context: str = "mesh"
 ) -> list[tuple[rc.Route, SourceCondition | None, str]]:
     """(route, who gets it, the match's field under the entry) per match for this port."""
     http = entry.http
@@ -230,8 +243,8 @@ def _http_routes(
     for j, m in enumerate(http.match or [None]):  # type: ignore[list-item]
         if m is not None and m.port is not None and m.port != port.number:
             continue  # the match is for another port of the host
-        if m is not None and m.gateways and "mesh" not in m.gateways:
-            continue  # for gateways only
+        if m is not None and m.gateways and not _names_context(m.gateways, context, entry.vs.metadata.namespace):
+            continue  # for other gateways (or the mesh) only
         cond = SourceCondition(tuple(sorted(m.sourceLabels.items())), m.sourceNamespace) \
             if m is not None and (m.sourceLabels or m.sourceNamespace) else None
         name = f"{base_name}.{m.name}" if m is not None and m.name else base_name
@@ -242,6 +255,14 @@ def _http_routes(
         _apply_http(route, entry, port, dests, errors, where)
         out.append((route, cond, where))
     return out
+
+
+def _names_context(gateways: Sequence[str], context: str, namespace: str) -> bool:
+    """``gateways`` (a match's, or a VirtualService's) names ``context``: ``mesh``, or a
+    gateway ``namespace/name``, which a bare ``name`` names in the VirtualService's namespace."""
+    if context == "mesh":
+        return "mesh" in gateways
+    return any(g != "mesh" and (g if "/" in g else f"{namespace}/{g}") == context for g in gateways)
 
 
 def _apply_http(route: rc.Route, entry: OwnedRoute, port: MeshPort, dests: Destinations,
@@ -361,7 +382,7 @@ def colliding_domains(row: Sequence[VirtualHostPart]) -> frozenset[str]:
 #: As istiod's sidecar route configs: 1 MiB direct-response bodies, clusters not
 #: validated (a route to a cluster not there yet answers 503, not a rejected config),
 #: and ``Host: reviews:9080`` matching domain ``reviews``.
-_CONFIG_DEFAULTS = route_pb2.RouteConfiguration(
+CONFIG_DEFAULTS = route_pb2.RouteConfiguration(
     validate_clusters=wrappers_pb2.BoolValue(value=False),
     max_direct_response_body_size_bytes=wrappers_pb2.UInt32Value(value=1024 * 1024),
     ignore_port_in_host_matching=True,
@@ -370,7 +391,7 @@ _CONFIG_DEFAULTS = route_pb2.RouteConfiguration(
 
 def _config(port: int) -> route_pb2.RouteConfiguration:
     out = route_pb2.RouteConfiguration(name=str(port))
-    out.MergeFrom(_CONFIG_DEFAULTS)
+    out.MergeFrom(CONFIG_DEFAULTS)
     return out
 
 

@@ -125,15 +125,15 @@ def test_wrong_api_version_is_an_error() -> None:
 
 
 def test_unknown_kind_is_a_warning() -> None:
-    text = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec: {}\n"
+    text = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: gw}\nspec: {}\n"
     (doc,) = parse_text(text, "gw.yaml").documents
     assert doc.resource is None and doc.key is None
     (err,) = doc.errors
     assert (err.severity, err.resource, err.field, err.message) == (
         "warning",
-        "Gateway default/gw",
+        "Telemetry default/gw",
         "kind",
-        "kind Gateway is not read by meshpilot; ignored",
+        "kind Telemetry is not read by meshpilot; ignored",
     )
 
 
@@ -141,14 +141,14 @@ def test_unknown_fields_are_warnings_per_path() -> None:
     # Route-destination headers are modelled; redirect.prefixRewrite is not (yet).
     text = (
         vs("r", weights=(60, 40))
-        .replace("spec:\n", "spec:\n  tcp: []\n")
+        .replace("spec:\n", "spec:\n  notAField: []\n")
         .replace("      weight: 60", "      weight: 60\n      headers: {request: {set: {x-a: b}}}")
         .replace("  http:\n", "  http:\n  - match: [{uri: {prefix: /old}}]\n    redirect: {authority: new, prefixRewrite: /new}\n")
     )
     (doc,) = parse_text(text, "vs.yaml").documents
     assert doc.resource is not None
     assert [(e.severity, e.field, e.message) for e in doc.errors] == [
-        ("warning", "spec.tcp", "field not supported by meshpilot yet; ignored"),
+        ("warning", "spec.notAField", "field not supported by meshpilot yet; ignored"),
         ("warning", "spec.http[0].redirect.prefixRewrite", "field not supported by meshpilot yet; ignored"),
     ]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from translators.model.base import IstioModel, KubeModel, ObjectMeta, Resource, ResourceKey
+from translators.model.gateway import Gateway, GatewayPort, GatewaySpec, Server, ServerTLSSettings
 from translators.model.kube import (
     Container,
     ContainerPort,
@@ -20,6 +21,7 @@ from translators.model.kube import (
     PodIP,
     PodSpec,
     PodStatus,
+    Secret,
     Service,
     ServicePort,
     ServiceSpec,
@@ -47,15 +49,20 @@ from translators.model.networking import (
     HTTPRewrite,
     HTTPRoute,
     HTTPRouteDestination,
+    L4MatchAttributes,
     LoadBalancerSettings,
     OutlierDetection,
     PortSelector,
     PortTrafficPolicy,
+    RouteDestination,
     SEPort,
     ServiceEntry,
     ServiceEntrySpec,
     StringMatch,
     Subset,
+    TCPRoute,
+    TLSMatchAttributes,
+    TLSRoute,
     TrafficPolicy,
     VirtualService,
     VirtualServiceSpec,
@@ -70,7 +77,7 @@ from translators.model.types import Duration, Percent
 KINDS: dict[str, type[Resource]] = {
     cls.KIND: cls
     for cls in (Service, EndpointSlice, Pod, ServiceEntry, WorkloadEntry, VirtualService, DestinationRule,
-                AuthorizationPolicy, RequestAuthentication, MeshConfig, PeerAuthentication)
+                AuthorizationPolicy, RequestAuthentication, MeshConfig, PeerAuthentication, Gateway, Secret)
 }
 
 
@@ -88,11 +95,12 @@ __all__ = [
     "CorsPolicy", "Delegate", "Destination", "DestinationRule", "DestinationRuleSpec", "Duration",
     "EndpointConditions", "EndpointSlice", "HTTPDirectResponse", "HTTPFaultInjection", "HTTPMatchRequest",
     "HTTPMirrorPolicy", "HTTPRedirect", "HTTPRetry", "HTTPRewrite", "HTTPRoute", "HTTPRouteDestination",
-    "HeaderOperations", "Headers", "IstioModel", "KubeModel", "LoadBalancerSettings", "ObjectMeta",
+    "HeaderOperations", "Headers", "IstioModel", "KubeModel", "L4MatchAttributes", "LoadBalancerSettings", "ObjectMeta",
     "ObjectReference", "OutlierDetection", "Percent", "Pod", "PodIP", "PodSpec", "PodStatus", "PortSelector",
-    "PortTrafficPolicy", "Resource", "ResourceKey", "SEPort", "Service", "ServiceEntry", "ServiceEntrySpec",
-    "ServicePort", "ServiceSpec", "SliceEndpoint", "SlicePort", "StringMatch", "Subset", "TrafficPolicy",
+    "PortTrafficPolicy", "Resource", "ResourceKey", "RouteDestination", "SEPort", "Service", "ServiceEntry", "ServiceEntrySpec",
+    "ServicePort", "ServiceSpec", "SliceEndpoint", "SlicePort", "StringMatch", "Subset", "TCPRoute", "TLSMatchAttributes", "TLSRoute", "TrafficPolicy",
     "VirtualService", "VirtualServiceSpec", "WorkloadEntry", "WorkloadEntrySpec", "WorkloadSelector",
     "parse_resource",
-    "AuthorizationPolicy", "MeshConfig", "PeerAuthentication", "RequestAuthentication",
+    "AuthorizationPolicy", "Gateway", "GatewayPort", "GatewaySpec", "MeshConfig", "Secret", "Server",
+    "ServerTLSSettings", "PeerAuthentication", "RequestAuthentication",
 ]

@@ -1,7 +1,10 @@
-"""Kubernetes core resources the service registry is built from: Service, EndpointSlice, Pod."""
+"""Kubernetes core resources: Service, EndpointSlice, Pod (the service registry is built from
+them) and Secret (a Gateway's credentials)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
@@ -115,3 +118,42 @@ class Pod(Resource):
         return ips
 
 
+
+
+class Secret(Resource):
+    """A core/v1 Secret, for a Gateway's ``credentialName``. ``data`` (base64) and
+    ``stringData`` never show in a repr, a dump or a debug page: :meth:`values` is the only
+    way to the bytes, and only the SDS server calls it."""
+
+    KIND = "Secret"
+    API_VERSIONS = ("v1",)
+    type: str = "Opaque"
+    data: dict[str, str] = Field(default={}, exclude=True, repr=False)
+    stringData: dict[str, str] = Field(default={}, exclude=True, repr=False)
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _base64(cls, data: object) -> object:
+        if data is None:
+            return {}
+        if isinstance(data, dict):
+            for key, value in data.items():
+                try:
+                    base64.b64decode(str(value), validate=True)
+                except (binascii.Error, ValueError):
+                    raise ValueError(f"data.{key} is not valid base64") from None  # never the value
+        return data
+
+    @field_validator("stringData", mode="before")
+    @classmethod
+    def _null(cls, data: object) -> object:
+        return {} if data is None else data
+
+    def values(self) -> dict[str, bytes]:
+        """The decoded entries; ``stringData`` wins over ``data`` as the API server merges them."""
+        out = {k: base64.b64decode(v) for k, v in self.data.items()}
+        out.update((k, v.encode()) for k, v in self.stringData.items())
+        return out
+
+    def __repr__(self) -> str:
+        return f"Secret({self.metadata.namespace}/{self.metadata.name}, type={self.type}, keys={sorted(self.values())})"

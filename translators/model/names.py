@@ -69,10 +69,13 @@ def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
 
 # Istio's protocol names (``<proto>`` or ``<proto>-suffix`` port names, appProtocol, or the
 # ServiceEntry port ``protocol``), lower-cased. HTTP-family ports get an HTTP connection
-# manager; the rest are proxied as opaque TCP.
+# manager; ``https``/``tls`` are opaque TLS (routed by SNI); the rest are opaque TCP; a
+# port that says nothing we know is ``auto``: detected on the wire (features/l4.py).
 HTTP_FAMILY = frozenset({"http", "http2", "grpc", "grpc-web", "http_proxy"})
 HTTP2_UPSTREAM = frozenset({"http2", "grpc", "grpc-web"})
-KNOWN = HTTP_FAMILY | {"tcp", "tls", "https", "mongo", "redis", "mysql", "thrift", "udp"}
+TLS_FAMILY = frozenset({"https", "tls"})
+KNOWN = HTTP_FAMILY | TLS_FAMILY | {"tcp", "mongo", "redis", "mysql", "thrift", "udp"}
+AUTO = "auto"
 
 _APP_PROTOCOLS = {"kubernetes.io/h2c": "http2", "kubernetes.io/ws": "http", "kubernetes.io/wss": "https"}
 
@@ -80,8 +83,7 @@ _APP_PROTOCOLS = {"kubernetes.io/h2c": "http2", "kubernetes.io/ws": "http", "kub
 def port_protocol(name: str, app_protocol: str | None = None, declared: str = "") -> str:
     """The Istio protocol of a port; explicit ``declared``/``appProtocol`` beat the name prefix.
 
-    Unnamed or unknown ports are treated as HTTP for now; Istio would sniff the protocol,
-    which needs traffic capture we do not have.
+    Unnamed ports and unknown names are ``auto``, as in Istio: the proxy sniffs HTTP.
     """
     for explicit in (declared, app_protocol):
         if explicit:
@@ -89,11 +91,22 @@ def port_protocol(name: str, app_protocol: str | None = None, declared: str = ""
             if proto in KNOWN:
                 return proto
     prefix = name.lower().split("-", 1)[0]
-    return prefix if prefix in KNOWN else "http"
+    return prefix if prefix in KNOWN else AUTO
 
 
 def is_http(protocol: str) -> bool:
+    """Declared HTTP: only HTTP reaches this port."""
     return protocol in HTTP_FAMILY
+
+
+def carries_http(protocol: str) -> bool:
+    """HTTP may reach this port (declared, or detected on an ``auto`` port): it has routes."""
+    return protocol in HTTP_FAMILY or protocol == AUTO
+
+
+def is_tls(protocol: str) -> bool:
+    """Opaque TLS for a sidecar: proxied by SNI, never terminated."""
+    return protocol in TLS_FAMILY
 
 
 # ---------------------------------------------------------------- localities

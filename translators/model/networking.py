@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Literal
 
@@ -698,10 +699,115 @@ def _host_overlap(a: str, b: str) -> bool:
     return a == b or any(w.startswith("*") and o.endswith(w[1:]) for w, o in ((a, b), (b, a)))
 
 
+# ---------------------------------------------------------------- VirtualService: tcp and tls
+
+
+def _subnet_problem(value: str) -> str | None:
+    """Istio's ValidateIPSubnet: an IP address or a CIDR range."""
+    try:
+        if "/" in value:
+            ipaddress.ip_network(value, strict=False)
+        else:
+            ipaddress.ip_address(value)
+    except ValueError:
+        return f"{value!r} is not an IP address or CIDR range"
+    return None
+
+
+class L4MatchAttributes(IstioModel):
+    destinationSubnets: list[str] = []
+    port: Port | None = None
+    sourceLabels: dict[str, str] = {}
+    gateways: list[str] = []
+    sourceNamespace: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> L4MatchAttributes:
+        p = Problems()
+        self._l4_problems(p)
+        p.raise_any(type(self).__name__)
+        return self
+
+    def _l4_problems(self, p: Problems) -> None:
+        for i, subnet in enumerate(self.destinationSubnets):
+            if (problem := _subnet_problem(subnet)) is not None:
+                p.add(("destinationSubnets", i), problem, subnet)
+        _labels(p, ("sourceLabels",), self.sourceLabels)
+        if self.sourceNamespace is not None and not is_dns1123_label(self.sourceNamespace):
+            p.add(("sourceNamespace",), f"sourceNamespace {self.sourceNamespace!r} is not a namespace name",
+                  self.sourceNamespace)
+        for i, gw in enumerate(self.gateways):
+            if (problem := _gateway_problem(gw)) is not None:
+                p.add(("gateways", i), problem, gw)
+
+
+class TLSMatchAttributes(L4MatchAttributes):
+    sniHosts: list[str] = []
+
+    def _l4_problems(self, p: Problems) -> None:
+        if not self.sniHosts:
+            p.add(("sniHosts",), "TLS match must have at least one SNI host")
+        for i, sni in enumerate(self.sniHosts):
+            if (problem := domain_problem(sni)) is not None and not is_ip(sni):
+                p.add(("sniHosts", i), problem, sni)
+        super()._l4_problems(p)
+
+
+class RouteDestination(IstioModel):
+    destination: Destination
+    weight: Int32 = 0
+
+
+def _route_destinations(p: Problems, route: list[RouteDestination], what: str) -> None:
+    """Istio's validateRouteDestinations (weights are relative, as on HTTP routes)."""
+    if not route:
+        p.add(("route",), f"{what} route is required")
+    total = sum(d.weight for d in route)
+    if len(route) > 1 and total == 0:
+        p.add(("route",), "total destination weight is 0: give at least one destination a weight")
+    elif total > 2**32 - 1:
+        p.add(("route",), f"the weights add up to {total}, more than Envoy's limit of 4294967295")
+
+
+class TCPRoute(IstioModel):
+    match: list[L4MatchAttributes] = []
+    route: list[RouteDestination] = []
+
+    @model_validator(mode="after")
+    def _check(self) -> TCPRoute:
+        p = Problems()
+        _route_destinations(p, self.route, "TCP")
+        p.raise_any("TCPRoute")
+        return self
+
+
+class TLSRoute(IstioModel):
+    match: list[TLSMatchAttributes] = []
+    route: list[RouteDestination] = []
+
+    @model_validator(mode="after")
+    def _check(self) -> TLSRoute:
+        p = Problems()
+        if not self.match:
+            p.add(("match",), "TLS route must have at least one match condition")
+        _route_destinations(p, self.route, "TLS")
+        p.raise_any("TLSRoute")
+        return self
+
+
+def _sni_within(sni: str, host: str) -> bool:
+    """Istio's host.Name.SubsetOf: ``sni`` names nothing ``host`` does not cover."""
+    if sni.startswith("*"):
+        return host.startswith("*") and sni[1:].endswith(host[1:])
+    return sni == host or (host.startswith("*") and sni.endswith(host[1:]))
+
+
 class VirtualServiceSpec(IstioModel):
     hosts: list[str] = []  # empty only for a delegate VirtualService
     gateways: list[str] = []
     http: list[HTTPRoute] = []
+    tls: list[TLSRoute] = []
+    tcp: list[TCPRoute] = []
     exportTo: list[str] = []
 
     @property
@@ -711,13 +817,12 @@ class VirtualServiceSpec(IstioModel):
     @model_validator(mode="after")
     def _check(self) -> VirtualServiceSpec:
         p = Problems()
-        extra = self.model_extra or {}
         if not self.hosts:  # a delegate: only http entries, used through a root VirtualService
             if self.gateways:
                 p.add(("gateways",), "a VirtualService without hosts is a delegate and must not set gateways "
                       "(the root VirtualService that delegates to it decides)", self.gateways)
             for f in ("tcp", "tls"):
-                if extra.get(f):
+                if getattr(self, f):
                     p.add((f,), f"a delegate VirtualService (no hosts) cannot have {f} routes")
             for i, h in enumerate(self.http):
                 if h.delegate is not None:
@@ -738,8 +843,15 @@ class VirtualServiceSpec(IstioModel):
                 first = next((h for h in self.hosts[:j] if _host_overlap(h, host)), None)
                 if first is not None:
                     p.add(("hosts", j), f"duplicate host: {host!r} overlaps {first!r}", host)
-        if not self.http and not extra.get("tcp") and not extra.get("tls"):
+        if not self.http and not self.tcp and not self.tls:
             p.add(("http",), "http, tcp or tls must be provided")
+        if self.hosts:
+            for i, tls in enumerate(self.tls):
+                for j, tm in enumerate(tls.match):
+                    for k, sni in enumerate(tm.sniHosts):
+                        if not is_ip(sni) and not any(_sni_within(sni, h) for h in self.hosts):
+                            p.add(("tls", i, "match", j, "sniHosts", k), f"SNI host {sni!r} is not a compatible "
+                                  f"subset of any of the virtual service hosts: [{', '.join(self.hosts)}]", sni)
         if self.applies_to_mesh:
             for i, h in enumerate(self.http):
                 for j, m in enumerate(h.match):

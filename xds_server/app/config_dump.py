@@ -54,3 +54,11 @@ def redacted_secrets(described: dict[str, Any], roots: list[dict[str, Any]]) -> 
             resource["not_after"] = min(str(r.get("not_after")) for r in roots)
         full[name] = {"version": version, "resource": resource}
     return {"version": "", "resources": versions, "full": full}
+
+
+def add_credentials(dumped: dict[str, Any], versions: dict[str, str]) -> None:
+    """A gateway's ``kubernetes://`` credentials beside its own secrets: name and version only."""
+    sds = dumped["types"].setdefault(SECRET_TYPE, {"version": "", "resources": {}, "full": {}})
+    for name, version in versions.items():
+        sds["resources"][name] = version
+        sds["full"][name] = {"version": version, "resource": {"name": name, "redacted": True}}

@@ -13,6 +13,7 @@ from translators.model.world import World
 from translators.translate import Translator
 from xds_server.xds.cache import XdsCache
 from xds_server.xds.convergence import ConvergenceTracker
+from xds_server.xds.secrets import CredentialStore
 from xds_server.xds.status import TRANSLATE_SECONDS
 
 
@@ -31,6 +32,7 @@ class Pipeline:
         self.cache = XdsCache(self.translator)
         self.world = World()
         self.convergence = ConvergenceTracker()
+        self.credentials = CredentialStore()  # gateways' Secrets for SDS: kept out of translation
         self.source_errors: tuple[ConfigError, ...] = ()
 
     def apply(self, resources: Mapping[ResourceKey, Resource], source_errors: tuple[ConfigError, ...] = ()) -> Applied:
@@ -38,6 +40,7 @@ class Pipeline:
         started = time.perf_counter()
         world = self.world.evolve(resources)
         notified = self.cache.update(world)
+        self.credentials.update(world)
         # Before any stream runs: the notified streams answer this generation later.
         self.convergence.begin(world.version, notified)
         self.world = world

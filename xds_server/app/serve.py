@@ -22,7 +22,7 @@ from ca import DEFAULT_WORKLOAD_TTL, CAError, default_state_dir
 from translators.errors import ConfigError
 from translators.model.world import World
 from xds_server.admission.webhook import WebhookServer, ssl_context
-from xds_server.app.config_dump import proxy_config
+from xds_server.app.config_dump import add_credentials, proxy_config
 from xds_server.app.debounce import Debouncer
 from xds_server.app.httpd import HttpServer, Reply, json_reply, text_reply
 from xds_server.app.mesh_ca import MeshCA, server_names
@@ -135,7 +135,7 @@ class ControlPlane:
             raise CAError(f"--workload-cert-ttl must be positive, not {args.workload_cert_ttl}")
         self.mesh_ca = MeshCA(args.ca_state or default_state_dir(), cacerts=args.cacerts,
                               workload_ttl=timedelta(seconds=args.workload_cert_ttl))
-        self.xds = XdsServer(self.cache, self.mesh_ca.secrets, self.pipeline.convergence)
+        self.xds = XdsServer(self.cache, self.mesh_ca.secrets, self.pipeline.convergence, self.pipeline.credentials)
         self.ready = False
         # What keeps config from following the files ("watcher", or a task that ended): why.
         self.failures: dict[str, str] = {}
@@ -366,7 +366,10 @@ class ControlPlane:
                 described = self.mesh_ca.secrets.describe()
                 secrets = [d for d in described if isinstance(d, dict) and d.get("identity") in proved]
                 roots = self.mesh_ca.ca.describe().get("roots") if secrets else None
-                return json_reply(proxy_config(wanted, self.cache.view(proxy), secrets, roots))
+                dumped = proxy_config(wanted, self.cache.view(proxy), secrets, roots)
+                if proxy.role == "gateway" and secrets:  # its credentials: names and versions only
+                    add_credentials(dumped, self.pipeline.credentials.describe(proxy.namespace))
+                return json_reply(dumped)
         known = sorted({p.id for p in self.cache.proxies()})
         return json_reply({"error": f"no connected proxy {wanted!r}", "connected": known}, 404)
 

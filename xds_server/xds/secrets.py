@@ -1,4 +1,5 @@
-"""SDS: each proxy's ``default`` (its chain and key) and ``ROOTCA`` (the trust bundle).
+"""SDS: each proxy's ``default`` (its chain and key) and ``ROOTCA`` (the trust bundle), and
+a gateway's ``kubernetes://<credentialName>`` secrets (:class:`CredentialStore`).
 
 Envoy here runs without an agent beside it, so the control plane itself hands every proxy
 its key. Two rules follow, and this module is where they hold:
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -37,6 +39,9 @@ from prometheus_client import Counter, Gauge
 from ca import IssuedCertificate, Signer, TokenAuthority, TokenError, WorkloadIdentity
 from ca.tokens import ExpiredToken
 from translators.api import SECRET
+from translators.model.base import ResourceKey
+from translators.model.kube import Secret as KubeSecret
+from translators.model.world import World
 from xds_server.xds.cache import Resource, ResourceSet, TypeView
 
 log = structlog.get_logger("sds")
@@ -309,3 +314,131 @@ def _resource(name: str, message: secret_pb2.Secret, version: str) -> Resource:
 
 def _digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+# ---------------------------------------------------------------- gateway credentials
+
+
+#: The SDS names of a Gateway's ``credentialName`` (istiod's): the certificate and key, and
+#: the CA that MUTUAL servers verify clients against.
+CREDENTIAL_PREFIX = "kubernetes://"
+CA_SUFFIX = "-cacert"
+#: Keys of a Secret, in the order they are looked for: kubernetes.io/tls, then generic.
+_CERT_KEYS, _KEY_KEYS, _CA_KEYS = ("tls.crt", "cert"), ("tls.key", "key"), ("ca.crt", "cacert")
+#: A version must change when the key does, without being a hash of the key anyone could
+#: test guesses against: a keyed hash with a key that lives only in this process.
+_VERSION_KEY = secrets.token_bytes(32)
+
+
+def _first(values: dict[str, bytes], keys: tuple[str, ...]) -> bytes | None:
+    return next((values[k] for k in keys if values.get(k)), None)
+
+
+def credential_resources(secret: KubeSecret) -> dict[str, Resource]:
+    """The SDS secrets one Kubernetes Secret gives: ``kubernetes://<name>`` when it holds a
+    certificate and a key, ``kubernetes://<name>-cacert`` when it holds a CA (a Secret
+    ``<name>-cacert`` holding only a CA gives that name too, as in istiod)."""
+    values = secret.values()
+    cert, key, ca = _first(values, _CERT_KEYS), _first(values, _KEY_KEYS), _first(values, _CA_KEYS)
+    out: dict[str, Resource] = {}
+    base = CREDENTIAL_PREFIX + secret.metadata.name
+    if cert and key:
+        msg = secret_pb2.Secret(name=base, tls_certificate=common_pb2.TlsCertificate(
+            certificate_chain=base_pb2.DataSource(inline_bytes=cert), private_key=base_pb2.DataSource(inline_bytes=key)))
+        out[base] = _resource(base, msg, _keyed_digest(cert, key))
+    if ca:
+        name = base if base.endswith(CA_SUFFIX) and not (cert and key) else base + CA_SUFFIX
+        msg = secret_pb2.Secret(name=name, validation_context=common_pb2.CertificateValidationContext(
+            trusted_ca=base_pb2.DataSource(inline_bytes=ca)))
+        out[name] = _resource(name, msg, _digest(ca))
+    return out
+
+
+def _keyed_digest(*parts: bytes) -> str:
+    h = hashlib.blake2b(digest_size=8, key=_VERSION_KEY)
+    for p in parts:
+        h.update(hashlib.blake2b(p, digest_size=32).digest())
+    return h.hexdigest()
+
+
+class CredentialStore:
+    """Gateway credentials (``credentialName``): the Secrets of the current World as SDS
+    secrets, one layer per namespace. A gateway proxy is served its own namespace's (as
+    istiod serves a gateway the Secrets of the namespace it runs in); sidecars get none.
+
+    A namespace's layer is rebuilt only when one of its Secrets changed, keeping unchanged
+    resources as the same objects, and only streams of that namespace are told."""
+
+    def __init__(self) -> None:
+        self._world: World | None = None
+        self._by_namespace: dict[str, set[str]] = {}  # the Secrets' names, per namespace
+        self._layers: dict[str, ResourceSet] = {}
+        self._watchers: dict[str, dict[int, Callable[[], None]]] = {}
+        self._next = 0
+
+    def update(self, world: World) -> None:
+        prev, self._world = self._world, world
+        if prev is not None and world.version == prev.version + 1:
+            keys = {k for k in world.changed if k.kind == KubeSecret.KIND}
+        else:
+            old = prev.resources if prev is not None else {}
+            keys = {k for k, v in world.resources.items() if k.kind == KubeSecret.KIND and old.get(k) is not v}
+            keys |= {k for k in old if k.kind == KubeSecret.KIND and k not in world.resources}
+        for key in keys:
+            names = self._by_namespace.setdefault(key.namespace, set())
+            if key in world.resources:
+                names.add(key.name)
+            else:
+                names.discard(key.name)
+        for ns in {k.namespace for k in keys}:
+            if ns in self._layers:
+                before = self._layers[ns]
+                after = self._build(ns, before)
+                if after.changed:
+                    log.info("sds: credentials changed", namespace=ns, secrets=sorted(after.changed),
+                             streams=len(self._watchers.get(ns, {})))
+                    for notify in list(self._watchers.get(ns, {}).values()):
+                        notify()
+
+    def layer(self, namespace: str) -> ResourceSet:
+        found = self._layers.get(namespace)
+        return found if found is not None else self._build(namespace, None)
+
+    def _build(self, namespace: str, previous: ResourceSet | None) -> ResourceSet:
+        world = self._world
+        resources: dict[str, Resource] = {}
+        if world is not None:
+            for secret_name in sorted(self._by_namespace.get(namespace, ())):
+                found = world.resources.get(ResourceKey(KubeSecret.KIND, namespace, secret_name))
+                if isinstance(found, KubeSecret):
+                    for name, res in credential_resources(found).items():
+                        resources.setdefault(name, res)  # a Secret's own CA before a <name>-cacert Secret's
+        old = previous.resources if previous is not None else {}
+        resources = {n: old[n] if n in old and old[n].version == r.version else r for n, r in resources.items()}
+        changed = frozenset(n for n in resources.keys() | old.keys() if old.get(n) is not resources.get(n))
+        rs = ResourceSet(("credentials", namespace), SECRET,
+                         MappingProxyType({n: r.message for n, r in resources.items()}), resources, previous, changed)
+        if previous is not None:
+            previous.previous = None
+        self._layers[namespace] = rs
+        return rs
+
+    def watch(self, namespace: str, on_change: Callable[[], None]) -> Callable[[], None]:
+        self._next += 1
+        wid = self._next
+        self._watchers.setdefault(namespace, {})[wid] = on_change
+
+        def unwatch() -> None:
+            watchers = self._watchers.get(namespace)
+            if watchers is not None:
+                watchers.pop(wid, None)
+                if not watchers:  # no gateway of that namespace left: drop its keys from memory
+                    del self._watchers[namespace]
+                    self._layers.pop(namespace, None)
+
+        return unwatch
+
+    def describe(self, namespace: str) -> dict[str, str]:
+        """Name -> version of the credentials served in ``namespace``: never key material."""
+        layer = self._layers.get(namespace)
+        return {n: r.version for n, r in sorted(layer.resources.items())} if layer is not None else {}

@@ -25,7 +25,7 @@ from xds_server.app.node import NodeError, proxy_from_node
 from xds_server.xds.cache import ProxyView, TypeView, XdsCache
 from xds_server.xds.convergence import ConvergenceTracker
 from xds_server.xds.protocol import DeltaStream, SharedResponses, SotwStream
-from xds_server.xds.secrets import Grant, SecretStore
+from xds_server.xds.secrets import CredentialStore, Grant, SecretStore
 from xds_server.xds.status import STREAMS, StreamStatus, TypeStatus
 
 log = structlog.get_logger("xds")
@@ -44,10 +44,11 @@ def _identity(payload: bytes) -> bytes:
 
 class XdsServer:
     def __init__(self, cache: XdsCache, secrets: SecretStore | None = None,
-                 convergence: ConvergenceTracker | None = None):
+                 convergence: ConvergenceTracker | None = None, credentials: CredentialStore | None = None):
         self.cache = cache
         self.convergence = convergence
         self.secrets = secrets
+        self.credentials = credentials  # gateways' credentialName secrets, from the World
         self.streams: dict[int, StreamStatus] = {}
         #: per stream: which port it came in on and what identity it proved (for /debug/syncz)
         self.security: dict[int, dict[str, Any]] = {}
@@ -150,6 +151,9 @@ class XdsServer:
                 return config
             assert self.secrets is not None and grant.identity is not None
             current = self.secrets.current(grant.identity) or secret_view
+            if credentials:  # a gateway: its namespace's credentials beside its own certificate
+                assert self.credentials is not None
+                current = TypeView(SECRET, (*current.layers, self.credentials.layer(proxy.namespace)))
             return ProxyView(config.generation, {**config.types, SECRET: current})
 
         async def read() -> None:
@@ -167,7 +171,9 @@ class XdsServer:
             on_view()
 
         unwatch = (lambda: None) if secrets_only else self.cache.watch(proxy, on_config)
-        unwatch_secrets = None
+        unwatch_secrets = unwatch_credentials = None
+        # Only gateways get credentials, and only on a stream that proved an identity.
+        credentials = grant.ok and proxy.role == "gateway" and self.credentials is not None
         self.streams[sid] = status
         self.security[sid] = {"port": "tls" if tls else "plaintext", "secrets": grant.reason,
                               "identity": grant.identity.spiffe_id if grant.identity else None}
@@ -194,6 +200,9 @@ class XdsServer:
                         if grant.ok:
                             assert self.secrets is not None and grant.identity is not None
                             unwatch_secrets = self.secrets.watch(grant.identity, on_view)
+                            if credentials:
+                                assert self.credentials is not None
+                                unwatch_credentials = self.credentials.watch(proxy.namespace, on_view)
                             secret_view = await self.secrets.view(grant.identity)
                         elif not refused_logged:
                             refused_logged = True
@@ -214,6 +223,8 @@ class XdsServer:
                 tracker.closed(sid)
             if unwatch_secrets is not None:
                 unwatch_secrets()
+            if unwatch_credentials is not None:
+                unwatch_credentials()
             reader.cancel()
             del self.streams[sid]
             del self.security[sid]
