@@ -12,24 +12,34 @@ ARG ENVOY_IMAGE=envoyproxy/envoy:v1.40.0
 
 FROM ${ENVOY_IMAGE} AS envoy
 
-FROM ${PYTHON_IMAGE} AS build
+# Two layers that change at different rates: the dependencies (when pyproject.toml does) and
+# meshpilot itself (every commit), so a code change rebuilds and ships a few MB, not 230.
+FROM ${PYTHON_IMAGE} AS deps
 RUN python3 -m venv /opt/meshpilot
-# The dependencies first, in their own layer: a source change does not download them again.
 COPY pyproject.toml /src/
 RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]))' \
         > /tmp/requirements.txt \
     && /opt/meshpilot/bin/pip install --no-cache-dir --disable-pip-version-check -q -r /tmp/requirements.txt "setuptools>=68"
-COPY README.md /src/
+
+# What ships: the dependencies without pip and setuptools (only the build needs them).
+FROM deps AS runtime-deps
+RUN /opt/meshpilot/bin/pip uninstall -q -y setuptools pip
+
+FROM deps AS build
+# pyproject.toml names README.md as the long description: a stub keeps README edits from rebuilding.
+RUN echo "meshpilot, a service-mesh control plane" >/src/README.md
 COPY ca /src/ca
 COPY translators /src/translators
 COPY xds_server /src/xds_server
 # pip leaves the .pyc files in place: the non-root user could not write them at run time.
-RUN /opt/meshpilot/bin/pip install --no-cache-dir --disable-pip-version-check -q --no-deps --no-build-isolation /src \
-    && /opt/meshpilot/bin/pip uninstall -q -y setuptools pip
+RUN /opt/meshpilot/bin/pip install --no-cache-dir --disable-pip-version-check -q --no-deps --no-build-isolation \
+        --target /opt/meshpilot-app /src
 
 FROM ${PYTHON_IMAGE} AS meshpilot
-COPY --from=build /opt/meshpilot /opt/meshpilot
-ENV PATH=/opt/meshpilot/bin:$PATH \
+COPY --from=runtime-deps /opt/meshpilot /opt/meshpilot
+COPY --from=build /opt/meshpilot-app /opt/meshpilot-app
+ENV PATH=/opt/meshpilot-app/bin:/opt/meshpilot/bin:$PATH \
+    PYTHONPATH=/opt/meshpilot-app \
     PYTHONUNBUFFERED=1 \
     MESHPILOT_STATE_DIR=/var/lib/meshpilot/ca
 RUN mkdir -p /var/lib/meshpilot /etc/meshpilot && chown 65532:65532 /var/lib/meshpilot

@@ -5,7 +5,8 @@ real compose v2 plugin and images built from the repo's Dockerfiles, on local st
 their base images (``scripts/docker-test-env.sh``; cached in ``~/.cache/meshpilot/docker``).
 The stack's manifest directory is a copy of ``examples/bookinfo``; each test puts exactly
 the Istio files of one traffic task into its ``mesh/`` directory, as a user would, and
-checks what the product page shows. The last test takes the stack down and checks that no
+checks what the product page shows through the ingress gateway (Istio's
+``bookinfo-gateway.yaml``), published on 127.0.0.1 as the README says. The last test takes the stack down and checks that no
 container, network, bridge or iptables rule of it is left.
 
 Skipped only where no Docker daemon can run (not root and none answers, or nothing can
@@ -35,10 +36,6 @@ BOOKINFO = REPO_ROOT / "examples" / "bookinfo"
 SUBNET_PREFIX = "10.89.0."
 ALWAYS = ("bookinfo.yaml", "destination-rule-all.yaml", "bookinfo-gateway.yaml")
 REVIEWS_ERROR = "Sorry, product reviews are currently unavailable for this book."
-#: Requests enter the mesh at the ingress gateway (bookinfo-gateway.yaml), else at productpage's
-#: sidecar: its outbound listener on the pod IP, with the service as Host.
-THROUGH_GATEWAY = False
-PRODUCTPAGE_SIDECAR = ("10.89.0.11", 9080, "productpage")
 #: How long one page may take: Bookinfo's productpage waits up to 2 x 3 s for reviews.
 PAGE_TIMEOUT = 15.0
 
@@ -133,8 +130,8 @@ def stack(request: pytest.FixtureRequest, docker_host: DockerHost,
         up = time.monotonic() - started
         show(f"[compose] stack up and healthy in {up:.1f} s")
         bridges = list(compose.networks().values())
-        entry = ("127.0.0.1", gateway_port, None) if THROUGH_GATEWAY else PRODUCTPAGE_SIDECAR
-        yield Stack(compose, config, entry, bridges, up)
+        # Through the ingress gateway, published on 127.0.0.1 (Istio's bookinfo-gateway.yaml).
+        yield Stack(compose, config, ("127.0.0.1", gateway_port, None), bridges, up)
     except Exception:
         show(compose.logs())
         raise
@@ -145,6 +142,8 @@ def stack(request: pytest.FixtureRequest, docker_host: DockerHost,
 def test_bookinfo_answers_with_every_reviews_version(stack: Stack) -> None:
     """destination-rule-all only: reviews round-robins over v1 (no stars), v2 (black), v3 (red)."""
     stack.apply()
+    published = stack.compose("port", "istio-ingressgateway", "8080").stdout.split()
+    assert published == [f"127.0.0.1:{stack.entry[1]}"], f"the gateway is published on {published}, not 127.0.0.1 only"
     seen = stack.pages(30)
     assert set(seen) == {("v1", ""), ("v2", "black"), ("v3", "red")}, seen
     assert "<dt>publisher</dt><dd>PublisherA</dd>" in stack.page().text  # details answered
@@ -153,15 +152,19 @@ def test_bookinfo_answers_with_every_reviews_version(stack: Stack) -> None:
 def test_trace_headers_reach_ratings(stack: Stack) -> None:
     """What Bookinfo's apps propagate: the trace headers sent to productpage arrive at ratings."""
     stack.apply("virtual-service-reviews-test-v2.yaml")  # jason -> v2, which asks ratings
-    sent = {"x-request-id": "4d0c7d9f-compose-test", "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    sent = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
             "b3": "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"}
 
     def traced() -> None:
         status, body, _ = stack.get("/api/v1/products/0/reviews", user="jason", headers=sent)
         assert status == 200 and body["version"] == "v2", body
-        for where in (body["trace"], body["ratings_seen"]):
+        at_reviews, at_ratings = body["trace"], body["ratings_seen"]
+        for where in (at_reviews, at_ratings):
             assert {k: where.get(k) for k in sent} == sent, where
             assert where.get("end-user") == "jason", where
+        # The gateway gives an outside request its own x-request-id (as Istio's does); the
+        # apps carry that one along.
+        assert at_reviews.get("x-request-id") and at_ratings.get("x-request-id") == at_reviews["x-request-id"]
 
     stack.settle(traced, "jason's reviews call carrying the trace headers to ratings")
 
