@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 from harness import eventually, free_port, request_full
-from harness.docker import REPO_ROOT, Compose, DockerHost, DockerUnavailable
+from harness.docker import REPO_ROOT, Compose, DockerHost, DockerUnavailable, machine_lock
 from harness.progress import progress_printer
 
 pytestmark = pytest.mark.timeout(900)  # a cold first run builds the compose plugin and the images
@@ -97,15 +97,17 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def docker_host(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerHost]:
-    host = DockerHost(tmp_path_factory.mktemp("docker"), progress_printer(request.config))
-    try:
-        host.ensure()
-    except DockerUnavailable as e:
-        pytest.skip(f"no Docker daemon can run here: {e}")
-    try:
-        yield host
-    finally:
-        host.stop()
+    show = progress_printer(request.config)
+    host = DockerHost(tmp_path_factory.mktemp("docker"), show)
+    with machine_lock("compose-test", show):
+        try:
+            host.ensure()
+        except DockerUnavailable as e:
+            pytest.skip(f"no Docker daemon can run here: {e}")
+        try:
+            yield host
+        finally:
+            host.stop()
 
 
 @pytest.fixture(scope="module")

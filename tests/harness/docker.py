@@ -12,11 +12,13 @@ and iptables lines that name its subnet or bridge.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from xds_server.local.processes import ChildProcess
@@ -70,6 +72,24 @@ def _script(args: Sequence[str], progress: Callable[[str], None]) -> None:
         progress(line.rstrip())
     if proc.wait() != 0:
         raise RuntimeError(f"{ENV_SCRIPT.name} {' '.join(args)} failed:\n" + "\n".join(lines[-20:]))
+
+
+@contextlib.contextmanager
+def machine_lock(what: str, progress: Callable[[str], None] = print) -> Iterator[None]:
+    """One holder at a time per machine: two test runs must not share (or stop) one daemon, or
+    take down each other's stack (the compose project and its subnet are fixed)."""
+    path = Path(os.environ.get("MESHPILOT_CACHE") or Path.home() / ".cache" / "meshpilot") / "docker" / f"{what}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress(f"waiting for another test run to release {path}")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class DockerHost:
