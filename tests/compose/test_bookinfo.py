@@ -6,8 +6,8 @@ their base images (``scripts/docker-test-env.sh``; cached in ``~/.cache/meshpilo
 The stack's manifest directory is a copy of ``examples/bookinfo``; each test puts exactly
 the Istio files of one traffic task into its ``mesh/`` directory, as a user would, and
 checks what the product page shows through the ingress gateway (Istio's
-``bookinfo-gateway.yaml``), published on 127.0.0.1 as the README says. The last test takes the stack down and checks that no
-container, network, bridge or iptables rule of it is left.
+``bookinfo-gateway.yaml``), published on 127.0.0.1 as the README says. The last test takes
+the stack down and checks that no container, network, bridge or iptables rule of it is left.
 
 Skipped only where no Docker daemon can run (not root and none answers, or nothing can
 install one).
@@ -30,7 +30,9 @@ from harness import eventually, free_port, request_full
 from harness.docker import REPO_ROOT, Compose, DockerHost, DockerUnavailable, machine_lock
 from harness.progress import progress_printer
 
-pytestmark = pytest.mark.timeout(900)  # a cold first run builds the compose plugin and the images
+# A cold first run installs Docker, builds the base images, the compose plugin and the images:
+# 2 minutes on an idle machine, over 15 on a busy one. Warm: about 1.5 minutes.
+pytestmark = pytest.mark.timeout(1800)
 
 BOOKINFO = REPO_ROOT / "examples" / "bookinfo"
 SUBNET_PREFIX = "10.89.0."
@@ -217,7 +219,7 @@ def test_ratings_delay_times_out_productpage(stack: Stack) -> None:
     assert page.reviews_version == "" and REVIEWS_ERROR in page.text
     assert 5.5 <= page.seconds <= 9, f"jason's page took {page.seconds:.1f} s (expected 2 x productpage's 3 s)"
     fast = stack.page()
-    assert (fast.reviews_version, fast.star_color) == ("v1", "") and fast.seconds < 2
+    assert (fast.reviews_version, fast.star_color) == ("v1", "") and fast.seconds < 3  # no timeout on the way
 
 
 def test_down_leaves_nothing(stack: Stack, docker_host: DockerHost) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -182,8 +183,6 @@ class Compose:
         return proc
 
     def config_value(self, key: str) -> str:
-        import json
-
         return str(json.loads(run(["docker", "compose", "config", "--format", "json"], env=self.env).stdout)[key])
 
     def logs(self, tail: int = 40) -> str:
