@@ -36,7 +36,7 @@ pytestmark = pytest.mark.timeout(1800)
 
 BOOKINFO = REPO_ROOT / "examples" / "bookinfo"
 SUBNET_PREFIX = "10.89.0."
-ALWAYS = ("bookinfo.yaml", "destination-rule-all.yaml", "bookinfo-gateway.yaml")
+ALWAYS = ("services.yaml", "pods.yaml", "destination-rule-all.yaml", "bookinfo-gateway.yaml")
 REVIEWS_ERROR = "Sorry, product reviews are currently unavailable for this book."
 #: How long one page may take: Bookinfo's productpage waits up to 2 x 3 s for reviews.
 PAGE_TIMEOUT = 15.0

@@ -220,6 +220,8 @@ class _Handler(BaseHTTPRequestHandler):
         app = self.server.app
         if self.path.split("?")[0] in ("/health", "/healthz") and app.service != "productpage":
             status, kind, content = 200, "json", {"status": "Healthy"}
+        elif self.path == "/" and app.service != "productpage":  # who answers (meshpilot demo waits on it)
+            status, kind, content = 200, "json", app._who(headers)
         elif app.service == "productpage":
             status, kind, content = app.productpage(self.command, self.path, headers, body)
         else:
