@@ -63,6 +63,8 @@ if TYPE_CHECKING:
     from translators.translate import Translator
 
 MESH = "mesh"
+#: Gateway views and listeners not asked for during this many gateway-touching changes are forgotten.
+FORGET_AFTER = 8
 
 
 # ---------------------------------------------------------------- merging servers
@@ -353,6 +355,7 @@ class _View:
     routes: api.Layer
     errors: tuple[ConfigError, ...]
     listeners: dict[str, tuple[dict[int, list[lc.FilterChain]], api.Layer]] = field(default_factory=dict)  # by IP
+    used: dict[str, int] = field(default_factory=dict)  # IP -> the epoch a proxy there last asked
 
 
 class GatewayGenerator:
@@ -371,6 +374,13 @@ class GatewayGenerator:
         self._epoch += 1
         self._by_gateway = None
         self._built = {}
+        # Forget gateways not asked for during a few changes (their proxies went away).
+        horizon = self._epoch - FORGET_AFTER
+        for key, view in list(self._views.items()):
+            view.used = {ip: e for ip, e in view.used.items() if e > horizon}
+            view.listeners = {ip: v for ip, v in view.listeners.items() if ip in view.used}
+            if not view.used:
+                del self._views[key]
 
     def affected(self, changed: Iterable[ResourceKey], before: Mapping[ResourceKey, object],
                  after: Mapping[ResourceKey, object], shapes: bool) -> bool:
@@ -381,8 +391,9 @@ class GatewayGenerator:
             if key.kind == Gateway.KIND or (key.kind == DestinationRule.KIND and bound):
                 return True
             if key.kind == VirtualService.KIND and any(
-                    isinstance(vs, VirtualService) and bound_names(vs) for vs in (before.get(key), after.get(key))):
-                return True
+                    isinstance(vs, VirtualService) and (bound_names(vs) or (bound and not vs.spec.hosts))
+                    for vs in (before.get(key), after.get(key))):
+                return True  # bound to a gateway, or a delegate (which a bound one may use)
         return shapes and bound
 
     def errors(self) -> list[ConfigError]:
@@ -401,6 +412,7 @@ class GatewayGenerator:
         if view is None or view.epoch != self._epoch:
             view = self._build_view(proxy.namespace, labels, view)
             self._views[key] = view
+        view.used[proxy.ip] = self._epoch
         hit = view.listeners.get(proxy.ip)
         if hit is not None and hit[0] is view.chains:
             return hit[1], view.routes
@@ -442,8 +454,9 @@ class GatewayGenerator:
             parts.append((name, prev if prev is not None and prev == config else config))
         layer = old.routes if old is not None and _same_parts(old.routes, parts) else \
             _layer(("gateway-routes", namespace, tuple(sorted(labels.items()))), parts)
-        listeners = old.listeners if old is not None else {}
-        return _View(self._epoch, chosen, plans, chains, layer, tuple(errors), listeners)
+        if old is None:
+            return _View(self._epoch, chosen, plans, chains, layer, tuple(errors))
+        return _View(self._epoch, chosen, plans, chains, layer, tuple(errors), old.listeners, old.used)
 
     def _l4_routes_for(self, namespace: str) -> L4Routes:
         def l4_routes(server: BoundServer, kind: str) -> list[tuple[VirtualService, tuple[l4.Route, ...]]]:

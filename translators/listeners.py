@@ -34,7 +34,16 @@ from translators.errors import ConfigError
 from translators.features import cors, fault, l4, mtls
 from translators.features._proto import to_any
 from translators.features.timeout import NO_TIMEOUT
-from translators.model import Destination, Pod, Resource, TCPRoute, TLSRoute, VirtualService, WorkloadEntry
+from translators.model import (
+    Destination,
+    L4MatchAttributes,
+    Pod,
+    Resource,
+    TCPRoute,
+    TLSRoute,
+    VirtualService,
+    WorkloadEntry,
+)
 from translators.model.names import (
     AUTO,
     BLACKHOLE,
@@ -139,13 +148,21 @@ def outbound_ports(services: Iterable[MeshService], vs_of: VirtualServiceOf | No
         users = by_port[number]
         hosts = tuple(s.host for s, _ in users)
         http = any(carries_http(proto) for _, proto in users)
-        tcp = [s for s, proto in users if not is_http(proto) and not is_tls(proto)]
         tls = [s for s, proto in users if is_tls(proto)]
+        tcp = [s for s, proto in users if not carries_http(proto) and not is_tls(proto)]
+        auto = [s for s, proto in users if proto == AUTO]
+        if len(tcp) == 1:
+            # An auto service's detected HTTP still reaches it; its other traffic cannot.
+            for s in auto:
+                errors.append(_warn(s.resource, f"port {number} has no protocol (auto): HTTP to it is routed, "
+                                    f"other TCP on the outbound listener goes to {tcp[0].host}, the port's TCP service"))
+        elif not tcp:
+            tcp = auto  # no declared TCP service: an auto one is the TCP target
         cluster = ""
         tcp_routes: tuple[l4.Route, ...] = ()
         if len(tcp) == 1:
             cluster = outbound_cluster(number, tcp[0].host)
-            tcp_routes = _l4_routes(tcp[0], number, vs_of, ports_of, "tcp")
+            tcp_routes = _l4_routes(tcp[0], number, vs_of, ports_of, "tcp", errors)
         elif len(tcp) > 1:
             for s in tcp:
                 errors.append(_warn(s.resource, f"TCP port {number} is used by {len(tcp)} services "
@@ -154,7 +171,7 @@ def outbound_ports(services: Iterable[MeshService], vs_of: VirtualServiceOf | No
             cluster = BLACKHOLE
         elif tls:  # TLS without a known SNI: the one TLS service, if it is alone
             cluster = outbound_cluster(number, tls[0].host) if len(tls) == 1 else BLACKHOLE
-        tls_routes = tuple(r for s in tls for r in _l4_routes(s, number, vs_of, ports_of, "tls"))
+        tls_routes = tuple(r for s in tls for r in _l4_routes(s, number, vs_of, ports_of, "tls", errors))
         table[number] = OutboundPort(
             number, http, cluster, hosts, tcp_routes=tcp_routes, tls=tuple((s.host, outbound_cluster(number, s.host)) for s in tls),
             tls_routes=tls_routes)
@@ -162,12 +179,17 @@ def outbound_ports(services: Iterable[MeshService], vs_of: VirtualServiceOf | No
 
 
 def _l4_routes(svc: MeshService, number: int, vs_of: VirtualServiceOf | None, ports_of: Mapping[str, tuple[int, ...]],
-               kind: str) -> tuple[l4.Route, ...]:
+               kind: str, errors: list[ConfigError]) -> tuple[l4.Route, ...]:
     vs = vs_of(svc.host, svc.shape.namespace) if vs_of is not None else None
     if vs is None:
         return ()
     entries: list[TCPRoute] | list[TLSRoute] = vs.spec.tcp if kind == "tcp" else vs.spec.tls
     ns = vs.metadata.namespace
+    if kind == "tcp":
+        first = next((i for i, r in enumerate(vs.spec.tcp) if not r.match or any(_matches_all(m) for m in r.match)), None)
+        if first is not None:
+            errors += [_warn(vs, f"unreachable: spec.tcp[{first}] before it takes every connection", f"spec.tcp[{i}]")
+                       for i in range(first + 1, len(entries))]
 
     def cluster_of(d: Destination) -> str:
         # istiod: the destination's port, else the service's only port, else the listener's
@@ -177,6 +199,11 @@ def _l4_routes(svc: MeshService, number: int, vs_of: VirtualServiceOf | None, po
         return outbound_cluster(port, host, d.subset)
 
     return l4.resolve(entries, cluster_of)
+
+
+def _matches_all(m: L4MatchAttributes) -> bool:
+    return not (m.destinationSubnets or m.port or m.sourceLabels or m.sourceNamespace
+                or any(g != "mesh" for g in m.gateways))
 
 
 def outbound(ip: str, port: OutboundPort, labels: Mapping[str, str] | None = None,

@@ -90,6 +90,7 @@ class _ProxyState:
     port_table: dict[int, listeners.OutboundPort]
     inputs: tuple
     outbound: dict[int, tuple[listeners.OutboundPort, listener_pb2.Listener]]
+    inbound: dict[int, tuple[tuple, listener_pb2.Listener]]
     listeners: api.Layer
     inbound_clusters: api.Layer
     errors: tuple[ConfigError, ...]
@@ -777,8 +778,14 @@ class Translator:
             outbound[number] = prev
         named = [(lst.name, lst) for _, lst in outbound.values()]
         peer = peer or peer_auth.PERMISSIVE
-        named += [(lst.name, lst) for lst in (listeners.inbound(proxy.ip, p, policy, peer.for_port(p.target),
-                                                                bool(proxy.identity)) for p in inbound)]
+        inbound_built: dict[int, tuple[tuple, listener_pb2.Listener]] = {}
+        for p in inbound:  # kept while their inputs are (a tcp route change rebuilds the state)
+            key = ((p.service.shape, policy), (proxy.ip, p.http, p.protocol, peer.for_port(p.target), bool(proxy.identity)))
+            hit = old.inbound.get(p.target) if old is not None else None
+            if hit is None or not _same(hit[0][0], key[0]) or hit[0][1] != key[1]:
+                hit = (key, listeners.inbound(proxy.ip, p, policy, peer.for_port(p.target), bool(proxy.identity)))
+            inbound_built[p.target] = hit
+        named += [(lst.name, lst) for _, lst in inbound_built.values()]
         address = listeners.app_address(workload)
         inbound_clusters = [(c.name, c) for c in (clusters.inbound(p.target, address, p.protocol) for p in inbound)]
         inbound_clusters += [(c.name, c) for c in policy.clusters]
@@ -787,6 +794,7 @@ class Translator:
             port_table=self._port_table,
             inputs=inputs,
             outbound=outbound,
+            inbound=inbound_built,
             listeners=_layer(("listeners", proxy.key), sorted(named, key=lambda n: n[0])),
             inbound_clusters=_layer(("clusters-inbound", proxy.key), inbound_clusters),
             errors=tuple(errors),

@@ -271,7 +271,9 @@ def test_https_with_a_certificate_from_a_secret(mesh: GatewayMesh) -> None:
     _, config = mesh.server.get(f"/debug/config?proxy={node}")
     dumped = json.dumps(config)
     assert "kubernetes://secure-cert" in dumped  # the listener names the secret...
-    for page in (dumped, json.dumps(mesh.server.get("/debug/world")[1]), mesh.server.log_path.read_text()):
+    pages = [dumped, mesh.server.log_path.read_text()]
+    pages += [json.dumps(mesh.server.get(f"/debug/{p}")[1]) for p in ("world", "syncz", "errors", "pushes", "ca")]
+    for page in pages:
         for needle in needles:
             assert needle not in page  # ...and nothing shows its key
     listeners = json.dumps(config["types"]["lds"])

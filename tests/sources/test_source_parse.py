@@ -141,14 +141,14 @@ def test_unknown_fields_are_warnings_per_path() -> None:
     # Route-destination headers are modelled; redirect.prefixRewrite is not (yet).
     text = (
         vs("r", weights=(60, 40))
-        .replace("spec:\n", "spec:\n  notAField: []\n")
+        .replace("spec:\n", "spec:\n  futureField: []\n")
         .replace("      weight: 60", "      weight: 60\n      headers: {request: {set: {x-a: b}}}")
         .replace("  http:\n", "  http:\n  - match: [{uri: {prefix: /old}}]\n    redirect: {authority: new, prefixRewrite: /new}\n")
     )
     (doc,) = parse_text(text, "vs.yaml").documents
     assert doc.resource is not None
     assert [(e.severity, e.field, e.message) for e in doc.errors] == [
-        ("warning", "spec.notAField", "field not supported by meshpilot yet; ignored"),
+        ("warning", "spec.futureField", "field not supported by meshpilot yet; ignored"),
         ("warning", "spec.http[0].redirect.prefixRewrite", "field not supported by meshpilot yet; ignored"),
     ]
 

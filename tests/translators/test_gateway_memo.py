@@ -8,6 +8,7 @@ from types import MappingProxyType
 from translate_cases import load_case, world_of
 
 from translators import Translator, api
+from translators.gateway import FORGET_AFTER
 from translators.model import Resource, VirtualService, parse_resource
 from translators.model.world import Proxy, World
 
@@ -71,3 +72,36 @@ def test_a_proxy_no_gateway_selects_gets_no_listeners() -> None:
                   labels={"istio": "something-else"})
     listeners, routes = _layers(t, other)
     assert dict(listeners.resources) == {} and dict(routes.resources) == {}
+
+
+def test_a_changed_delegate_reaches_the_gateway() -> None:
+    resources, proxy = load_case("gateway_ingress")
+    root = _vs("delegating", "apps", {"hosts": ["second.example.com"], "gateways": ["second"], "http": [
+        {"match": [{"uri": {"prefix": "/d"}}], "delegate": {"name": "part"}}]})
+    part = _vs("part", "apps", {"http": [{"match": [{"uri": {"prefix": "/d/one"}}],
+                                          "route": [{"destination": {"host": "web"}}]}]})
+    t = Translator()
+    world = world_of([*resources, root, part])
+    t.update(world)
+    _, routes = _layers(t, proxy)
+    assert "/d/one" in str(routes.resources["http.8080"])
+    t.update(_evolve(world, _vs("part", "apps", {"http": [{"match": [{"uri": {"prefix": "/d/two"}}],
+                                                            "route": [{"destination": {"host": "web"}}]}]})))
+    _, routes = _layers(t, proxy)
+    assert "/d/two" in str(routes.resources["http.8080"]) and "/d/one" not in str(routes.resources["http.8080"])
+
+
+def test_gateways_that_went_away_are_forgotten() -> None:
+    resources, proxy = load_case("gateway_ingress")
+    t = Translator()
+    world = world_of(resources)
+    t.update(world)
+    _layers(t, proxy)
+    gone = t._gateways._views
+    assert len(gone) == 1
+    for i in range(FORGET_AFTER + 1):  # changes to a bound VirtualService, and no one asks
+        world = _evolve(world, _vs("extra", "apps", {"hosts": ["web.example.com"], "gateways": ["istio-system/public"],
+                                                      "http": [{"route": [{"destination": {"host": "api"}}],
+                                                                "timeout": f"{i + 1}s"}]}))
+        t.update(world)
+    assert t._gateways._views == {}

@@ -65,3 +65,14 @@ def test_wildcard_hosts_intersect_to_the_narrower() -> None:
 
 def test_no_virtual_service_gives_a_404_host() -> None:
     assert routes_of() == {"blackhole:80": []}
+
+
+def test_delegates_and_match_gateways() -> None:
+    root = vs("root", "shop", [{"match": [{"uri": {"prefix": "/cart"}}], "delegate": {"name": "cart", "namespace": "team"}},
+                               {**answer("other gateway", uri={"prefix": "/x"}), "match": [
+                                   {"uri": {"prefix": "/x"}, "gateways": ["edge/another"]}]},
+                               answer("root")])
+    delegate = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                "metadata": {"name": "cart", "namespace": "team"},
+                "spec": {"http": [answer("cart", uri={"prefix": "/cart/items"})]}}
+    assert routes_of(root, delegate) == {"shop.example.com:80": ["cart", "root"]}

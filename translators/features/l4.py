@@ -5,11 +5,14 @@ Pure builders for VirtualService ``tcp`` and ``tls`` routes, shared by sidecar l
 
 * ``resolve`` turns the routes of a VirtualService into frozen, comparable ``Route``s
   (destinations already cluster names), so a port table can memoize on them;
-* ``tcp_filter_chains``: istiod's buildSidecarOutboundTCPFilterChainOpts - the first route
-  whose match applies wins; a match with ``destinationSubnets`` becomes a chain matching
-  those prefixes, a match without (or a route without matches) the default chain;
-* ``sni_filter_chains``: one chain per TLS match, by ``server_names`` (SNI); an SNI
-  already claimed by an earlier route stays with it (Envoy refuses duplicate matches);
+* ``tcp_filter_chains`` (``tcp_route_chains`` from the models): istiod's
+  buildSidecarOutboundTCPFilterChainOpts - the first route whose match applies wins; a
+  match with ``destinationSubnets`` becomes a chain matching those prefixes, a match
+  without (or a route without matches) the catch-all chain;
+* ``sni_chains`` (``sni_filter_chains`` from the models): one chain per TLS match, by
+  ``server_names`` (SNI); an SNI already claimed by an earlier route stays with it
+  (Envoy refuses duplicate matches);
+* ``sidecar_accepts`` / ``gateway_accepts``: which matches apply where;
 * ``sniffing``: a TCP listener and an HTTP listener for the same port (both already
   secured by features/mtls.py) as one listener that detects HTTP on the wire, as istiod
   does for ``auto`` ports: each plaintext chain gets an HTTP twin matching the
@@ -20,7 +23,7 @@ Pure builders for VirtualService ``tcp`` and ``tls`` routes, shared by sidecar l
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from envoy.config.core.v3 import address_pb2
@@ -30,7 +33,7 @@ from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_p
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
-from translators.features._proto import to_any
+from translators.features._proto import to_any, u32
 from translators.model import Destination, L4MatchAttributes, RouteDestination, TCPRoute, TLSRoute
 
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
@@ -94,6 +97,15 @@ def sidecar_accepts(port: int, labels: Mapping[str, str], namespace: str) -> Cal
     return accept
 
 
+def gateway_accepts(port: int, names: Collection[str]) -> Callable[[Match], bool]:
+    """Which matches apply to a gateway server on ``port``: a match naming gateways must
+    name this one (``names``: how it may be written, e.g. ``ns/gw``); one naming none
+    follows its VirtualService's ``gateways``, which the caller has checked."""
+    def accept(m: Match) -> bool:
+        return (m.port is None or m.port == port) and (not m.gateways or any(g in names for g in m.gateways))
+    return accept
+
+
 # ---------------------------------------------------------------- filters
 
 
@@ -118,14 +130,15 @@ def _prefix_ranges(subnets: Iterable[str]) -> list[address_pb2.CidrRange]:
     out = []
     for s in subnets:
         net = ipaddress.ip_network(s, strict=False)
-        out.append(address_pb2.CidrRange(address_prefix=str(net.network_address), prefix_len=net.prefixlen))  # type: ignore[arg-type]
+        out.append(address_pb2.CidrRange(address_prefix=str(net.network_address), prefix_len=u32(net.prefixlen)))
     return out
 
 
 def _chain(route: Route, stat_prefix: str, before: Sequence[lc.Filter], subnets: Iterable[str] = (),
            sni: Sequence[str] = ()) -> lc.FilterChain:
     chain = lc.FilterChain(filters=[*before, tcp_proxy(stat_prefix, route.destinations)])
-    chain.filter_chain_match.prefix_ranges.extend(_prefix_ranges(subnets))
+    if subnets:
+        chain.filter_chain_match.prefix_ranges.extend(_prefix_ranges(subnets))
     if sni:
         chain.filter_chain_match.server_names.extend(sni)
         chain.filter_chain_match.transport_protocol = "tls"
@@ -155,6 +168,13 @@ def tcp_filter_chains(routes: Sequence[Route], stat_prefix: str, accept: Callabl
                 seen.add(key)
                 chains.append(_chain(route, stat_prefix, before, m.subnets))
     return chains, False
+
+
+def tcp_route_chains(tcp_routes: Sequence[TCPRoute], cluster_of: ClusterOf, stat_prefix: str,
+                     accept: Callable[[Match], bool] = lambda m: True,
+                     before: Sequence[lc.Filter] = ()) -> tuple[list[lc.FilterChain], bool]:
+    """``tcp_filter_chains`` of a VirtualService's ``tcp`` routes (for a TCP gateway server)."""
+    return tcp_filter_chains(resolve(tcp_routes, cluster_of), stat_prefix, accept, before)
 
 
 def sni_chains(routes: Sequence[Route], stat_prefix: str, accept: Callable[[Match], bool],
@@ -204,9 +224,9 @@ def sniffing(tcp: listener_pb2.Listener, http: listener_pb2.Listener) -> listene
             sniffed = lc.FilterChain()
             sniffed.CopyFrom(twin)
             sniffed.name = f"{twin.name}-http" if twin.name else "http"
+            # (Same transport_protocol as the chain it shadows: Envoy narrows the chains
+            # level by level and would not come back to a less specific one.)
             sniffed.filter_chain_match.application_protocols.extend(SNIFFED_HTTP)
-            # A TLS client may offer http/1.1 too: only plaintext is HTTP here.
-            sniffed.filter_chain_match.transport_protocol = "raw_buffer"
             chains.append(sniffed)
         chains.append(chain)
     del tcp.filter_chains[:]
