@@ -1,4 +1,4 @@
-# meshpilot's images, from one build stage:
+# meshpilot's images: two targets that share their build stages.
 #
 #   docker build --target meshpilot -t meshpilot .          the control plane: `meshpilot serve ...`
 #   docker build --target sidecar   -t meshpilot-proxy .    Envoy that bootstraps itself with
