@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,28 +21,15 @@ if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
 
 from harness.kube import PROCESSES, REPO_ROOT, KubeCluster, KubeClusterError, ensure_binaries  # noqa: E402
+from harness.progress import progress_printer  # noqa: E402
 
 CRDS = REPO_ROOT / "charts" / "meshpilot" / "crds"
-
-
-def _progress(config: pytest.Config) -> Callable[[str], None]:
-    """Print past pytest's capture: a cold build takes minutes and should not look hung."""
-    capman = config.pluginmanager.getplugin("capturemanager")
-
-    def show(line: str) -> None:
-        if capman is None:
-            print(line, flush=True)
-            return
-        with capman.global_and_fixture_disabled():
-            print(line, file=sys.stderr, flush=True)
-
-    return show
 
 
 @pytest.fixture(scope="session")
 def kube_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeCluster]:
     try:
-        binaries = ensure_binaries(_progress(request.config))
+        binaries = ensure_binaries(progress_printer(request.config))
     except (KubeClusterError, OSError) as e:
         pytest.fail(f"cannot build the test Kubernetes binaries: {e}", pytrace=False)
     cluster = KubeCluster(tmp_path_factory.mktemp("kube"), binaries=binaries)

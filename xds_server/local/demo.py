@@ -18,6 +18,7 @@ import contextlib
 import functools
 import json
 import os
+import shlex
 import signal
 import sys
 import tempfile
@@ -43,6 +44,9 @@ from xds_server.local.processes import (
 
 APP_ADDRESS_ANNOTATION = "sidecar.meshpilot.io/app-address"
 INJECT_ANNOTATION = "sidecar.meshpilot.io/inject"
+#: The app to run instead of the echo app: a command line with {python}, {pod}, {pod_ip},
+#: {app_address} and {port} filled in, run from the repository (examples/bookinfo/local).
+APP_ANNOTATION = "demo.meshpilot.io/app"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ECHO_APP = REPO_ROOT / "examples" / "apps" / "echo.py"
 DEFAULT_CONFIG_DIR = "examples/mesh"
@@ -83,6 +87,7 @@ class DemoWorkload:
     named_ports: dict[str, int] = field(default_factory=dict)
     services: list[DemoService] = field(default_factory=list)
     app_ports: list[int] = field(default_factory=list)
+    app_command: str | None = None
 
 
 def _documents(config_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
@@ -124,6 +129,7 @@ def read_mesh(config_dir: Path) -> tuple[list[DemoWorkload], list[DemoService]]:
                 "Pod", str(meta["name"]), ns, str(ip), str(annotations.get(APP_ADDRESS_ANNOTATION, "127.0.0.1")),
                 dict(meta.get("labels") or {}), str(spec.get("serviceAccountName") or "default"),
                 str(annotations.get(INJECT_ANNOTATION, "true")).lower() != "false", named,
+                app_command=str(annotations[APP_ANNOTATION]) if annotations.get(APP_ANNOTATION) else None,
             ))
         elif kind == "WorkloadEntry" and spec.get("address"):
             workloads.append(DemoWorkload(
@@ -253,11 +259,7 @@ class DemoMesh:
         self.preflight()
         for w in self.workloads:
             if w.app_ports:
-                argv = [sys.executable, str(ECHO_APP), "--service", w.services[0].name, "--version", w.labels.get("version", ""),
-                        "--pod", w.name]
-                for port in w.app_ports:
-                    argv += ["--listen", f"{w.app_address}:{port}"]
-                self._spawn(f"app {w.name}", argv, f"app-{w.name}.log")
+                self._spawn(f"app {w.name}", self._app_argv(w), f"app-{w.name}.log")
 
         self.server = self._spawn("meshpilot serve", [
             sys.executable, "-m", "xds_server.app.cli", "serve",
@@ -293,6 +295,17 @@ class DemoMesh:
                          timeout=self.startup_timeout,
                          what=f"{svc.name}:{port} to answer through {self.client.name}'s sidecar",
                          check=self._check_children)
+
+    @staticmethod
+    def _app_argv(w: DemoWorkload) -> list[str]:
+        if w.app_command:
+            return shlex.split(w.app_command.format(python=sys.executable, pod=w.name, pod_ip=w.ip,
+                                                    app_address=w.app_address, port=w.app_ports[0]))
+        argv = [sys.executable, str(ECHO_APP), "--service", w.services[0].name, "--version", w.labels.get("version", ""),
+                "--pod", w.name]
+        for port in w.app_ports:
+            argv += ["--listen", f"{w.app_address}:{port}"]
+        return argv
 
     @staticmethod
     def _answers(ip: str, port: int, path: str, host: str | None) -> bool:
@@ -335,6 +348,8 @@ class DemoMesh:
         for svc in self.services:
             for port, _, _ in svc.ports:
                 lines.append(f"  curl -s http://{c.ip}:{port}/ -H 'Host: {svc.name}'")
+        if any(s.name == "productpage" for s in self.services):
+            lines.append(f"  curl -s http://{c.ip}:{self.service_port('productpage')}/productpage -H 'Host: productpage'")
         if any(s.name == "reviews" for s in self.services):
             rp = self.service_port("reviews")
             lines += [
