@@ -2,7 +2,7 @@
 
     python benchmarks/bench_reliability.py storm [--streams 2000] [--services 200] [--protocol delta|sotw]
     python benchmarks/bench_reliability.py slow  [--stuck 200] [--streams 200] [--changes 60]
-    python benchmarks/bench_reliability.py soak  [--streams 2000] [--minutes 10]
+    python benchmarks/bench_reliability.py soak  [--streams 2000] [--minutes 10] [--every 1] [--tracemalloc]
 
 The control plane runs here as ``run.py`` wires it (Pipeline, XdsServer, start_grpc on
 127.0.0.1); Envoy-like delta ADS streams run in ``bench_clients.py``'s process (as in
@@ -23,18 +23,28 @@ The control plane runs here as ``run.py`` wires it (Pipeline, XdsServer, start_g
   change), and the healthy streams' latency.
 * ``soak``: N streams, a change every second for ``--minutes``; every change must reach
   every stream (the run fails otherwise). Server RSS sampled at each change; reported:
-  growth after warm-up (the first fifth of the run), which should stay within 10%.
+  growth after warm-up (the first fifth of the run), which should stay within 10%, and the
+  RSS slope over the second half (a leak keeps a slope, a plateau does not), beside what
+  malloc has handed out (glibc's mallinfo2) and Python's allocated blocks. ``--every 0.2``
+  compresses time (five times the changes per minute); ``--tracemalloc`` prints where the
+  heap grew after the warm-up (allocation sites, object counts per type). The run's own
+  bookkeeping is bounded (latencies are counted per 0.1 ms, not kept one float per stream
+  per change), since it lives in the process whose RSS is measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
+import ctypes
+import gc
 import json
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
@@ -58,6 +68,33 @@ KIB_PER_MIB = 1024
 
 def rss_kib() -> int:
     return vm_status()["VmRSS"]
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _libc() -> Any:
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallinfo2.restype = _MallInfo2
+        return libc
+    except (OSError, AttributeError):  # not glibc >= 2.33
+        return None
+
+
+LIBC = _libc()
+
+
+def malloc_in_use_kib() -> int | None:
+    """Bytes malloc has handed out and not got back (glibc's mallinfo2), KiB: what C code
+    (gRPC, protobuf's arenas) holds. RSS minus this (and Python's own arenas) is free memory
+    the allocator keeps: if RSS grows while this stays flat, the growth is not a leak."""
+    if LIBC is None:
+        return None
+    info = LIBC.mallinfo2()
+    return int(info.uordblks + info.hblkhd) // 1024
 
 
 class Sampler:
@@ -310,34 +347,104 @@ async def slow(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------- soak
 
 
+class HeapProbe:
+    """``--tracemalloc``: where the heap grows between the end of the warm-up and the end of
+    the run (allocation sites and object counts per type), printed to stderr. Costs time and
+    memory of its own: use it to find a leak, not for the RSS numbers."""
+
+    FRAMES = 8
+
+    def __init__(self) -> None:
+        tracemalloc.start(self.FRAMES)
+        self.base: tracemalloc.Snapshot | None = None
+        self.types: collections.Counter[str] = collections.Counter()
+
+    @staticmethod
+    def _types() -> collections.Counter[str]:
+        gc.collect()
+        return collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+
+    def mark(self) -> None:
+        self.base, self.types = self._snapshot(), self._types()
+
+    def _snapshot(self) -> tracemalloc.Snapshot:
+        gc.collect()
+        return tracemalloc.take_snapshot().filter_traces(  # not the probe's own (formatting reads sources)
+            [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "*/linecache.py")])
+
+    def report(self, label: str, top: int = 15) -> None:
+        assert self.base is not None
+        now, types = self._snapshot(), self._types()
+        out = [f"--- heap growth since warm-up ({label}): traced {tracemalloc.get_traced_memory()[0] // 1024} KiB"]
+        for stat in now.compare_to(self.base, "traceback")[:top]:
+            out.append(f"{stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7d} blocks  (now {stat.size / 1024:.0f} KiB)")
+            out += [f"      {line}" for line in stat.traceback.format(limit=self.FRAMES, most_recent_first=True)]
+        grown = [(t, n - self.types.get(t, 0)) for t, n in types.items()]
+        out.append("object counts, growth since warm-up: " + ", ".join(
+            f"{t} {d:+d} ({types[t]})" for t, d in sorted(grown, key=lambda x: -x[1])[:top] if d))
+        print("\n".join(out), file=sys.stderr, flush=True)
+
+
+def slope_mib_per_min(samples: list[tuple[float, int]]) -> float:
+    """Least-squares slope of RSS over time, MiB per minute: a plateau is ~0, a leak is not."""
+    n = len(samples)
+    if n < 2:
+        return 0.0
+    mt = sum(t for t, _ in samples) / n
+    mk = sum(kb for _, kb in samples) / n
+    var = sum((t - mt) ** 2 for t, _ in samples)
+    return 0.0 if var == 0 else sum((t - mt) * (kb - mk) for t, kb in samples) / var * 60 / KIB_PER_MIB
+
+
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
     bench = make_bench(args)
     address = f"127.0.0.1:{free_port()}"
     samples: list[tuple[float, int]] = []
-    latency: list[float] = []
+    heap: list[tuple[float, int, int]] = []  # (seconds, malloc in use KiB, Python blocks)
+    latency = report.Latencies()  # bounded: this process's RSS is what is measured
+    probe = HeapProbe() if args.tracemalloc else None
     async with serving(bench, address), fleet(address, args.streams, args.per_channel, ramp=200) as clients:
         await clients.event("synced", SYNC_TIMEOUT)
         note(f"soak: {args.streams} streams synced; a change every {args.every:g} s for {args.minutes:g} min")
         started = time.monotonic()
         end = started + args.minutes * 60
+        warm_end = started + args.minutes * 60 / 5
+        halfway: float | None = started + args.minutes * 60 / 2
         rep = 0
         while time.monotonic() < end:
             t0 = time.monotonic()
-            latency += await change(bench, clients, rep, args.streams)  # every stream got it, or this raises
+            latency.add(await change(bench, clients, rep, args.streams))  # every stream got it, or this raises
             rep += 1
             samples.append((t0 - started, rss_kib()))
+            heap.append((t0 - started, malloc_in_use_kib() or 0, sys.getallocatedblocks()))
+            if probe is not None and probe.base is None and t0 >= warm_end:
+                probe.mark()
+            elif probe is not None and halfway is not None and t0 >= halfway and probe.base is not None:
+                probe.report(f"halfway, {rep} changes")
+                halfway = None
             await asyncio.sleep(max(0.0, args.every - (time.monotonic() - t0)))
+        if probe is not None:
+            probe.report(f"end, {rep} changes")
     warm = max(1, len(samples) // 5)
     after_warmup = samples[warm - 1][1]
     peak_after = max(kb for _, kb in samples[warm - 1:])
     growth = peak_after / after_warmup - 1
-    r = {"streams": args.streams, "minutes": args.minutes, "changes": rep, "converged": rep,
+    second_half = samples[len(samples) // 2:]
+    heap_half = heap[len(heap) // 2:]
+    r = {"streams": args.streams, "minutes": args.minutes, "every_s": args.every, "changes": rep, "converged": rep,
          "rss_after_warmup_kb": after_warmup, "rss_peak_after_warmup_kb": peak_after,
-         "rss_end_kb": samples[-1][1], "growth_after_warmup": growth, "latency_s": report.summary(latency),
-         "samples": samples}
+         "rss_end_kb": samples[-1][1], "growth_after_warmup": growth,
+         "rss_slope_second_half_mib_per_min": slope_mib_per_min(second_half),
+         "malloc_in_use_after_warmup_kb": heap[warm - 1][1], "malloc_in_use_end_kb": heap[-1][1],
+         "malloc_slope_second_half_mib_per_min": slope_mib_per_min([(t, kb) for t, kb, _ in heap_half]),
+         "python_blocks_after_warmup": heap[warm - 1][2], "python_blocks_end": heap[-1][2],
+         "latency_s": latency.summary(), "samples": samples, "heap_samples": heap}
     note(f"soak: {rep} changes, each converged on all {args.streams} streams; RSS {after_warmup // KIB_PER_MIB} MiB "
          f"after warm-up, peak {peak_after // KIB_PER_MIB}, end {samples[-1][1] // KIB_PER_MIB}: growth "
-         f"{growth * 100:+.1f}%; latency p99 {report.percentile(latency, 99) * 1000:.0f} ms")
+         f"{growth * 100:+.1f}%, slope over the second half {r['rss_slope_second_half_mib_per_min']:+.2f} MiB/min; "
+         f"malloc in use {heap[warm - 1][1] // KIB_PER_MIB} -> {heap[-1][1] // KIB_PER_MIB} MiB "
+         f"({r['malloc_slope_second_half_mib_per_min']:+.2f} MiB/min), Python blocks {heap[warm - 1][2]} -> "
+         f"{heap[-1][2]}; latency p99 {latency.percentile(99) * 1000:.0f} ms")
     return r
 
 
@@ -359,11 +466,14 @@ def table(mode: str, r: dict[str, Any]) -> str:
                  f"{r['max_pending_views']} / {r['max_queued_requests']}")]
     else:
         lat = r["latency_s"]
-        rows = [(f"soak: {r['streams']} streams, {r['minutes']:g} min, a change a second: changes converged",
-                 f"{r['converged']} of {r['changes']}"),
+        rows = [(f"soak: {r['streams']} streams, {r['minutes']:g} min, a change every {r['every_s']:g} s: "
+                 "changes converged", f"{r['converged']} of {r['changes']}"),
                 ("server RSS after warm-up / peak after / end",
                  f"{mib(r['rss_after_warmup_kb'])} / {mib(r['rss_peak_after_warmup_kb'])} / {mib(r['rss_end_kb'])} "
                  f"({r['growth_after_warmup'] * 100:+.1f}%)"),
+                ("server RSS slope over the second half; malloc in use after warm-up / end",
+                 f"{r['rss_slope_second_half_mib_per_min']:+.2f} MiB/min; {mib(r['malloc_in_use_after_warmup_kb'])} / "
+                 f"{mib(r['malloc_in_use_end_kb'])}"),
                 ("latency p50 / p99 / max", f"{ms(lat['p50'])} / {ms(lat['p99'])} / {ms(lat['max'])}")]
     return "\n".join(["| measurement | value |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)])
 
@@ -377,10 +487,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="healthy delta streams (default 2000; slow: 200)")
     p.add_argument("--stuck", type=int, default=200, help="slow: stuck SotW streams (default 200)")
     p.add_argument("--changes", type=int, default=60, help="slow: changes made (default 60)")
-    p.add_argument("--every", type=float, default=1.0, help="seconds between changes (default 1)")
+    p.add_argument("--every", type=float, default=1.0, help="slow, soak: seconds between changes (default 1)")
     p.add_argument("--minutes", type=float, default=10.0, help="soak: duration (default 10)")
     p.add_argument("--per-channel", type=int, default=100, help="streams per gRPC channel (default 100)")
     p.add_argument("--address", help=argparse.SUPPRESS)
+    p.add_argument("--tracemalloc", action="store_true",
+                   help="soak: print where the heap grew after the warm-up (slow; RSS numbers then meaningless)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.mode in ("stuck-child", "sotw-child"):

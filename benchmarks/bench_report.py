@@ -6,6 +6,7 @@ import datetime
 import math
 import os
 import platform
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,6 +47,43 @@ def summary(values: Sequence[float]) -> dict[str, float]:
         "p99": percentile(values, 99),
         "max": max(values),
     }
+
+
+class Latencies:
+    """Many latencies in bounded memory: counts per 0.1%-wide bucket (exact min and max), for
+    runs whose own memory is measured (the soak: a list of every sample grows with the run,
+    and at 2,000 streams a change a second that list alone is ~3.7 MiB a minute). From 1 µs
+    to 60 s that is at most ~18,000 buckets, however long the run."""
+
+    STEP = math.log(1.001)
+    FLOOR = 1e-6  # seconds; anything faster counts as this
+
+    def __init__(self) -> None:
+        self.counts: Counter[int] = Counter()
+        self.n = 0
+        self.min = math.inf
+        self.max = -math.inf
+
+    def add(self, values: Sequence[float]) -> None:
+        for v in values:
+            self.counts[round(math.log(max(v, self.FLOOR)) / self.STEP)] += 1
+            self.min, self.max = min(self.min, v), max(self.max, v)
+        self.n += len(values)
+
+    def percentile(self, p: float) -> float:
+        """Nearest rank, like ``percentile``, within 0.1%."""
+        rank = max(1, math.ceil(p / 100 * self.n))
+        seen = 0
+        for bucket in sorted(self.counts):
+            seen += self.counts[bucket]
+            if seen >= rank:
+                return min(self.max, max(self.min, math.exp(bucket * self.STEP)))
+        return self.max
+
+    def summary(self) -> dict[str, float]:
+        if not self.n:
+            return {}
+        return {"n": self.n, "min": self.min, "p50": self.percentile(50), "p99": self.percentile(99), "max": self.max}
 
 
 def ms(seconds: float | None) -> str:

@@ -65,3 +65,22 @@ def test_a_stream_that_skipped_a_change_settles_it_with_the_newer_one() -> None:
     assert (new["version"], new["acked"], new["nacked"], new["pending"]) == (2, 0, 1, 1)
     t.answered(2, "c", True)
     assert t.as_list()[0]["pending"] == 0
+
+
+def test_state_stays_bounded_over_many_changes_with_late_answers() -> None:
+    """A soak in miniature: many changes, each stream skipping every other one and answering
+    only after its change has been forgotten; nothing per change outlives ``keep``."""
+    t = ConvergenceTracker(keep=5)
+    streams = range(1, 21)
+    for g in range(1, 2001):
+        t.begin(g, len(streams))
+        if g % 2 == 0:
+            for s in streams:  # told of g-1 and g, sends g (covering g-1)
+                t.sent(s, g, [f"{s}-{g}"], notified=[g - 1, g])
+        late = g - 6  # answers arrive once that change is no longer kept
+        if late > 0 and late % 2 == 0:
+            for s in streams:
+                assert t.answered(s, f"{s}-{late}", True) is None
+    assert len(t.changes) == len(t._by_generation) == 5
+    assert len(t._covers) <= 5 * len(streams)  # only changes still kept, not one per change
+    assert sum(map(len, t._nonces.values())) <= 5 * len(streams)

@@ -107,6 +107,8 @@ class ConvergenceTracker:
         generation = mine.pop(nonce, None) if mine is not None else None
         change = self._by_generation.get(generation) if generation is not None else None
         if change is None:
+            if generation is not None:  # answered after its change was forgotten: forget what it covered
+                self._covers.pop((stream, generation), None)
             return None
         left = change.outstanding.get(stream)
         if left is None or left <= 0:
