@@ -159,7 +159,9 @@ def test_an_invalid_object_keeps_its_last_valid_version_and_is_reported(kube_mes
 
     m.cluster.apply(virtual_service(ns, "v2"))
     eventually(lambda: m.versions() == collections.Counter({"v2": 20}), timeout=20)
-    assert m.server.get("/debug/errors")[1] == []
+    # Eventually: the EndpointSlice controller may be rewriting the slices meanwhile (a moment
+    # without endpoints is warned about as subsets selecting none, and then settles).
+    eventually(lambda: m.server.get("/debug/errors")[1] == [], timeout=20, message="no problem left")
 
 
 def test_an_api_server_restart_loses_no_update(kube_mesh: KubeMesh) -> None:
