@@ -90,6 +90,17 @@ def _gateway_problem(name: str) -> str | None:
     return None
 
 
+def _source_problems(p: Problems, source_labels: dict[str, str], source_namespace: str | None,
+                     gateways: list[str]) -> None:
+    """What HTTP and L4 matches share: sourceLabels, sourceNamespace and gateways."""
+    _labels(p, ("sourceLabels",), source_labels)
+    if source_namespace is not None and not is_dns1123_label(source_namespace):
+        p.add(("sourceNamespace",), f"sourceNamespace {source_namespace!r} is not a namespace name", source_namespace)
+    for i, gw in enumerate(gateways):
+        if (problem := _gateway_problem(gw)) is not None:
+            p.add(("gateways", i), problem, gw)
+
+
 def export_to_problems(p: Problems, loc: Loc, export_to: list[str], namespace: str | None,
                        *, none_allowed: bool = False) -> None:
     """Istio's validateExportTo: each entry is ``.`` (own namespace), ``*`` (all), ``~`` (no
@@ -371,13 +382,7 @@ class HTTPMatchRequest(IstioModel):
                 p.add(("queryParams", name, "prefix"), "prefix matching is not supported for query parameters; "
                       "use exact or regex", m.prefix)
             _string_match(p, ("queryParams", name), m, presence=True)
-        _labels(p, ("sourceLabels",), self.sourceLabels)
-        if self.sourceNamespace is not None and not is_dns1123_label(self.sourceNamespace):
-            p.add(("sourceNamespace",), f"sourceNamespace {self.sourceNamespace!r} is not a namespace name",
-                  self.sourceNamespace)
-        for i, gw in enumerate(self.gateways):
-            if (problem := _gateway_problem(gw)) is not None:
-                p.add(("gateways", i), problem, gw)
+        _source_problems(p, self.sourceLabels, self.sourceNamespace, self.gateways)
         p.raise_any("HTTPMatchRequest")
         return self
 
@@ -827,13 +832,7 @@ class L4MatchAttributes(IstioModel):
         for i, subnet in enumerate(self.destinationSubnets):
             if (problem := _subnet_problem(subnet)) is not None:
                 p.add(("destinationSubnets", i), problem, subnet)
-        _labels(p, ("sourceLabels",), self.sourceLabels)
-        if self.sourceNamespace is not None and not is_dns1123_label(self.sourceNamespace):
-            p.add(("sourceNamespace",), f"sourceNamespace {self.sourceNamespace!r} is not a namespace name",
-                  self.sourceNamespace)
-        for i, gw in enumerate(self.gateways):
-            if (problem := _gateway_problem(gw)) is not None:
-                p.add(("gateways", i), problem, gw)
+        _source_problems(p, self.sourceLabels, self.sourceNamespace, self.gateways)
 
 
 class TLSMatchAttributes(L4MatchAttributes):
