@@ -50,11 +50,13 @@ from translators.model import (
     AuthorizationPolicy,
     DestinationRule,
     PeerAuthentication,
+    Pod,
     RequestAuthentication,
     ResourceKey,
     Sidecar,
     TrafficPolicy,
     VirtualService,
+    WorkloadEntry,
 )
 from translators.model.index import ResourceIndex
 from translators.model.mesh import MeshConfig
@@ -276,7 +278,7 @@ class Translator:
         if seen.hosts is not None:  # what its Sidecar imports, picked from the shared layers
             out[api.CLUSTER] = [self._filter(layer, seen) for layer in out[api.CLUSTER]]
             out[api.ENDPOINT] = [self._filter(layer, seen) for layer in out[api.ENDPOINT]]
-        state = self._proxy_state(proxy, self._ports_for(seen), sidecar, conflicts)
+        state = self._proxy_state(proxy, self._ports_for(seen), sidecar, conflicts, workload, labels)
         if state.inbound_clusters.resources:
             # Left out when empty: proxies with no inbound services then have the same
             # cluster view, and a response to one is a response to all of them.
@@ -822,7 +824,9 @@ class Translator:
         self._stage_errors["ports"] = errors
 
     def _proxy_state(self, proxy: Proxy, port_table: dict[int, listeners.OutboundPort], sidecar: Sidecar | None,
-                     conflicts: tuple[ConfigError, ...]) -> _ProxyState:
+                     conflicts: tuple[ConfigError, ...], workload: Pod | WorkloadEntry | None,
+                     labels: dict[str, str]) -> _ProxyState:
+        """``workload`` and ``labels``: what for_proxy already looked up for the Sidecar selection."""
         key = proxy.key
         state = self._proxies.get(key)
         epoch = self._ns_epoch.get(proxy.namespace, 0)
@@ -834,8 +838,6 @@ class Translator:
             return state
 
         ns = proxy.namespace
-        workload = self._index.workload_at(ns, proxy.ip)
-        labels = listeners.workload_labels(workload, proxy.labels)
         selecting = self._registry.selecting(ns, labels)
         # The policies that select this workload, if it has an inbound side for them to act on
         # (services selecting it, or its Sidecar's ingress listeners).
