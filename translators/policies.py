@@ -101,7 +101,7 @@ def destination_policy(dr: DestinationRule) -> DestinationPolicy:
     for i, s in enumerate(dr.spec.subsets):
         _check(s.trafficPolicy, f"spec.subsets[{i}].trafficPolicy", warn)
     if dr.spec.workloadSelector is not None:
-        warn("spec.workloadSelector", "not supported yet (it applies to inbound traffic of the selected workloads); ignored")
+        warn("spec.workloadSelector", "not supported yet (it narrows the rule to the selected client workloads); the selector is ignored, so the rule applies as if it had none")
     subsets = tuple(SubsetPolicy(s.name, tuple(sorted(s.labels.items())), s.trafficPolicy) for s in dr.spec.subsets)
     host = resolve_host(dr.spec.host, dr.metadata.namespace)
     return DestinationPolicy(dr, host, dr.spec.trafficPolicy, subsets, tuple(errors))

@@ -374,7 +374,7 @@ def test_export_to_values_pass() -> None:
 
 
 def test_destination_rule_with_a_workload_selector_stays_in_its_namespace() -> None:
-    selector = {"labels": {"app": "reviews"}}
+    selector = {"matchLabels": {"app": "reviews"}}
     assert dr(exportTo=["."], workloadSelector=selector) == []
     only(dr(exportTo=[".", "team-a"], workloadSelector=selector), "spec.exportTo", "only be exported to its own namespace")
 
@@ -448,7 +448,7 @@ def test_mutual_tls_needs_a_certificate_and_a_key() -> None:
     ({"subsets": [{"name": "v1", "labels": {"version!": "v1"}}]}, "spec.subsets[0].labels.version!", "invalid label key"),
     ({"subsets": [{"name": "v1", "trafficPolicy": {"loadBalancer": {"consistentHash": {}}}}]},
      "spec.subsets[0].trafficPolicy.loadBalancer.consistentHash", "(got none)"),
-    ({"workloadSelector": {"labels": {"app": "*"}}}, "spec.workloadSelector.labels", "wildcards are not supported"),
+    ({"workloadSelector": {"matchLabels": {"app": "*"}}}, "spec.workloadSelector.matchLabels", "wildcards are not supported"),
 ])
 def test_destination_rule_spec(spec: dict[str, Any], field: str, phrase: str) -> None:
     only(dr(**spec), field, phrase)

@@ -208,6 +208,18 @@ class WorkloadSelector(IstioModel):
         return labels
 
 
+class MatchLabelsSelector(IstioModel):
+    """istio.type.v1beta1.WorkloadSelector (``matchLabels``), which a DestinationRule takes,
+    unlike the networking WorkloadSelector (``labels``) of ServiceEntry and Sidecar."""
+
+    matchLabels: dict[str, str] = {}
+
+    @field_validator("matchLabels")
+    @classmethod
+    def _selector(cls, labels: dict[str, str]) -> dict[str, str]:
+        return WorkloadSelector._selector(labels)
+
+
 class ServiceEntrySpec(IstioModel):
     hosts: list[str] = Field(min_length=1)
     addresses: list[str] = []
@@ -1322,7 +1334,7 @@ class DestinationRuleSpec(IstioModel):
     trafficPolicy: TrafficPolicy | None = None
     subsets: list[Subset] = []
     exportTo: list[str] = []
-    workloadSelector: WorkloadSelector | None = None
+    workloadSelector: MatchLabelsSelector | None = None
 
     @field_validator("host")
     @classmethod
