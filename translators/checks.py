@@ -3,6 +3,8 @@
 * a DestinationRule subset that selects no endpoint of its service (a route to it answers 503);
 * a VirtualService route to a service that has no endpoints at all (every request to it
   answers 503; an unknown host is the translator's error, not this warning);
+* a Gateway server whose ``credentialName`` names a Secret that exists in no namespace (its
+  TLS listener has no certificate: every handshake fails);
 * (describe only) a VirtualService whose ``gateways`` name only Gateways that do not exist;
   the translator's gateway stage already warns about each missing Gateway at its field.
 
@@ -16,6 +18,8 @@ from collections.abc import Mapping, Sequence
 
 from translators.errors import ConfigError
 from translators.model import DestinationRule, Resource, ResourceKey, VirtualService
+from translators.model.gateway import Gateway
+from translators.model.kube import Secret
 from translators.model.names import resolve_host
 from translators.model.networking import HTTPRouteDestination, RouteDestination
 from translators.model.registry import MeshService
@@ -98,6 +102,26 @@ def gateway_problems(vs: VirtualService, resources: Mapping[ResourceKey, Resourc
                      "(add the Gateway, or \"mesh\" for sidecars)")]
 
 
+def credential_problems(gw: Gateway, secret_names: frozenset[str]) -> list[ConfigError]:
+    """Servers of ``gw`` naming a credential no Secret carries. Where the gateway runs is not
+    known here, so a Secret of that name in any namespace silences the warning."""
+    out = []
+    for i, server in enumerate(gw.spec.servers):
+        tls = server.tls
+        if tls is None:
+            continue
+        named = [("credentialName", tls.credentialName)] if tls.credentialName else [
+            (f"credentialNames[{j}]", n) for j, n in enumerate(tls.credentialNames)]
+        for field, name in named:
+            secret = name.removeprefix("kubernetes://")
+            port = f"port {server.port.number}" if server.port is not None else "server"
+            if secret not in secret_names:
+                out.append(_warning(gw, f"spec.servers[{i}].tls.{field}",
+                                    f"no Secret {secret} exists: the TLS server on {port} has no "
+                                    "certificate and every handshake fails until the Secret is created"))
+    return out
+
+
 class Checks:
     """The subset and route warnings for one World at a time. A World that follows the last one
     rechecks only what its changes reach: the changed rules and VirtualServices, and those whose
@@ -110,6 +134,7 @@ class Checks:
         #: VirtualService -> (its destinations, the services they resolved to, the warnings)
         self._routes: dict[ResourceKey, tuple[VirtualService, list[tuple[str, str]],
                                               tuple[MeshService | None, ...], list[ConfigError]]] = {}
+        self._credentials: list[ConfigError] = []
 
     def run(self, world: World, services: Mapping[str, MeshService]) -> tuple[ConfigError, ...]:
         if world is self._world:
@@ -137,8 +162,12 @@ class Checks:
             now_svcs = tuple(services.get(host) for _, host in dests)
             if key in changed or len(now_svcs) != len(svcs) or any(a is not b for a, b in zip(now_svcs, svcs, strict=True)):
                 self._routes[key] = (vs, dests, now_svcs, route_problems(vs, dests, now_svcs))
+        if any(k.kind in (Gateway.KIND, Secret.KIND) for k in changed):  # both are few: recheck all
+            secrets = frozenset(k.name for k in world.resources if k.kind == Secret.KIND)
+            self._credentials = [e for gw in world.of_kind(Gateway) if isinstance(gw, Gateway)
+                                 for e in credential_problems(gw, secrets)]
         self._world = world
-        found = [e for _, _, errs in self._rules.values() for e in errs]
+        found = [e for _, _, errs in self._rules.values() for e in errs] + self._credentials
         found += [e for _, _, _, errs in self._routes.values() for e in errs]
         self._found = tuple(sorted(found, key=lambda e: (e.file, e.resource, e.field)))
         return self._found

@@ -166,3 +166,40 @@ def test_routes_to_a_service_without_endpoints_are_warned_at_the_destination() -
     del resources[key]
     run.apply(resources)
     assert key not in run.checks._routes
+
+
+TLS_GATEWAY = """
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: ingress}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [shop.example.com]
+    tls: {mode: SIMPLE, credentialName: shop-cert}
+  - port: {number: 8443, name: https-2, protocol: HTTPS}
+    hosts: [admin.example.com]
+    tls: {mode: SIMPLE, credentialNames: [admin-rsa, admin-ec]}
+"""
+
+SECRET = """
+apiVersion: v1
+kind: Secret
+metadata: {name: %s, namespace: ingress}
+type: kubernetes.io/tls
+data: {tls.crt: "", tls.key: ""}
+"""
+
+
+def test_gateway_credentials_without_a_secret_are_warned_until_it_exists() -> None:
+    run = Run()
+    resources = _resources(TLS_GATEWAY)
+    found = run.apply(resources)
+    assert [e["field"] for e in found] == ["spec.servers[0].tls.credentialName",
+                                           "spec.servers[1].tls.credentialNames[0]",
+                                           "spec.servers[1].tls.credentialNames[1]"]
+    assert found[0]["resource"] == "Gateway ingress/edge" and found[0]["severity"] == "warning"
+    assert found[0]["message"].startswith("no Secret shop-cert exists: the TLS server on port 443 has no certificate")
+    resources |= _resources(SECRET % "shop-cert") | _resources(SECRET % "admin-ec")
+    assert [e["field"] for e in run.apply(resources)] == ["spec.servers[1].tls.credentialNames[0]"]
