@@ -12,7 +12,8 @@ What an injected Pod gains (names as Istio's where tools look for them):
   into a shared emptyDir from the pod's own identity (downward API: name, namespace, IP,
   service account; labels from a downwardAPI volume) and its projected service-account
   token (audience ``istio-ca``), which meshpilot checks with a TokenReview before it serves
-  the pod a certificate;
+  the pod a certificate; ``--capture`` tells meshpilot to give it the 15001/15006
+  listeners the iptables rules need;
 * container ``istio-proxy``: the official Envoy image, uid 1337, readiness on the
   bootstrap's health listener (``:15021/healthz/ready``, the admin's ``/ready``);
 * annotation ``sidecar.istio.io/status``: what was added. A Pod carrying it is never
@@ -302,6 +303,8 @@ def _bootstrap_container(config: InjectConfig) -> dict[str, Any]:
         "--admin-address", "127.0.0.1", "--admin-port", str(ADMIN_PORT),
         "--health-port", str(HEALTH_PORT),
         "--no-bind-source",
+        # The istio-init rules send the pod's traffic to 15001/15006: Istio's virtual listeners.
+        "--capture",
         "--output", BOOTSTRAP_FILE,
     ]
     return {
