@@ -1,31 +1,44 @@
-"""The injected ``istio-init`` script, run as it runs in a pod, captures what it should.
+"""The injected pod, run as it runs in a cluster, captures its traffic through Envoy.
 
-Two network namespaces made by the test: the pod (10.99.7.2) and a peer (10.99.7.3) on a
-veth pair. The script the injector puts in the pod's init container runs in the pod's
-namespace with ``sh -c``; then, by real connections:
+Two network namespaces made by the test, on a veth pair: the pod (10.99.7.2) and a peer
+(10.99.7.3, which also hosts meshpilot and the reviews pods 10.99.7.4/.5). The iptables
+script of the injector's ``istio-init`` container runs in the pod's namespace with ``sh -c``.
 
-* the app's outbound TCP lands on 15001 with its original destination intact;
-* the proxy's own (uid 1337) and the excluded port's reach the peer directly;
-* inbound TCP to the pod lands on 15006, except the excluded inbound port, which reaches the app.
-
-(The 15001/15006 listeners here are plain sockets: Envoy's capture listeners are not built yet.)
+* ``test_the_injected_script_...``: by plain sockets standing in for Envoy on 15001/15006,
+  the app's outbound TCP lands on 15001 with its original destination intact; the proxy's
+  own (uid 1337) and the excluded port's reach the peer directly; inbound TCP lands on
+  15006, except the excluded inbound port.
+* ``test_envoy_from_the_injected_bootstrap_...``: a real Envoy (uid 1337) from the bootstrap
+  the injected init container writes, configured by a real ``meshpilot serve`` (file
+  mode) over TLS xDS with virtualOutbound 15001 and virtualInbound 15006: the app's plain
+  ``curl http://reviews:9080/`` is routed by the VirtualService, the pod's inbound requests
+  pass the sidecar, and the excluded ports bypass it; Envoy's stats count what went through.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import shutil
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
-from harness.kube import NetNamespace, run
+from harness import ConfigDir, EnvoyProcess, MeshpilotServer, UpstreamServer, eventually
+from harness.kube import NetNamespace, run, track
+from harness.pods import container_args
 
 from xds_server.admission import inject
+from xds_server.app.cli import main
+from xds_server.local.bootstrap import xds_tls_for
 
 POD, PEER = "10.99.7.2", "10.99.7.3"
 SO_ORIGINAL_DST = 80
@@ -137,3 +150,186 @@ def test_the_injected_script_captures_inbound_and_outbound_and_skips_what_it_sho
     finally:
         for listener in listeners:
             listener.close()
+
+
+# ---------------------------------------------------------------- with a real Envoy and meshpilot
+
+REVIEWS_VIP, REVIEWS_V1, REVIEWS_V2 = "10.96.0.20", "10.99.7.4", "10.99.7.5"
+APP_PORT, UNDECLARED_PORT, EXCLUDED_IN, EXCLUDED_OUT, ELSEWHERE = 8080, 7777, 9090, 5432, 7000
+
+
+def mesh(pod_ip: str) -> list[dict[str, Any]]:
+    """The pod (productpage, serving 8080) and reviews v1/v2 in the peer, routed by a VirtualService."""
+    def pod(name: str, app: str, version: str, ip: str) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "default", "labels": {"app": app, "version": version}},
+                "spec": {"serviceAccountName": app, "containers": [{"name": app}]},
+                "status": {"phase": "Running", "podIP": ip}}
+
+    def service(name: str, ip: str, port: int) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
+                "spec": {"clusterIP": ip, "selector": {"app": name}, "ports": [{"name": "http", "port": port}]}}
+
+    return [
+        service("productpage", "10.96.0.30", APP_PORT),
+        pod("productpage-1", "productpage", "v1", pod_ip),
+        service("reviews", REVIEWS_VIP, 9080),
+        pod("reviews-v1", "reviews", "v1", REVIEWS_V1),
+        pod("reviews-v2", "reviews", "v2", REVIEWS_V2),
+        {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+         "metadata": {"name": "reviews", "namespace": "default"},
+         "spec": {"host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}},
+                                                 {"name": "v2", "labels": {"version": "v2"}}]}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+         "metadata": {"name": "reviews", "namespace": "default"},
+         "spec": {"hosts": ["reviews"], "http": [
+             {"match": [{"headers": {"end-user": {"exact": "jason"}}}],
+              "route": [{"destination": {"host": "reviews", "subset": "v2"}}]},
+             {"route": [{"destination": {"host": "reviews", "subset": "v1"}}]}]}},
+    ]
+
+
+@pytest.fixture
+def hosts_file(namespaces: tuple[NetNamespace, NetNamespace]) -> Iterator[None]:
+    """``reviews`` resolves in the pod (``ip netns exec`` mounts /etc/netns/<name>/hosts on /etc/hosts)."""
+    directory = Path("/etc/netns") / namespaces[0].name
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "hosts").write_text(f"127.0.0.1 localhost\n{REVIEWS_VIP} reviews reviews.default.svc.cluster.local\n")
+    try:
+        yield
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def curl(ns: NetNamespace, url: str, *headers: str) -> dict[str, Any]:
+    """A plain ``curl`` in ``ns`` as the app (root, not the proxy's uid): the echo app's JSON."""
+    argv = [*ns.exec_prefix(), "curl", "-sS", "--max-time", "5", "-o", "-", "-w", "\\n%{http_code}", url]
+    for h in headers:
+        argv += ["-H", h]
+    out = run(argv, timeout=15)
+    body, _, code = out.stdout.rpartition("\n")
+    assert code == "200", f"{url}: HTTP {code}: {body}"
+    return json.loads(body)  # type: ignore[no-any-return]
+
+
+def uid_1337_envoy(envoy_binary: str, directory: Path, ns: NetNamespace) -> str:
+    """An executable that runs a copy of Envoy in ``ns`` as uid/gid 1337, as the injected
+    istio-proxy container (whose own connections the iptables rules leave alone). The copy
+    lives in ``directory``, readable by that uid (the cached one is under root's home)."""
+    copy = directory / "envoy"
+    shutil.copy(envoy_binary, copy)
+    wrapper = directory / "envoy-as-proxy"
+    wrapper.write_text(f"#!/bin/sh\nexec {shlex.join(ns.exec_prefix())} setpriv --reuid={inject.PROXY_UID} "
+                       f"--regid={inject.PROXY_UID} --clear-groups {copy} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+def test_envoy_from_the_injected_bootstrap_routes_the_apps_captured_traffic(
+    request: pytest.FixtureRequest, namespaces: tuple[NetNamespace, NetNamespace], hosts_file: None,
+    envoy_binary: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pod_ns, peer_ns = namespaces
+    run(["ip", "-n", pod_ns.name, "route", "add", "default", "dev", "eth0"])  # ClusterIPs leave by eth0
+    for ip in (REVIEWS_V1, REVIEWS_V2):
+        run(["ip", "-n", peer_ns.name, "addr", "add", f"{ip}/32", "dev", "eth0"])
+    # Readable by uid 1337 (pytest's tmp_path is not): Envoy's binary and its config.
+    shared = Path(tempfile.mkdtemp(prefix="mp-capture-"))
+    shared.chmod(0o755)
+    request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
+
+    config = ConfigDir(tmp_path / "mesh")
+    config.write("mesh.yaml", mesh(POD))
+    servers: list[UpstreamServer] = []
+    with peer_ns.entered():  # meshpilot and the reviews pods live in the peer
+        server = MeshpilotServer(config.path, workdir=tmp_path, host=PEER)
+        track(request, server)
+        server.start(wait=False)
+        request.addfinalizer(server.stop)
+        server.wait_healthy()
+        servers += [UpstreamServer(ip, 9080, service="reviews", version=v).start()
+                    for ip, v in ((REVIEWS_V1, "v1"), (REVIEWS_V2, "v2"))]
+        servers.append(UpstreamServer(PEER, EXCLUDED_OUT, service="db").start())
+        servers.append(UpstreamServer(PEER, ELSEWHERE, service="elsewhere").start())
+    with pod_ns.entered():  # the app, on every address of the pod
+        servers += [UpstreamServer("0.0.0.0", port, service=name).start() for port, name in (
+            (APP_PORT, "productpage"), (UNDECLARED_PORT, "undeclared"), (EXCLUDED_IN, "excluded"))]
+    for s in servers:
+        request.addfinalizer(s.stop)
+
+    # The pod as the injector makes it; its init containers run as they would in the pod.
+    injected = inject.inject_pod(
+        {"metadata": {"name": "productpage-1", "namespace": "default", "labels": {"app": "productpage"},
+                      "annotations": {inject.EXCLUDE_OUTBOUND: str(EXCLUDED_OUT),
+                                      inject.EXCLUDE_INBOUND: str(EXCLUDED_IN)}},
+         "spec": {"serviceAccountName": "productpage", "containers": [{"name": "productpage"}]}},
+        inject.InjectConfig(server.xds_tls_address, b""))
+    init = {c["name"]: c for c in injected["spec"]["initContainers"]}
+    run([*pod_ns.exec_prefix(), *init[inject.IPTABLES_CONTAINER]["command"]], timeout=30)
+    # Kubernetes would mount the projected token (checked by a TokenReview); file mode
+    # checks meshpilot's own token for the pod's namespace and service account instead.
+    tls = xds_tls_for(server.ca_state, "default", "productpage")
+    assert tls.token is not None
+    (tmp_path / "istio-token").write_text(tls.token)
+    (tmp_path / "labels").write_text('app="productpage"\nversion="v1"\n')
+    monkeypatch.setenv(inject.ROOT_ENV, tls.root_pem.decode())
+    boot = init[inject.BOOTSTRAP_CONTAINER]
+    env = {"POD_IP": POD, "POD_NAME": "productpage-1", "POD_NAMESPACE": "default", "SERVICE_ACCOUNT": "productpage"}
+    files = {inject.TOKEN_FILE: tmp_path / "istio-token", f"{inject.PODINFO_DIR}/labels": tmp_path / "labels",
+             inject.BOOTSTRAP_FILE: tmp_path / "envoy.json"}
+    assert main(container_args(boot["args"], env, files)) == 0
+
+    envoy = EnvoyProcess(json.loads((tmp_path / "envoy.json").read_text()), name="istio-proxy", workdir=shared,
+                         binary=uid_1337_envoy(envoy_binary, shared, pod_ns))
+    track(request, envoy)
+    request.addfinalizer(envoy.stop)
+    envoy.start(wait="none")
+    with pod_ns.entered():  # its admin is the pod's 127.0.0.1:15000
+        envoy.wait_live()
+        eventually(lambda: {"virtualOutbound", "virtualInbound", "0.0.0.0_9080"} <= set(envoy.listeners()),
+                   timeout=20, message="the capture listeners over xDS")
+        assert f"{POD}_9080" not in envoy.listeners()  # nothing binds the pod's IP
+
+        def count(name: str) -> int:
+            return envoy.stat(name)
+
+        outbound, v2 = "http.outbound_0.0.0.0_9080.downstream_rq_total", "cluster.outbound|9080|v2|" \
+            "reviews.default.svc.cluster.local.upstream_rq_total"
+        inbound, virtual_in = f"http.inbound_0.0.0.0_{APP_PORT}.downstream_rq_total", \
+            "listener.0.0.0.0_15006.downstream_cx_total"
+        virtual_out, passthrough = "listener.0.0.0.0_15001.downstream_cx_total", \
+            "cluster.PassthroughCluster.upstream_cx_total"
+        before = {n: count(n) for n in (outbound, v2, inbound, virtual_in, virtual_out, passthrough)}
+
+    # The app's plain curl to the service name: captured, routed by the VirtualService.
+    assert curl(pod_ns, "http://reviews:9080/")["version"] == "v1"
+    answer = curl(pod_ns, "http://reviews:9080/", "end-user: jason")
+    assert answer["version"] == "v2"
+    assert "x-request-id" in answer["headers"]  # (Envoy's)
+    # A destination no service has: passed through to where it was going (ALLOW_ANY).
+    assert curl(pod_ns, f"http://{PEER}:{ELSEWHERE}/")["service"] == "elsewhere"
+    # The excluded outbound port goes straight out.
+    direct = curl(pod_ns, f"http://{PEER}:{EXCLUDED_OUT}/")
+    assert direct["service"] == "db" and "x-request-id" not in direct["headers"]
+    with pod_ns.entered():
+        after = {n: count(n) for n in before}
+    assert after[outbound] - before[outbound] == 2
+    assert after[v2] - before[v2] == 1
+    assert after[passthrough] - before[passthrough] == 1
+    # 15001 handed the reviews connections to 0.0.0.0_9080 and kept the passthrough one;
+    # the excluded port's connection never reached it.
+    assert after[virtual_out] - before[virtual_out] == 1
+
+    # Inbound: the pod's declared port passes the sidecar (the app sees Envoy, from
+    # 127.0.0.1); an undeclared port is passed through from 127.0.0.6; the excluded port
+    # reaches the app directly, from the peer.
+    via = curl(peer_ns, f"http://{POD}:{APP_PORT}/")
+    assert via["service"] == "productpage" and via["client"] == "127.0.0.1" and "x-request-id" in via["headers"]
+    assert curl(peer_ns, f"http://{POD}:{UNDECLARED_PORT}/")["client"] == "127.0.0.6"
+    excluded = curl(peer_ns, f"http://{POD}:{EXCLUDED_IN}/")
+    assert excluded["client"] == PEER and "x-request-id" not in excluded["headers"]
+    with pod_ns.entered():
+        last = {n: count(n) for n in before}
+    assert last[inbound] - after[inbound] == 1
+    assert last[virtual_in] - after[virtual_in] == 2  # not the excluded port's connection
+    assert last[virtual_out] == after[virtual_out]  # the proxy's own connections are not captured
