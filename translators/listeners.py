@@ -12,7 +12,9 @@
   ``auto`` port detects HTTP (which then gets the HTTP policies) from the rest, in
   plaintext by inspection and inside mesh mTLS by the ALPN its clients announce.
 
-The virtual listeners 15001/15006 of Istio need capture and are not generated.
+A proxy whose pod's traffic iptables captures (node metadata INTERCEPTION_MODE=REDIRECT,
+set by the injected bootstrap) gets Istio's virtual listeners 15001/15006 instead, built
+from these same listeners (capture.py).
 """
 
 from __future__ import annotations
