@@ -79,15 +79,14 @@ def virtual_outbound(mode: str) -> listener_pb2.Listener:
     return lst
 
 
-def _unbound(listener: listener_pb2.Listener) -> listener_pb2.Listener:
-    listener.bind_to_port.value = False  # reached through 15001 only
+def outbound(address: str, port: listeners.OutboundPort, labels: Mapping[str, str], namespace: str,
+             ) -> listener_pb2.Listener:
+    """``<address>_<port>``, reached through 15001 only: what the per-IP listener of ``port``
+    does, for every destination (``0.0.0.0``) or for one TCP/TLS service's address (``port``
+    is then that service's own row: its cluster, its VirtualService tcp/tls routes)."""
+    listener = listeners.outbound(address, port, labels, namespace)
+    listener.bind_to_port.value = False
     return listener
-
-
-def outbound_wildcard(port: listeners.OutboundPort, labels: Mapping[str, str], namespace: str,
-                      ) -> listener_pb2.Listener:
-    """``0.0.0.0_<port>``: what the per-IP listener of ``port`` does, for every destination."""
-    return _unbound(listeners.outbound(WILDCARD, port, labels, namespace))
 
 
 def service_address(svc: MeshService) -> str:
@@ -102,12 +101,6 @@ def by_address(svc: MeshService, number: int) -> bool:
     return bool(service_address(svc)) and any(
         p.number == number and not carries_http(p.protocol) for p in svc.shape.ports)
 
-
-def outbound_service(address: str, port: listeners.OutboundPort, labels: Mapping[str, str], namespace: str,
-                     ) -> listener_pb2.Listener:
-    """``<address>_<port>`` for one TCP/TLS service: ``port`` is its own row (its cluster, its
-    VirtualService tcp/tls routes)."""
-    return _unbound(listeners.outbound(address, port, labels, namespace))
 
 
 # ---------------------------------------------------------------- inbound

@@ -137,12 +137,14 @@ VirtualServiceOf = Callable[[str, str], "VirtualService | None"]
 
 
 def outbound_ports(services: Iterable[MeshService], vs_of: VirtualServiceOf | None = None,
+                   ports_of: Mapping[str, tuple[int, ...]] | None = None,
                    ) -> tuple[dict[int, OutboundPort], list[ConfigError]]:
     """What every outbound listener does, by port number; ``vs_of`` gives the tcp/tls
-    routes of the TCP and TLS services."""
+    routes of the TCP and TLS services, whose destinations without a port take the only
+    port of their service in ``ports_of`` (default: of ``services``)."""
     services = list(services)
     by_port: dict[int, list[tuple[MeshService, str]]] = {}
-    ports_of: dict[str, tuple[int, ...]] = {}
+    ports_of = dict(ports_of) if ports_of is not None else {}
     for svc in services:
         ports_of[svc.host] = tuple(p.number for p in svc.shape.ports)
         for p in svc.shape.ports:

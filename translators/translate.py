@@ -183,6 +183,9 @@ class Translator:
         # follows the connection's original destination): source layer id -> (source, result).
         self._captured_layers: dict[int, tuple[api.Layer, api.Layer]] = {}
         self._captured_passthrough = clusters.captured_passthrough()
+        # The registry's port numbers by host, and each addressed TCP service's own rows.
+        self._ports_of: tuple[int, dict[str, tuple[int, ...]]] = (-1, {})
+        self._own_rows: dict[str, tuple[MeshService, VirtualService | None, dict[int, listeners.OutboundPort]]] = {}
 
     # ------------------------------------------------------------ the contract
 
@@ -1001,8 +1004,7 @@ class Translator:
             users = [services[h] for h in port.hosts if h in services]
             addressed = [s for s in users if capture.by_address(s, number)]
             for svc in addressed:
-                own, _ = self._outbound_ports([svc])  # its own row: its cluster, its tcp/tls routes
-                wanted[listeners.outbound_listener(capture.service_address(svc), number)] = own[number]
+                wanted[listeners.outbound_listener(capture.service_address(svc), number)] = self._own_row(svc, number)
             others = [s for s in users if s not in addressed and not any(
                 p.number == number and carries_http(p.protocol) for p in s.shape.ports)]
             if port.http and not others and addressed:  # the TCP services have their own listeners
@@ -1013,12 +1015,24 @@ class Translator:
         for name, port in wanted.items():
             prev = old.outbound.get(name) if old is not None else None
             if prev is None or prev[0] != port or port.source_dependent:
-                address = name.rpartition("_")[0]
-                lst = (capture.outbound_wildcard(port, labels, proxy.namespace) if address == capture.WILDCARD
-                       else capture.outbound_service(address, port, labels, proxy.namespace))
-                prev = (port, lst)
+                prev = (port, capture.outbound(name.rpartition("_")[0], port, labels, proxy.namespace))
             outbound[name] = prev
         return outbound
+
+    def _own_row(self, svc: MeshService, number: int) -> listeners.OutboundPort:
+        """What the ``<address>_<port>`` listener of one TCP/TLS service does: its cluster and
+        its VirtualService tcp/tls routes (kept while the service shapes and the VirtualService are)."""
+        if self._ports_of[0] != self._shapes_epoch:  # (endpoints alone change no row)
+            services = self._registry.services
+            self._ports_of = (self._shapes_epoch, {h: tuple(p.number for p in s.shape.ports)
+                                                   for h, s in services.items()})
+            self._own_rows = {}
+        vs = self._vs_index.lookup(svc.host, svc.shape.namespace)
+        hit = self._own_rows.get(svc.host)
+        if hit is None or hit[1] is not vs:
+            table, _ = listeners.outbound_ports([svc], self._vs_index.lookup, self._ports_of[1])  # (errors: the stage's)
+            hit = self._own_rows[svc.host] = (svc, vs, table)
+        return hit[2][number]
 
 
 _INBOUND_PASSTHROUGH = clusters.inbound_passthrough(capture.INBOUND_PASSTHROUGH, capture.PASSTHROUGH_BIND)
