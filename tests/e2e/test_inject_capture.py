@@ -251,6 +251,7 @@ def test_envoy_from_the_injected_bootstrap_routes_the_apps_captured_traffic(
                     for ip, v in ((REVIEWS_V1, "v1"), (REVIEWS_V2, "v2"))]
         servers.append(UpstreamServer(PEER, EXCLUDED_OUT, service="db").start())
         servers.append(UpstreamServer(PEER, ELSEWHERE, service="elsewhere").start())
+        servers.append(UpstreamServer(PEER, 9080, service="outsider").start())  # on reviews' port, not reviews
     with pod_ns.entered():  # the app, on every address of the pod
         servers += [UpstreamServer("0.0.0.0", port, service=name).start() for port, name in (
             (APP_PORT, "productpage"), (UNDECLARED_PORT, "undeclared"), (EXCLUDED_IN, "excluded"))]
@@ -306,16 +307,20 @@ def test_envoy_from_the_injected_bootstrap_routes_the_apps_captured_traffic(
     answer = curl(pod_ns, "http://reviews:9080/", "end-user: jason")
     assert answer["version"] == "v2"
     assert "x-request-id" in answer["headers"]  # (Envoy's)
-    # A destination no service has: passed through to where it was going (ALLOW_ANY).
+    # A destination no service has: passed through to where it was going (ALLOW_ANY), by
+    # 15001's own chain; on an HTTP port, by 0.0.0.0_9080's catch-all route, to the socket's
+    # destination, never to one the Host header names (file mode's PassthroughCluster would).
     assert curl(pod_ns, f"http://{PEER}:{ELSEWHERE}/")["service"] == "elsewhere"
+    outsider = curl(pod_ns, f"http://{PEER}:9080/", f"Host: {PEER}:{ELSEWHERE}")
+    assert outsider["service"] == "outsider" and "x-request-id" in outsider["headers"]
     # The excluded outbound port goes straight out.
     direct = curl(pod_ns, f"http://{PEER}:{EXCLUDED_OUT}/")
     assert direct["service"] == "db" and "x-request-id" not in direct["headers"]
     with pod_ns.entered():
         after = {n: count(n) for n in before}
-    assert after[outbound] - before[outbound] == 2
+    assert after[outbound] - before[outbound] == 3
     assert after[v2] - before[v2] == 1
-    assert after[passthrough] - before[passthrough] == 1
+    assert after[passthrough] - before[passthrough] == 2
     # 15001 handed the reviews connections to 0.0.0.0_9080 and kept the passthrough one;
     # the excluded port's connection never reached it.
     assert after[virtual_out] - before[virtual_out] == 1
