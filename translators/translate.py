@@ -115,6 +115,10 @@ class _ProxyState:
     generation: int = field(default=0)
     security_epoch: int = field(default=0)
     conflicts: tuple[ConfigError, ...] = ()  # other Sidecars selecting the workload: ignored for it
+    #: With capture: Translator._capture_epoch it was built at, and its virtualInbound with
+    #: what it was built from (the port listeners, the passthrough's mTLS mode, the identity).
+    capture_epoch: int = field(default=0)
+    virtual_inbound: tuple[tuple, listener_pb2.Listener] | None = None
 
 
 class Translator:
@@ -186,6 +190,9 @@ class Translator:
         # The registry's port numbers by host, and each addressed TCP service's own rows.
         self._ports_of: tuple[int, dict[str, tuple[int, ...]]] = (-1, {})
         self._own_rows: dict[str, tuple[MeshService, VirtualService | None, dict[int, listeners.OutboundPort]]] = {}
+        # Bumped when what a captured proxy's <address>_<port> listeners read changes beyond its
+        # port table: service addresses and shapes, the VirtualServices' tcp/tls routes.
+        self._capture_epoch = 0
 
     # ------------------------------------------------------------ the contract
 
@@ -233,6 +240,8 @@ class Translator:
             self._gateways.invalidate()
         if Sidecar.KIND in kinds or MeshConfig.KIND in kinds:
             self._rebuild_sidecars()
+        if shapes or VirtualService.KIND in kinds:
+            self._capture_epoch += 1
         self._errors = None
         self._proxies = {
             k: s for k, s in self._proxies.items() if s.generation > self._generation - PROXY_MEMO_UPDATES
@@ -858,7 +867,7 @@ class Translator:
         epoch = self._ns_epoch.get(proxy.namespace, 0)
         if (state is not None and state.epoch == epoch and state.port_table is port_table
                 and state.security_epoch == self._security_epoch and state.inputs[-1] is sidecar
-                and state.inputs[1] == mode):
+                and state.inputs[1] == mode and (not proxy.capture or state.capture_epoch == self._capture_epoch)):
             if state.generation != self._generation:
                 state.generation = self._generation
                 self._errors = None if state.errors else self._errors
@@ -873,7 +882,8 @@ class Translator:
         context = (self._providers,) if security.needs_registry(policies) else ()
         peer = self._peer_auth.for_workload(ns, labels) if serves else None  # interned: compared by identity
         inputs = (port_table, mode, workload, *(s.shape for s in selecting), *policies, *context, peer, sidecar)
-        if state is not None and _same(state.inputs, inputs):
+        if state is not None and _same(state.inputs, inputs) and (
+                not proxy.capture or state.capture_epoch == self._capture_epoch):
             state.epoch, state.port_table, state.inputs = epoch, port_table, inputs
         else:
             state = self._build_proxy_state(proxy, state, inputs, workload, labels, selecting, policies, peer)
@@ -881,6 +891,7 @@ class Translator:
         if conflicts != state.conflicts:
             state.conflicts, self._errors = conflicts, None
         state.security_epoch = self._security_epoch
+        state.capture_epoch = self._capture_epoch
         state.generation = self._generation
         self._proxies[key] = state
         if state.errors:
@@ -948,11 +959,15 @@ class Translator:
             if hit is None or not _same(hit[0][0], key[0]) or hit[0][1] != key[1]:
                 hit = (key, listeners.inbound(ip, p, policy, peer.for_port(p.target), bool(proxy.identity)))
             inbound_built[p.target] = hit
+        virtual_inbound = None
         if proxy.capture:
-            passthrough = capture.passthrough_inbound(peer.mode, bool(proxy.identity))
-            named += [(capture.VIRTUAL_OUTBOUND, capture.virtual_outbound(mode)),
-                      (capture.VIRTUAL_INBOUND, capture.virtual_inbound(
-                          [(t, lst) for t, (_, lst) in inbound_built.items()], passthrough))]
+            ports = tuple((t, lst) for t, (_, lst) in inbound_built.items())
+            vkey = (tuple(lst for _, lst in ports), (tuple(inbound_built), peer.mode, bool(proxy.identity)))
+            virtual_inbound = old.virtual_inbound if old is not None else None
+            if virtual_inbound is None or not _same(virtual_inbound[0][0], vkey[0]) or virtual_inbound[0][1] != vkey[1]:
+                passthrough = capture.passthrough_inbound(peer.mode, bool(proxy.identity))
+                virtual_inbound = (vkey, capture.virtual_inbound(ports, passthrough))
+            named += [(capture.VIRTUAL_OUTBOUND, _VIRTUAL_OUTBOUND[mode]), (capture.VIRTUAL_INBOUND, virtual_inbound[1])]
         else:
             named += [(lst.name, lst) for _, lst in inbound_built.values()]
         address = listeners.app_address(workload)
@@ -969,9 +984,10 @@ class Translator:
             inputs=inputs,
             outbound=outbound,
             inbound=inbound_built,
-            listeners=_layer(("listeners", proxy.key), sorted(named, key=lambda n: n[0])),
+            listeners=_same_layer(old.listeners if old is not None else None, ("listeners", proxy.key), named),
             inbound_clusters=_layer(("clusters-inbound", proxy.key), inbound_clusters),
             errors=tuple(errors),
+            virtual_inbound=virtual_inbound,
         )
 
     def _bound_outbound(self, proxy: Proxy, old: _ProxyState | None, port_table: dict[int, listeners.OutboundPort],
@@ -1036,6 +1052,15 @@ class Translator:
 
 
 _INBOUND_PASSTHROUGH = clusters.inbound_passthrough(capture.INBOUND_PASSTHROUGH, capture.PASSTHROUGH_BIND)
+_VIRTUAL_OUTBOUND = {mode: capture.virtual_outbound(mode) for mode in scope.UNSCOPED}
+
+
+def _same_layer(old: api.Layer | None, key: object, named: list[tuple[str, Message]]) -> api.Layer:
+    """A layer of ``named`` (sorted by name), or ``old`` when it holds the very same protos."""
+    if old is not None and len(old.resources) == len(named) and all(
+            old.resources.get(n) is m for n, m in named):
+        return old
+    return _layer(key, sorted(named, key=lambda n: n[0]))
 
 
 def _on_ports(svc: MeshService, seen: scope.Scope) -> MeshService:
