@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from translators import capture
 from xds_server.local.envoy_binary import ENVOY_VERSION
 
 # ---------------------------------------------------------------- names
@@ -63,8 +64,9 @@ TOKEN_AUDIENCE = "istio-ca"
 ROOT_ENV = "MESHPILOT_XDS_ROOT_PEM"
 
 PROXY_UID = 1337
-INBOUND_CAPTURE_PORT = 15006
-OUTBOUND_CAPTURE_PORT = 15001
+#: Where the rules send captured traffic: the virtual listeners meshpilot serves there.
+INBOUND_CAPTURE_PORT = capture.INBOUND_PORT
+OUTBOUND_CAPTURE_PORT = capture.OUTBOUND_PORT
 ADMIN_PORT = 15000
 HEALTH_PORT = 15021
 #: Never captured inbound: the proxy's own ports (Istio's list, less the agent's).
