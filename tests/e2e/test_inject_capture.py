@@ -160,6 +160,7 @@ APP_PORT, UNDECLARED_PORT, EXCLUDED_IN, EXCLUDED_OUT, ELSEWHERE = 8080, 7777, 90
 
 def mesh(pod_ip: str) -> list[dict[str, Any]]:
     """The pod (productpage, serving 8080) and reviews v1/v2 in the peer, routed by a VirtualService."""
+
     def pod(name: str, app: str, version: str, ip: str) -> dict[str, Any]:
         return {"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": name, "namespace": "default", "labels": {"app": app, "version": version}},
@@ -217,90 +218,116 @@ def uid_1337_envoy(envoy_binary: str, directory: Path, ns: NetNamespace) -> str:
     istio-proxy container (whose own connections the iptables rules leave alone). The copy
     lives in ``directory``, readable by that uid (the cached one is under root's home)."""
     copy = directory / "envoy"
-    shutil.copy(envoy_binary, copy)
-    wrapper = directory / "envoy-as-proxy"
+    if not copy.exists():
+        shutil.copy(envoy_binary, copy)
+    wrapper = directory / f"envoy-in-{ns.name}"
     wrapper.write_text(f"#!/bin/sh\nexec {shlex.join(ns.exec_prefix())} setpriv --reuid={inject.PROXY_UID} "
                        f"--regid={inject.PROXY_UID} --clear-groups {copy} \"$@\"\n")
     wrapper.chmod(0o755)
     return str(wrapper)
 
 
+@pytest.fixture
+def shared_dir(request: pytest.FixtureRequest) -> Path:
+    """A directory uid 1337 can read (pytest's tmp_path is not): Envoy's binary and config."""
+    shared = Path(tempfile.mkdtemp(prefix="mp-capture-"))
+    shared.chmod(0o755)
+    request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
+    return shared
+
+
+def start_meshpilot(request: pytest.FixtureRequest, ns: NetNamespace, host: str, docs: list[dict[str, Any]],
+                    workdir: Path) -> MeshpilotServer:
+    """``meshpilot serve`` (file mode) inside ``ns``, on ``host``."""
+    config = ConfigDir(workdir / "mesh")
+    config.write("mesh.yaml", docs)
+    with ns.entered():  # its sockets, and the child it forks, belong to the namespace
+        server = MeshpilotServer(config.path, workdir=workdir, host=host)
+        track(request, server)
+        server.start(wait=False)
+        request.addfinalizer(server.stop)
+        server.wait_healthy()
+    return server
+
+
+def serve(request: pytest.FixtureRequest, ns: NetNamespace, *apps: tuple[str, int, str, str]) -> None:
+    """Echo apps ``(ip, port, service, version)`` listening in ``ns``."""
+    with ns.entered():
+        for ip, port, service, version in apps:
+            request.addfinalizer(UpstreamServer(ip, port, service=service, version=version).start().stop)
+
+
+def captured_sidecar(request: pytest.FixtureRequest, ns: NetNamespace, server: MeshpilotServer, *, pod_ip: str,
+                     app: str, annotations: dict[str, str], envoy_binary: str, shared: Path, workdir: Path,
+                     monkeypatch: pytest.MonkeyPatch) -> EnvoyProcess:
+    """The pod ``<app>-1`` as the injector makes it, its init containers run as they would in
+    the pod (the iptables script in ``ns``; the bootstrap with the pod's downward API), then
+    its Envoy as uid 1337, once it has its capture listeners."""
+    injected = inject.inject_pod(
+        {"metadata": {"name": f"{app}-1", "namespace": "default", "labels": {"app": app},
+                      "annotations": annotations},
+         "spec": {"serviceAccountName": app, "containers": [{"name": app}]}},
+        inject.InjectConfig(server.xds_tls_address, b""))
+    init = {c["name"]: c for c in injected["spec"]["initContainers"]}
+    run([*ns.exec_prefix(), *init[inject.IPTABLES_CONTAINER]["command"]], timeout=30)
+    # Kubernetes would mount the projected token (checked by a TokenReview); file mode
+    # checks meshpilot's own token for the pod's namespace and service account instead.
+    tls = xds_tls_for(server.ca_state, "default", app)
+    assert tls.token is not None
+    files = {inject.TOKEN_FILE: workdir / f"{app}-token", f"{inject.PODINFO_DIR}/labels": workdir / f"{app}-labels",
+             inject.BOOTSTRAP_FILE: workdir / f"{app}-envoy.json"}
+    files[inject.TOKEN_FILE].write_text(tls.token)
+    files[f"{inject.PODINFO_DIR}/labels"].write_text(f'app="{app}"\n')
+    monkeypatch.setenv(inject.ROOT_ENV, tls.root_pem.decode())
+    env = {"POD_IP": pod_ip, "POD_NAME": f"{app}-1", "POD_NAMESPACE": "default", "SERVICE_ACCOUNT": app}
+    assert main(container_args(init[inject.BOOTSTRAP_CONTAINER]["args"], env, files)) == 0
+
+    envoy = EnvoyProcess(json.loads(files[inject.BOOTSTRAP_FILE].read_text()), name=app, workdir=shared,
+                         binary=uid_1337_envoy(envoy_binary, shared, ns))
+    track(request, envoy)
+    request.addfinalizer(envoy.stop)
+    envoy.start(wait="none")
+    with ns.entered():  # its admin is the pod's 127.0.0.1:15000
+        envoy.wait_live()
+        eventually(lambda: {"virtualOutbound", "virtualInbound"} <= set(envoy.listeners()),
+                   timeout=20, message="the capture listeners over xDS")
+    return envoy
+
+
+def stats(ns: NetNamespace, envoy: EnvoyProcess, *names: str) -> dict[str, int]:
+    with ns.entered():
+        return {n: envoy.stat(n) for n in names}
+
+
 def test_envoy_from_the_injected_bootstrap_routes_the_apps_captured_traffic(
     request: pytest.FixtureRequest, namespaces: tuple[NetNamespace, NetNamespace], hosts_file: None,
-    envoy_binary: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    envoy_binary: str, shared_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     pod_ns, peer_ns = namespaces
     run(["ip", "-n", pod_ns.name, "route", "add", "default", "dev", "eth0"])  # ClusterIPs leave by eth0
     for ip in (REVIEWS_V1, REVIEWS_V2):
         run(["ip", "-n", peer_ns.name, "addr", "add", f"{ip}/32", "dev", "eth0"])
-    # Readable by uid 1337 (pytest's tmp_path is not): Envoy's binary and its config.
-    shared = Path(tempfile.mkdtemp(prefix="mp-capture-"))
-    shared.chmod(0o755)
-    request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
-
-    config = ConfigDir(tmp_path / "mesh")
-    config.write("mesh.yaml", mesh(POD))
-    servers: list[UpstreamServer] = []
-    with peer_ns.entered():  # meshpilot and the reviews pods live in the peer
-        server = MeshpilotServer(config.path, workdir=tmp_path, host=PEER)
-        track(request, server)
-        server.start(wait=False)
-        request.addfinalizer(server.stop)
-        server.wait_healthy()
-        servers += [UpstreamServer(ip, 9080, service="reviews", version=v).start()
-                    for ip, v in ((REVIEWS_V1, "v1"), (REVIEWS_V2, "v2"))]
-        servers.append(UpstreamServer(PEER, EXCLUDED_OUT, service="db").start())
-        servers.append(UpstreamServer(PEER, ELSEWHERE, service="elsewhere").start())
-        servers.append(UpstreamServer(PEER, 9080, service="outsider").start())  # on reviews' port, not reviews
-    with pod_ns.entered():  # the app, on every address of the pod
-        servers += [UpstreamServer("0.0.0.0", port, service=name).start() for port, name in (
-            (APP_PORT, "productpage"), (UNDECLARED_PORT, "undeclared"), (EXCLUDED_IN, "excluded"))]
-    for s in servers:
-        request.addfinalizer(s.stop)
-
-    # The pod as the injector makes it; its init containers run as they would in the pod.
-    injected = inject.inject_pod(
-        {"metadata": {"name": "productpage-1", "namespace": "default", "labels": {"app": "productpage"},
-                      "annotations": {inject.EXCLUDE_OUTBOUND: str(EXCLUDED_OUT),
-                                      inject.EXCLUDE_INBOUND: str(EXCLUDED_IN)}},
-         "spec": {"serviceAccountName": "productpage", "containers": [{"name": "productpage"}]}},
-        inject.InjectConfig(server.xds_tls_address, b""))
-    init = {c["name"]: c for c in injected["spec"]["initContainers"]}
-    run([*pod_ns.exec_prefix(), *init[inject.IPTABLES_CONTAINER]["command"]], timeout=30)
-    # Kubernetes would mount the projected token (checked by a TokenReview); file mode
-    # checks meshpilot's own token for the pod's namespace and service account instead.
-    tls = xds_tls_for(server.ca_state, "default", "productpage")
-    assert tls.token is not None
-    (tmp_path / "istio-token").write_text(tls.token)
-    (tmp_path / "labels").write_text('app="productpage"\nversion="v1"\n')
-    monkeypatch.setenv(inject.ROOT_ENV, tls.root_pem.decode())
-    boot = init[inject.BOOTSTRAP_CONTAINER]
-    env = {"POD_IP": POD, "POD_NAME": "productpage-1", "POD_NAMESPACE": "default", "SERVICE_ACCOUNT": "productpage"}
-    files = {inject.TOKEN_FILE: tmp_path / "istio-token", f"{inject.PODINFO_DIR}/labels": tmp_path / "labels",
-             inject.BOOTSTRAP_FILE: tmp_path / "envoy.json"}
-    assert main(container_args(boot["args"], env, files)) == 0
-
-    envoy = EnvoyProcess(json.loads((tmp_path / "envoy.json").read_text()), name="istio-proxy", workdir=shared,
-                         binary=uid_1337_envoy(envoy_binary, shared, pod_ns))
-    track(request, envoy)
-    request.addfinalizer(envoy.stop)
-    envoy.start(wait="none")
-    with pod_ns.entered():  # its admin is the pod's 127.0.0.1:15000
-        envoy.wait_live()
-        eventually(lambda: {"virtualOutbound", "virtualInbound", "0.0.0.0_9080"} <= set(envoy.listeners()),
-                   timeout=20, message="the capture listeners over xDS")
+    server = start_meshpilot(request, peer_ns, PEER, mesh(POD), tmp_path)  # in the peer, with the reviews pods
+    serve(request, peer_ns, (REVIEWS_V1, 9080, "reviews", "v1"), (REVIEWS_V2, 9080, "reviews", "v2"),
+          (PEER, EXCLUDED_OUT, "db", ""), (PEER, ELSEWHERE, "elsewhere", ""),
+          (PEER, 9080, "outsider", ""))  # on reviews' port, but not reviews
+    # The app, on every address of the pod.
+    serve(request, pod_ns, *(("0.0.0.0", port, name, "") for port, name in (
+        (APP_PORT, "productpage"), (UNDECLARED_PORT, "undeclared"), (EXCLUDED_IN, "excluded"))))
+    envoy = captured_sidecar(request, pod_ns, server, pod_ip=POD, app="productpage", annotations={
+        inject.EXCLUDE_OUTBOUND: str(EXCLUDED_OUT), inject.EXCLUDE_INBOUND: str(EXCLUDED_IN)},
+        envoy_binary=envoy_binary, shared=shared_dir, workdir=tmp_path, monkeypatch=monkeypatch)
+    with pod_ns.entered():
+        eventually(lambda: "0.0.0.0_9080" in envoy.listeners(), timeout=20)
         assert f"{POD}_9080" not in envoy.listeners()  # nothing binds the pod's IP
-
-        def count(name: str) -> int:
-            return envoy.stat(name)
-
-        outbound, v2 = "http.outbound_0.0.0.0_9080.downstream_rq_total", "cluster.outbound|9080|v2|" \
-            "reviews.default.svc.cluster.local.upstream_rq_total"
-        inbound, virtual_in = f"http.inbound_0.0.0.0_{APP_PORT}.downstream_rq_total", \
-            "listener.0.0.0.0_15006.downstream_cx_total"
-        virtual_out, passthrough = "listener.0.0.0.0_15001.downstream_cx_total", \
-            "cluster.PassthroughCluster.upstream_cx_total"
-        before = {n: count(n) for n in (outbound, v2, inbound, virtual_in, virtual_out, passthrough)}
+    outbound, v2 = "http.outbound_0.0.0.0_9080.downstream_rq_total", \
+        "cluster.outbound|9080|v2|reviews.default.svc.cluster.local.upstream_rq_total"
+    inbound, virtual_in = f"http.inbound_0.0.0.0_{APP_PORT}.downstream_rq_total", \
+        "listener.0.0.0.0_15006.downstream_cx_total"
+    virtual_out, passthrough = "listener.0.0.0.0_15001.downstream_cx_total", \
+        "cluster.PassthroughCluster.upstream_cx_total"
+    names = (outbound, v2, inbound, virtual_in, virtual_out, passthrough)
+    before = stats(pod_ns, envoy, *names)
 
     # The app's plain curl to the service name: captured, routed by the VirtualService.
     assert curl(pod_ns, "http://reviews:9080/")["version"] == "v1"
@@ -316,8 +343,7 @@ def test_envoy_from_the_injected_bootstrap_routes_the_apps_captured_traffic(
     # The excluded outbound port goes straight out.
     direct = curl(pod_ns, f"http://{PEER}:{EXCLUDED_OUT}/")
     assert direct["service"] == "db" and "x-request-id" not in direct["headers"]
-    with pod_ns.entered():
-        after = {n: count(n) for n in before}
+    after = stats(pod_ns, envoy, *names)
     assert after[outbound] - before[outbound] == 3
     assert after[v2] - before[v2] == 1
     assert after[passthrough] - before[passthrough] == 2
@@ -333,8 +359,7 @@ def test_envoy_from_the_injected_bootstrap_routes_the_apps_captured_traffic(
     assert curl(peer_ns, f"http://{POD}:{UNDECLARED_PORT}/")["client"] == "127.0.0.6"
     excluded = curl(peer_ns, f"http://{POD}:{EXCLUDED_IN}/")
     assert excluded["client"] == PEER and "x-request-id" not in excluded["headers"]
-    with pod_ns.entered():
-        last = {n: count(n) for n in before}
+    last = stats(pod_ns, envoy, *names)
     assert last[inbound] - after[inbound] == 1
     assert last[virtual_in] - after[virtual_in] == 2  # not the excluded port's connection
     assert last[virtual_out] == after[virtual_out]  # the proxy's own connections are not captured
