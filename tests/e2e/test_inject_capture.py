@@ -363,3 +363,54 @@ def test_envoy_from_the_injected_bootstrap_routes_the_apps_captured_traffic(
     assert last[inbound] - after[inbound] == 1
     assert last[virtual_in] - after[virtual_in] == 2  # not the excluded port's connection
     assert last[virtual_out] == after[virtual_out]  # the proxy's own connections are not captured
+
+
+def test_two_captured_sidecars_talk_mutual_tls_and_strict_refuses_plaintext(
+    request: pytest.FixtureRequest, namespaces: tuple[NetNamespace, NetNamespace], hosts_file: None,
+    envoy_binary: str, shared_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both namespaces are injected pods: productpage (10.99.7.2) calls reviews (10.99.7.3,
+    STRICT mTLS, where meshpilot also runs, its ports excluded from capture). The call goes
+    client 15001 -> auto mTLS -> server 15006's mTLS chain -> the app, which learns the
+    caller's SPIFFE ID; plaintext that bypasses the client's sidecar is refused by 15006."""
+    pod_ns, peer_ns = namespaces
+    run(["ip", "-n", pod_ns.name, "route", "add", "default", "dev", "eth0"])
+    docs = [d for d in mesh(POD) if d["metadata"]["name"] not in ("reviews-v1", "reviews-v2", "reviews")
+            or d["kind"] == "Service"]
+    docs += [{"apiVersion": "v1", "kind": "Pod",
+              "metadata": {"name": "reviews-1", "namespace": "default",
+                           "labels": {"app": "reviews", "version": "v1", "security.istio.io/tlsMode": "istio"}},
+              "spec": {"serviceAccountName": "reviews", "containers": [{"name": "reviews"}]},
+              "status": {"phase": "Running", "podIP": PEER}},
+             {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+              "metadata": {"name": "reviews", "namespace": "default"},
+              "spec": {"selector": {"matchLabels": {"app": "reviews"}}, "mtls": {"mode": "STRICT"}}}]
+    server = start_meshpilot(request, peer_ns, PEER, docs, tmp_path)
+    serve(request, peer_ns, ("0.0.0.0", 9080, "reviews", "v1"))
+    def sidecar(ns: NetNamespace, pod_ip: str, app: str, annotations: dict[str, str]) -> EnvoyProcess:
+        return captured_sidecar(request, ns, server, pod_ip=pod_ip, app=app, annotations=annotations,
+                                envoy_binary=envoy_binary, shared=shared_dir, workdir=tmp_path, monkeypatch=monkeypatch)
+
+    server_side = sidecar(peer_ns, PEER, "reviews", {
+        inject.EXCLUDE_INBOUND: ",".join(str(p) for p in (server.xds_port, server.tls_port, server.http_port))})
+    client_side = sidecar(pod_ns, POD, "productpage", {})
+    with peer_ns.entered():  # both have their certificates
+        eventually(lambda: json.loads(server_side.admin_get("/certs"))["certificates"], timeout=20)
+    mtls_in = "http.inbound_0.0.0.0_9080.downstream_rq_total"
+    before = stats(peer_ns, server_side, mtls_in, "listener.0.0.0.0_15006.downstream_cx_total")
+
+    answer = eventually(lambda: curl(pod_ns, "http://reviews:9080/"), timeout=20)
+    assert answer["service"] == "reviews" and answer["client"] == "127.0.0.1"
+    assert "URI=spiffe://cluster.local/ns/default/sa/productpage" in answer["headers"]["x-forwarded-client-cert"]
+    assert stats(pod_ns, client_side, "cluster.outbound|9080||reviews.default.svc.cluster.local.ssl.handshake")[
+        "cluster.outbound|9080||reviews.default.svc.cluster.local.ssl.handshake"] >= 1
+
+    # Plaintext from the pod that skips its sidecar (the proxy's uid is not captured): STRICT refuses it.
+    refused = subprocess.run([*pod_ns.exec_prefix(), "setpriv", f"--reuid={inject.PROXY_UID}",
+                              f"--regid={inject.PROXY_UID}", "--clear-groups", "curl", "-sS", "--max-time", "5",
+                              f"http://{PEER}:9080/"], capture_output=True, text=True, timeout=15)
+    assert refused.returncode != 0, refused.stdout  # (curl: empty reply: 15006 closed it)
+    after = stats(peer_ns, server_side, *before)
+    assert after[mtls_in] - before[mtls_in] >= 1  # the mTLS request(s), not the plaintext one
+    # 15006 accepted both the mTLS connection and the plaintext one (then closed it).
+    assert after["listener.0.0.0.0_15006.downstream_cx_total"] - before["listener.0.0.0.0_15006.downstream_cx_total"] >= 2
