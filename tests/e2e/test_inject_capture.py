@@ -13,6 +13,8 @@ script of the injector's ``istio-init`` container runs in the pod's namespace wi
   mode) over TLS xDS with virtualOutbound 15001 and virtualInbound 15006: the app's plain
   ``curl http://reviews:9080/`` is routed by the VirtualService, the pod's inbound requests
   pass the sidecar, and the excluded ports bypass it; Envoy's stats count what went through.
+* ``test_two_captured_sidecars_...``: both namespaces are injected pods; a call between them
+  is mutual TLS from one's 15001 to the other's 15006 (STRICT), and plaintext is refused.
 """
 
 from __future__ import annotations
