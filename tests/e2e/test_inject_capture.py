@@ -46,8 +46,8 @@ POD, PEER = "10.99.7.2", "10.99.7.3"
 SO_ORIGINAL_DST = 80
 
 pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("iptables") or not shutil.which("setpriv"),
-    reason="needs root, iptables and setpriv (network namespaces)")
+    os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("iptables", "setpriv", "curl")),
+    reason="needs root, iptables, setpriv and curl (network namespaces)")
 
 
 @pytest.fixture
