@@ -177,6 +177,28 @@ def passthrough() -> cluster_pb2.Cluster:
     return c
 
 
+def captured_passthrough() -> cluster_pb2.Cluster:
+    """PassthroughCluster for a proxy whose traffic is captured: the connection's own
+    original destination (restored by the virtual listener), as istiod's."""
+    c = passthrough()
+    c.ClearField("original_dst_lb_config")
+    return c
+
+
+def inbound_passthrough(name: str, bind: str) -> cluster_pb2.Cluster:
+    """Captured inbound traffic to a port no service declares: to where it was going (the
+    pod's own address), from ``bind`` (127.0.0.6) so the app sees a local, recognisable
+    source, as istiod's InboundPassthroughCluster."""
+    c = Cluster(name=name, type=Cluster.ORIGINAL_DST, lb_policy=Cluster.CLUSTER_PROVIDED,
+                connect_timeout=CONNECT_TIMEOUT)
+    c.upstream_bind_config.source_address.address = bind
+    c.upstream_bind_config.source_address.port_value = 0
+    options = hpo.HttpProtocolOptions()
+    options.use_downstream_protocol_config.SetInParent()
+    _attach_protocol_options(c, options)
+    return c
+
+
 def inbound(port: int, app_address: str, protocol: str, app_port: int | None = None) -> cluster_pb2.Cluster:
     """The proxy's own application on ``app_address:port`` (no capture: a plain static host);
     ``app_port`` when the app listens elsewhere (a Sidecar ingress defaultEndpoint)."""

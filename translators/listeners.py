@@ -12,7 +12,9 @@
   ``auto`` port detects HTTP (which then gets the HTTP policies) from the rest, in
   plaintext by inspection and inside mesh mTLS by the ALPN its clients announce.
 
-The virtual listeners 15001/15006 of Istio need capture and are not generated.
+A proxy whose pod's traffic iptables captures (node metadata INTERCEPTION_MODE=REDIRECT,
+set by the injected bootstrap) gets Istio's virtual listeners 15001/15006 instead, built
+from these same listeners (capture.py).
 """
 
 from __future__ import annotations
@@ -135,12 +137,14 @@ VirtualServiceOf = Callable[[str, str], "VirtualService | None"]
 
 
 def outbound_ports(services: Iterable[MeshService], vs_of: VirtualServiceOf | None = None,
+                   ports_of: Mapping[str, tuple[int, ...]] | None = None,
                    ) -> tuple[dict[int, OutboundPort], list[ConfigError]]:
     """What every outbound listener does, by port number; ``vs_of`` gives the tcp/tls
-    routes of the TCP and TLS services."""
+    routes of the TCP and TLS services, whose destinations without a port take the only
+    port of their service in ``ports_of`` (default: of ``services``)."""
     services = list(services)
     by_port: dict[int, list[tuple[MeshService, str]]] = {}
-    ports_of: dict[str, tuple[int, ...]] = {}
+    ports_of = dict(ports_of) if ports_of is not None else {}
     for svc in services:
         ports_of[svc.host] = tuple(p.number for p in svc.shape.ports)
         for p in svc.shape.ports:

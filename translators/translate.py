@@ -41,7 +41,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from google.protobuf.message import Message
 
-from translators import api, clusters, endpoints, listeners, peer_auth, routes, scope, security
+from translators import api, capture, clusters, endpoints, listeners, peer_auth, routes, scope, security
 from translators.errors import ConfigError
 from translators.features import authz, delegate, locality, mtls
 from translators.gateway import GatewayGenerator
@@ -106,7 +106,8 @@ class _ProxyState:
     epoch: int
     port_table: dict[int, listeners.OutboundPort]
     inputs: tuple
-    outbound: dict[int, tuple[listeners.OutboundPort, listener_pb2.Listener]]
+    #: by port number; with capture, by listener name (``0.0.0.0_<port>``, ``<address>_<port>``)
+    outbound: dict[int | str, tuple[listeners.OutboundPort, listener_pb2.Listener]]
     inbound: dict[int, tuple[tuple, listener_pb2.Listener]]
     listeners: api.Layer
     inbound_clusters: api.Layer
@@ -114,6 +115,10 @@ class _ProxyState:
     generation: int = field(default=0)
     security_epoch: int = field(default=0)
     conflicts: tuple[ConfigError, ...] = ()  # other Sidecars selecting the workload: ignored for it
+    #: With capture: Translator._capture_epoch it was built at, and its virtualInbound with
+    #: what it was built from (the port listeners, the passthrough's mTLS mode, the identity).
+    capture_epoch: int = field(default=0)
+    virtual_inbound: tuple[tuple, listener_pb2.Listener] | None = None
 
 
 class Translator:
@@ -178,6 +183,16 @@ class Translator:
         self._peer_auth = peer_auth.PeerAuthIndex((), root_namespace)
         self._plaintext_layers: dict[int, tuple[api.Layer, api.Layer]] = {}
         self._plaintext_protos: dict[int, tuple[Message, Message]] = {}
+        # Cluster layers as proxies with traffic capture see them (their PassthroughCluster
+        # follows the connection's original destination): source layer id -> (source, result).
+        self._captured_layers: dict[int, tuple[api.Layer, api.Layer]] = {}
+        self._captured_passthrough = clusters.captured_passthrough()
+        # The registry's port numbers by host, and each addressed TCP service's own rows.
+        self._ports_of: tuple[int, dict[str, tuple[int, ...]]] = (-1, {})
+        self._own_rows: dict[str, tuple[MeshService, VirtualService | None, dict[int, listeners.OutboundPort]]] = {}
+        # Bumped when what a captured proxy's <address>_<port> listeners read changes beyond its
+        # port table: service addresses and shapes, the VirtualServices' tcp/tls routes.
+        self._capture_epoch = 0
 
     # ------------------------------------------------------------ the contract
 
@@ -225,6 +240,8 @@ class Translator:
             self._gateways.invalidate()
         if Sidecar.KIND in kinds or MeshConfig.KIND in kinds:
             self._rebuild_sidecars()
+        if shapes or VirtualService.KIND in kinds:
+            self._capture_epoch += 1
         self._errors = None
         self._proxies = {
             k: s for k, s in self._proxies.items() if s.generation > self._generation - PROXY_MEMO_UPDATES
@@ -278,7 +295,9 @@ class Translator:
         if seen.hosts is not None:  # what its Sidecar imports, picked from the shared layers
             out[api.CLUSTER] = [self._filter(layer, seen) for layer in out[api.CLUSTER]]
             out[api.ENDPOINT] = [self._filter(layer, seen) for layer in out[api.ENDPOINT]]
-        state = self._proxy_state(proxy, self._ports_for(seen), sidecar, conflicts, workload, labels)
+        if proxy.capture:
+            out[api.CLUSTER] = [self._captured(layer) for layer in out[api.CLUSTER]]
+        state = self._proxy_state(proxy, self._ports_for(seen), seen.mode, sidecar, conflicts, workload, labels)
         if state.inbound_clusters.resources:
             # Left out when empty: proxies with no inbound services then have the same
             # cluster view, and a response to one is a response to all of them.
@@ -511,6 +530,21 @@ class Translator:
         found = cp.load_balancer if locality.applies(cp.load_balancer, cp.outlier_detection) else False
         self._locality_memo[cluster] = (policy, found)
         return found
+
+    def _captured(self, layer: api.Layer) -> api.Layer:
+        """``layer`` with the PassthroughCluster of captured traffic (the same object while
+        ``layer`` is)."""
+        if PASSTHROUGH not in layer.resources:
+            return layer
+        hit = self._captured_layers.get(id(layer))
+        if hit is not None and hit[0] is layer:
+            return hit[1]
+        result = _layer(("clusters-captured", layer.key),
+                        {**layer.resources, PASSTHROUGH: self._captured_passthrough}.items())
+        if len(self._captured_layers) > 16:  # (only the current first layers are asked for)
+            self._captured_layers = {}
+        self._captured_layers[id(layer)] = (layer, result)
+        return result
 
     def _plaintext(self, layer: api.Layer) -> api.Layer:
         """``layer`` without auto mTLS, for proxies that have no certificate: the same object
@@ -823,15 +857,17 @@ class Translator:
             self._port_table = table
         self._stage_errors["ports"] = errors
 
-    def _proxy_state(self, proxy: Proxy, port_table: dict[int, listeners.OutboundPort], sidecar: Sidecar | None,
-                     conflicts: tuple[ConfigError, ...], workload: Pod | WorkloadEntry | None,
+    def _proxy_state(self, proxy: Proxy, port_table: dict[int, listeners.OutboundPort], mode: scope.Mode,
+                     sidecar: Sidecar | None, conflicts: tuple[ConfigError, ...], workload: Pod | WorkloadEntry | None,
                      labels: dict[str, str]) -> _ProxyState:
-        """``workload`` and ``labels``: what for_proxy already looked up for the Sidecar selection."""
+        """``workload`` and ``labels``: what for_proxy already looked up for the Sidecar selection;
+        ``mode``: its outboundTrafficPolicy (the catch-all of a captured proxy's 15001)."""
         key = proxy.key
         state = self._proxies.get(key)
         epoch = self._ns_epoch.get(proxy.namespace, 0)
         if (state is not None and state.epoch == epoch and state.port_table is port_table
-                and state.security_epoch == self._security_epoch and state.inputs[-1] is sidecar):
+                and state.security_epoch == self._security_epoch and state.inputs[-1] is sidecar
+                and state.inputs[1] == mode and (not proxy.capture or state.capture_epoch == self._capture_epoch)):
             if state.generation != self._generation:
                 state.generation = self._generation
                 self._errors = None if state.errors else self._errors
@@ -845,8 +881,9 @@ class Translator:
         policies = security.selected(self._index, self._root_namespace, ns, labels, selecting) if serves else ()
         context = (self._providers,) if security.needs_registry(policies) else ()
         peer = self._peer_auth.for_workload(ns, labels) if serves else None  # interned: compared by identity
-        inputs = (port_table, workload, *(s.shape for s in selecting), *policies, *context, peer, sidecar)
-        if state is not None and _same(state.inputs, inputs):
+        inputs = (port_table, mode, workload, *(s.shape for s in selecting), *policies, *context, peer, sidecar)
+        if state is not None and _same(state.inputs, inputs) and (
+                not proxy.capture or state.capture_epoch == self._capture_epoch):
             state.epoch, state.port_table, state.inputs = epoch, port_table, inputs
         else:
             state = self._build_proxy_state(proxy, state, inputs, workload, labels, selecting, policies, peer)
@@ -854,6 +891,7 @@ class Translator:
         if conflicts != state.conflicts:
             state.conflicts, self._errors = conflicts, None
         state.security_epoch = self._security_epoch
+        state.capture_epoch = self._capture_epoch
         state.generation = self._generation
         self._proxies[key] = state
         if state.errors:
@@ -897,7 +935,7 @@ class Translator:
         return policy
 
     def _build_proxy_state(self, proxy, old, inputs, workload, labels, selecting, policies=(), peer=None) -> _ProxyState:  # type: ignore[no-untyped-def]
-        port_table, sidecar = inputs[0], inputs[-1]
+        port_table, mode, sidecar = inputs[0], inputs[1], inputs[-1]
         app: dict[int, int] = {}  # inbound port -> the app's port, when another (Sidecar ingress defaultEndpoint)
         if sidecar is not None and sidecar.spec.ingress:  # its ingress listeners replace the services' ports
             inbound, app = _sidecar_ingress(sidecar), {
@@ -907,8 +945,58 @@ class Translator:
             inbound, errors = listeners.inbound_ports(selecting, workload)
         policy = self._inbound_policy(policies) if inbound else security.NO_POLICY
         errors.extend(policy.errors)
+        if proxy.capture:
+            outbound = self._captured_outbound(proxy, old, port_table, labels)
+        else:
+            outbound = self._bound_outbound(proxy, old, port_table, labels, inbound, errors)
+        named = [(lst.name, lst) for _, lst in outbound.values()]
+        peer = peer or peer_auth.PERMISSIVE
+        ip = capture.WILDCARD if proxy.capture else proxy.ip  # (captured: chains of 15006)
+        inbound_built: dict[int, tuple[tuple, listener_pb2.Listener]] = {}
+        for p in inbound:  # kept while their inputs are (a tcp route change rebuilds the state)
+            key = ((p.service.shape, policy), (ip, p.http, p.protocol, peer.for_port(p.target), bool(proxy.identity)))
+            hit = old.inbound.get(p.target) if old is not None else None
+            if hit is None or not _same(hit[0][0], key[0]) or hit[0][1] != key[1]:
+                hit = (key, listeners.inbound(ip, p, policy, peer.for_port(p.target), bool(proxy.identity)))
+            inbound_built[p.target] = hit
+        virtual_inbound = None
+        if proxy.capture:
+            ports = tuple((t, lst) for t, (_, lst) in inbound_built.items())
+            vkey = (tuple(lst for _, lst in ports), (tuple(inbound_built), peer.mode, bool(proxy.identity)))
+            virtual_inbound = old.virtual_inbound if old is not None else None
+            if virtual_inbound is None or not _same(virtual_inbound[0][0], vkey[0]) or virtual_inbound[0][1] != vkey[1]:
+                passthrough = capture.passthrough_inbound(peer.mode, bool(proxy.identity))
+                virtual_inbound = (vkey, capture.virtual_inbound(ports, passthrough))
+            named += [(capture.VIRTUAL_OUTBOUND, _VIRTUAL_OUTBOUND[mode]), (capture.VIRTUAL_INBOUND, virtual_inbound[1])]
+        else:
+            named += [(lst.name, lst) for _, lst in inbound_built.values()]
+        address = listeners.app_address(workload)
+        inbound_clusters = []
+        for p in inbound:
+            c = clusters.inbound(p.target, address, p.protocol, app.get(p.target))
+            inbound_clusters.append((c.name, c))
+        inbound_clusters += [(c.name, c) for c in policy.clusters]
+        if proxy.capture:
+            inbound_clusters.append((capture.INBOUND_PASSTHROUGH, _INBOUND_PASSTHROUGH))
+        return _ProxyState(
+            epoch=0,
+            port_table=port_table,
+            inputs=inputs,
+            outbound=outbound,
+            inbound=inbound_built,
+            listeners=_same_layer(old.listeners if old is not None else None, ("listeners", proxy.key), named),
+            inbound_clusters=_layer(("clusters-inbound", proxy.key), inbound_clusters),
+            errors=tuple(errors),
+            virtual_inbound=virtual_inbound,
+        )
+
+    def _bound_outbound(self, proxy: Proxy, old: _ProxyState | None, port_table: dict[int, listeners.OutboundPort],
+                        labels: dict[str, str], inbound: list[listeners.InboundPort], errors: list[ConfigError],
+                        ) -> dict[int | str, tuple[listeners.OutboundPort, listener_pb2.Listener]]:
+        """Without capture: one listener on the proxy's IP per port number (not where an
+        inbound listener takes that ip:port)."""
         by_target = {p.target: p for p in inbound}
-        outbound: dict[int, tuple[listeners.OutboundPort, listener_pb2.Listener]] = {}
+        outbound: dict[int | str, tuple[listeners.OutboundPort, listener_pb2.Listener]] = {}
         for number, port in port_table.items():
             if number in by_target:
                 res = by_target[number].service.resource
@@ -920,32 +1008,59 @@ class Translator:
             if prev is None or prev[0] is not port or port.source_dependent:
                 prev = (port, listeners.outbound(proxy.ip, port, labels, proxy.namespace))
             outbound[number] = prev
-        named = [(lst.name, lst) for _, lst in outbound.values()]
-        peer = peer or peer_auth.PERMISSIVE
-        inbound_built: dict[int, tuple[tuple, listener_pb2.Listener]] = {}
-        for p in inbound:  # kept while their inputs are (a tcp route change rebuilds the state)
-            key = ((p.service.shape, policy), (proxy.ip, p.http, p.protocol, peer.for_port(p.target), bool(proxy.identity)))
-            hit = old.inbound.get(p.target) if old is not None else None
-            if hit is None or not _same(hit[0][0], key[0]) or hit[0][1] != key[1]:
-                hit = (key, listeners.inbound(proxy.ip, p, policy, peer.for_port(p.target), bool(proxy.identity)))
-            inbound_built[p.target] = hit
-        named += [(lst.name, lst) for _, lst in inbound_built.values()]
-        address = listeners.app_address(workload)
-        inbound_clusters = []
-        for p in inbound:
-            c = clusters.inbound(p.target, address, p.protocol, app.get(p.target))
-            inbound_clusters.append((c.name, c))
-        inbound_clusters += [(c.name, c) for c in policy.clusters]
-        return _ProxyState(
-            epoch=0,
-            port_table=port_table,
-            inputs=inputs,
-            outbound=outbound,
-            inbound=inbound_built,
-            listeners=_layer(("listeners", proxy.key), sorted(named, key=lambda n: n[0])),
-            inbound_clusters=_layer(("clusters-inbound", proxy.key), inbound_clusters),
-            errors=tuple(errors),
-        )
+        return outbound
+
+    def _captured_outbound(self, proxy: Proxy, old: _ProxyState | None, port_table: dict[int, listeners.OutboundPort],
+                           labels: dict[str, str]) -> dict[int | str, tuple[listeners.OutboundPort, listener_pb2.Listener]]:
+        """With capture: the listeners 15001 hands connections to (capture.py), ``0.0.0.0_<port>``
+        for HTTP and for TCP services without an address, ``<address>_<port>`` for the others."""
+        services = self._registry.services
+        wanted: dict[str, listeners.OutboundPort] = {}
+        for number, port in port_table.items():
+            users = [services[h] for h in port.hosts if h in services]
+            addressed = [s for s in users if capture.by_address(s, number)]
+            for svc in addressed:
+                wanted[listeners.outbound_listener(capture.service_address(svc), number)] = self._own_row(svc, number)
+            others = [s for s in users if s not in addressed and not any(
+                p.number == number and carries_http(p.protocol) for p in s.shape.ports)]
+            if port.http and not others and addressed:  # the TCP services have their own listeners
+                port = replace(port, cluster="", tcp_routes=(), tls=(), tls_routes=())
+            if port.http or others:
+                wanted[listeners.outbound_listener(capture.WILDCARD, number)] = port
+        outbound: dict[int | str, tuple[listeners.OutboundPort, listener_pb2.Listener]] = {}
+        for name, port in wanted.items():
+            prev = old.outbound.get(name) if old is not None else None
+            if prev is None or prev[0] != port or port.source_dependent:
+                prev = (port, capture.outbound(name.rpartition("_")[0], port, labels, proxy.namespace))
+            outbound[name] = prev
+        return outbound
+
+    def _own_row(self, svc: MeshService, number: int) -> listeners.OutboundPort:
+        """What the ``<address>_<port>`` listener of one TCP/TLS service does: its cluster and
+        its VirtualService tcp/tls routes (kept while the service shapes and the VirtualService are)."""
+        if self._ports_of[0] != self._shapes_epoch:  # (endpoints alone change no row)
+            services = self._registry.services
+            self._ports_of = (self._shapes_epoch, {h: tuple(p.number for p in s.shape.ports)
+                                                   for h, s in services.items()})
+            self._own_rows = {}
+        vs = self._vs_index.lookup(svc.host, svc.shape.namespace)
+        hit = self._own_rows.get(svc.host)
+        if hit is None or hit[1] is not vs:
+            table, _ = listeners.outbound_ports([svc], self._vs_index.lookup, self._ports_of[1])  # (errors: the stage's)
+            hit = self._own_rows[svc.host] = (svc, vs, table)
+        return hit[2][number]
+
+
+_INBOUND_PASSTHROUGH = clusters.inbound_passthrough(capture.INBOUND_PASSTHROUGH, capture.PASSTHROUGH_BIND)
+_VIRTUAL_OUTBOUND = {mode: capture.virtual_outbound(mode) for mode in scope.UNSCOPED}
+
+
+def _same_layer(old: api.Layer | None, key: object, named: list[tuple[str, Message]]) -> api.Layer:
+    """A layer of ``named`` (sorted by name), or ``old`` when it holds the very same protos."""
+    if old is not None and len(old.resources) == len(named) and all(
+            old.resources.get(n) is m for n, m in named):
+        return old
+    return _layer(key, sorted(named, key=lambda n: n[0]))
 
 
 def _on_ports(svc: MeshService, seen: scope.Scope) -> MeshService:

@@ -304,3 +304,32 @@ def test_policies_apply_to_sidecar_ingress_listeners_of_a_workload_no_service_se
     out = t.for_proxy(Proxy(id="lonely", ip="10.97.7.7", namespace="a", labels={"app": "lonely"}))
     (listener,) = [lst for layer in out[api.LISTENER] for n, lst in layer.resources.items() if n.startswith("inbound|")]
     assert "envoy.filters.http.rbac" in str(listener)
+
+
+def test_a_captured_proxys_catch_all_follows_the_mesh_mode_and_file_mode_proxies_keep_their_listeners() -> None:
+    """15001's catch-all is the proxy's outboundTrafficPolicy: a MeshConfig change alone (the
+    same port table) rebuilds it; a proxy without capture keeps its per-IP listeners."""
+    world = world_of(_mesh())
+    t = Translator()
+    t.update(world)
+    captured = Proxy(id="c", ip="10.97.0.1", namespace="a", labels={"app": "s0"}, capture=True)
+
+    def catch_all() -> str:
+        (layer,) = t.for_proxy(captured)[api.LISTENER]
+        chain = layer.resources["virtualOutbound"].filter_chains[-1]  # type: ignore[attr-defined]
+        return str(chain.filters[0].typed_config.value)
+
+    names = _names(t.for_proxy(captured), api.LISTENER)
+    assert {"virtualOutbound", "virtualInbound", "0.0.0.0_8081"} <= names
+    assert not any(n.startswith("10.97.0.1") or n.startswith("inbound|") for n in names)
+    assert "PassthroughCluster" in catch_all()
+    passthrough = next(layer.resources["PassthroughCluster"] for layer in t.for_proxy(captured)[api.CLUSTER]
+                       if "PassthroughCluster" in layer.resources)
+    assert not passthrough.HasField("original_dst_lb_config")  # type: ignore[attr-defined]  # the socket's destination
+    mesh = parse_resource({"apiVersion": "meshpilot.io/v1alpha1", "kind": "MeshConfig",
+                           "metadata": {"name": "mesh", "namespace": "istio-system"},
+                           "spec": {"outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}})
+    t.update(_evolve(world, mesh))
+    assert "BlackHoleCluster" in catch_all()
+    plain = _names(t.for_proxy(Proxy(id="p", ip="10.97.0.1", namespace="a", labels={"app": "s0"})), api.LISTENER)
+    assert "10.97.0.1_8081" in plain and "inbound|10.97.0.1_8080" in plain and "virtualOutbound" not in plain

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from types import MappingProxyType
+from typing import Any
 
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from translate_cases import load_case, world_of
 
 from translators import Translator, api
-from translators.model import EndpointSlice, Resource, VirtualService
+from translators.model import EndpointSlice, Resource, VirtualService, parse_resource
 from translators.model.world import Proxy, World
 
 
@@ -238,3 +240,40 @@ def test_virtual_service_export_to_gives_namespaces_their_own_view() -> None:
     del resources[world.get(VirtualService, "team-a", "ratings-team-a").key]  # type: ignore[union-attr]
     t.update(world.evolve(MappingProxyType(resources)))
     assert routes_of("team-a")["ratings"] == ["public"]
+
+
+def test_a_captured_proxys_listeners_follow_tcp_routes_and_addresses_and_keep_what_did_not_change() -> None:
+    """mysql and mariadb share 3306, so mysql's tcp routes are not in the shared port table:
+    its <clusterIP>_3306 listener still follows them, and a new ClusterIP moves mariadb's;
+    every other listener stays the same object."""
+    t, world, proxy = _setup("capture_listeners")
+
+    def listeners() -> dict[str, Any]:
+        (layer,) = t.for_proxy(proxy)[api.LISTENER]
+        return dict(layer.resources)
+
+    def weights(listener: Any) -> list[int]:
+        proxy_config = tcp_proxy_pb2.TcpProxy()
+        listener.filter_chains[-1].filters[-1].typed_config.Unpack(proxy_config)
+        return [c.weight for c in proxy_config.weighted_clusters.clusters]
+
+    before = listeners()
+    assert weights(before["10.96.0.12_3306"]) == [20, 80]
+    vs = parse_resource({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                         "metadata": {"name": "mysql", "namespace": "default"},
+                         "spec": {"hosts": ["mysql"], "tcp": [{"route": [
+                             {"destination": {"host": "mariadb"}, "weight": 50},
+                             {"destination": {"host": "mysql"}, "weight": 50}]}]}}, "vs.yaml")
+    world = _evolve(world, vs)
+    t.update(world)
+    after = listeners()
+    assert weights(after["10.96.0.12_3306"]) == [50, 50]
+    assert [n for n in after if after[n] is not before[n]] == ["10.96.0.12_3306"]
+
+    mariadb = parse_resource({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "mariadb", "namespace": "default"},
+                              "spec": {"clusterIP": "10.96.0.99", "selector": {"app": "mariadb"},
+                                       "ports": [{"name": "tcp", "port": 3306}]}}, "svc.yaml")
+    t.update(_evolve(world, mariadb))
+    moved = listeners()
+    assert "10.96.0.99_3306" in moved and "10.96.0.13_3306" not in moved
+    assert moved["virtualInbound"] is before["virtualInbound"] and moved["0.0.0.0_9080"] is before["0.0.0.0_9080"]

@@ -13,12 +13,16 @@ from typing import Any
 
 import pytest
 import yaml
+from envoy.config.core.v3.base_pb2 import Node
+from google.protobuf import json_format
 from harness import validate_bootstrap
+from harness.pods import container_args
 
 from ca import CertificateAuthority
 from xds_server.admission import inject
 from xds_server.admission.inject import InjectConfig, InjectionError, decide, inject_object, inject_pod
 from xds_server.app.cli import main
+from xds_server.app.node import NodeError, proxy_from_node
 from xds_server.local.bootstrap import build_bootstrap, read_downward_labels
 from xds_server.xds.tokenreview import ReviewFailed, TokenReviewer, identity_from_status
 
@@ -264,18 +268,16 @@ def test_envoy_validates_the_injected_bootstrap(envoy_binary: str, tmp_path: Pat
     files = {inject.TOKEN_FILE: "header.payload.sig", f"{inject.PODINFO_DIR}/labels": 'app="p"\n'}
     env = {"POD_IP": "10.244.1.5", "POD_NAME": "p-1", "POD_NAMESPACE": "shop", "SERVICE_ACCOUNT": "web"}
     monkeypatch.setenv(inject.ROOT_ENV, root.decode())
-    args = []
-    for arg in boot["args"]:
-        for var, value in env.items():
-            arg = arg.replace(f"$({var})", value)
-        if arg in files:
-            path = tmp_path / Path(arg).name
-            path.write_text(files[arg])
-            arg = str(path)
-        args.append(str(tmp_path / "envoy.json") if arg == inject.BOOTSTRAP_FILE else arg)
-    assert main(args) == 0
+    paths = {inject.BOOTSTRAP_FILE: tmp_path / "envoy.json"}
+    for name, text in files.items():
+        paths[name] = tmp_path / Path(name).name
+        paths[name].write_text(text)
+    assert main(container_args(boot["args"], env, paths)) == 0
     config = json.loads((tmp_path / "envoy.json").read_text())
     assert config["node"]["metadata"]["SERVICE_ACCOUNT"] == "web"
+    # Its traffic is captured: meshpilot gives it the virtual listeners 15001/15006.
+    assert config["node"]["metadata"]["INTERCEPTION_MODE"] == "REDIRECT"
+    assert proxy_from_node(json_format.ParseDict(config["node"], Node(), ignore_unknown_fields=True)).capture
     assert config["node"]["metadata"]["LABELS"] == {"app": "p"}
     assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
     assert config["dynamic_resources"]["ads_config"]["grpc_services"][0]["initial_metadata"] == [
@@ -284,6 +286,15 @@ def test_envoy_validates_the_injected_bootstrap(envoy_binary: str, tmp_path: Pat
     assert result.returncode == 0, result.stdout + result.stderr
     plain = build_bootstrap(xds_address="127.0.0.1:1", proxy_ip="127.0.0.9")
     assert "listeners" not in plain["static_resources"]  # only with --health-port
+    assert "INTERCEPTION_MODE" not in plain["node"]["metadata"]  # file mode: no capture
+    assert not proxy_from_node(json_format.ParseDict(plain["node"], Node(), ignore_unknown_fields=True)).capture
+
+
+def test_a_node_with_an_unsupported_interception_mode_is_refused() -> None:
+    node = Node(id="sidecar~10.0.0.1~p.shop~shop.svc.cluster.local")
+    node.metadata.update({"INTERCEPTION_MODE": "TPROXY"})
+    with pytest.raises(NodeError, match="INTERCEPTION_MODE must be REDIRECT or NONE, not 'TPROXY'"):
+        proxy_from_node(node)
 
 
 # ---------------------------------------------------------------- reading a TokenReview

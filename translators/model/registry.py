@@ -75,7 +75,7 @@ class ServiceShape:
     mesh_external: bool = False
     #: A ServiceEntry's ``subjectAltNames``: SANs a client accepts besides the accounts'.
     subject_alt_names: tuple[str, ...] = ()
-    #: A ServiceEntry's ``addresses`` (IPs or CIDRs), as written.
+    #: A ServiceEntry's ``addresses`` (IPs or CIDRs), as written; a Service's ClusterIP.
     addresses: tuple[str, ...] = ()
 
 
@@ -190,7 +190,10 @@ def _kube_service(inputs: tuple) -> MeshService:
     selector = _labels(svc.spec.selector) if svc.spec.selector else None
     accounts = tuple(sorted({p.spec.serviceAccountName for p in pods if isinstance(p, Pod)}))
     export_to = export_scope(svc.metadata.annotations.get(EXPORT_TO_ANNOTATION, "").split(","), ns)
-    shape = ServiceShape(kube_host(name, ns), ns, name, True, ports, "EDS", selector, accounts, export_to)
+    # The ClusterIP (not "None": headless): captured TCP to it is told apart by address.
+    vip = svc.spec.clusterIP if svc.spec.clusterIP and svc.spec.clusterIP != "None" else ""
+    shape = ServiceShape(kube_host(name, ns), ns, name, True, ports, "EDS", selector, accounts, export_to,
+                         addresses=(vip,) if vip else ())
     return MeshService(shape, tuple(eps), svc)
 
 

@@ -70,9 +70,13 @@ class Proxy:
     generator: Generator = "envoy"
     #: region/zone/subzone (Envoy's node.locality): for locality load balancing.
     locality: str = ""
+    #: Its pod's traffic is captured by iptables (node metadata INTERCEPTION_MODE=REDIRECT,
+    #: as an injected pod's bootstrap says): it gets Istio's virtual listeners 15001/15006
+    #: instead of listeners bound to its IP.
+    capture: bool = False
 
     @cached_property  # asked several times per proxy per push; the dataclass is frozen
-    def key(self) -> tuple[str, str, str, tuple[tuple[str, str], ...], bool, str, str]:
+    def key(self) -> tuple[str, str, str, tuple[tuple[str, str], ...], bool, str, str, bool]:
         """What translation of this proxy depends on (two proxies with one key get one config)."""
         return (self.role, self.ip, self.namespace, tuple(sorted(self.labels.items())), bool(self.identity),
-                self.generator, self.locality)
+                self.generator, self.locality, self.capture)

@@ -12,7 +12,8 @@ What an injected Pod gains (names as Istio's where tools look for them):
   into a shared emptyDir from the pod's own identity (downward API: name, namespace, IP,
   service account; labels from a downwardAPI volume) and its projected service-account
   token (audience ``istio-ca``), which meshpilot checks with a TokenReview before it serves
-  the pod a certificate;
+  the pod a certificate; ``--capture`` tells meshpilot to give it the 15001/15006
+  listeners the iptables rules need;
 * container ``istio-proxy``: the official Envoy image, uid 1337, readiness on the
   bootstrap's health listener (``:15021/healthz/ready``, the admin's ``/ready``);
 * annotation ``sidecar.istio.io/status``: what was added. A Pod carrying it is never
@@ -31,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from translators import capture
 from xds_server.local.envoy_binary import ENVOY_VERSION
 
 # ---------------------------------------------------------------- names
@@ -62,8 +64,9 @@ TOKEN_AUDIENCE = "istio-ca"
 ROOT_ENV = "MESHPILOT_XDS_ROOT_PEM"
 
 PROXY_UID = 1337
-INBOUND_CAPTURE_PORT = 15006
-OUTBOUND_CAPTURE_PORT = 15001
+#: Where the rules send captured traffic: the virtual listeners meshpilot serves there.
+INBOUND_CAPTURE_PORT = capture.INBOUND_PORT
+OUTBOUND_CAPTURE_PORT = capture.OUTBOUND_PORT
 ADMIN_PORT = 15000
 HEALTH_PORT = 15021
 #: Never captured inbound: the proxy's own ports (Istio's list, less the agent's).
@@ -302,6 +305,8 @@ def _bootstrap_container(config: InjectConfig) -> dict[str, Any]:
         "--admin-address", "127.0.0.1", "--admin-port", str(ADMIN_PORT),
         "--health-port", str(HEALTH_PORT),
         "--no-bind-source",
+        # The istio-init rules send the pod's traffic to 15001/15006: Istio's virtual listeners.
+        "--capture",
         "--output", BOOTSTRAP_FILE,
     ]
     return {

@@ -1,8 +1,10 @@
 """Who is on the other end of a stream: the Envoy node, read the way Istio writes it.
 
 ``node.id`` is ``<type>~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local`` and
-``node.metadata`` carries NAMESPACE, LABELS, SERVICE_ACCOUNT, INSTANCE_IPS and NAME, and
-GENERATOR=grpc for proxyless gRPC applications (their own xDS client, not Envoy).
+``node.metadata`` carries NAMESPACE, LABELS, SERVICE_ACCOUNT, INSTANCE_IPS and NAME,
+GENERATOR=grpc for proxyless gRPC applications (their own xDS client, not Envoy), and
+INTERCEPTION_MODE=REDIRECT for a sidecar whose pod's traffic iptables captures (NONE, or
+absent: no capture).
 Metadata wins over what the id says; the id fills the gaps.
 """
 
@@ -40,6 +42,10 @@ def proxy_from_node(node: Node) -> Proxy:
     generator = str(meta.get("GENERATOR") or "envoy")
     if generator not in ("envoy", "grpc"):
         raise NodeError(f"node {node.id}: metadata GENERATOR must be grpc (or absent, for Envoy), not {generator!r}")
+    interception = str(meta.get("INTERCEPTION_MODE") or "NONE")
+    if interception not in ("REDIRECT", "NONE"):
+        raise NodeError(f"node {node.id}: metadata INTERCEPTION_MODE must be REDIRECT or NONE, not {interception!r}"
+                        " (TPROXY is not supported)")
     labels = meta.get("LABELS") or {}
     if not isinstance(labels, dict):
         raise NodeError(f"node {node.id}: metadata LABELS must be an object of strings")
@@ -53,6 +59,7 @@ def proxy_from_node(node: Node) -> Proxy:
         pod_name=str(meta.get("NAME") or id_pod),
         generator=generator,  # type: ignore[arg-type]
         locality="/".join((node.locality.region, node.locality.zone, node.locality.sub_zone)).rstrip("/"),
+        capture=interception == "REDIRECT" and role == "sidecar",
     )
 
 

@@ -6,10 +6,13 @@ The node is written the way Istio writes it, so the server reads it back the sam
     id        <sidecar|router>~<ip>~<pod>.<ns>~<ns>.svc.cluster.local
     cluster   <app label or pod>.<ns>
     metadata  NAMESPACE, LABELS, SERVICE_ACCOUNT, INSTANCE_IPS, NAME, MESHPILOT_ROLE
+              (and INTERCEPTION_MODE=REDIRECT with ``--capture``)
 
 Everything else comes over ADS. Without traffic capture each proxy owns one IP: its
 listeners bind there, its admin listens there and its connection to meshpilot leaves
-from there, so one machine can host many proxies on 127.0.0.0/8.
+from there, so one machine can host many proxies on 127.0.0.0/8. With ``--capture`` (an
+injected pod, whose iptables send its traffic to 15001 and 15006) it gets Istio's
+virtual listeners instead (translators/listeners.py).
 
 Two ways to reach meshpilot:
 
@@ -193,8 +196,11 @@ def build_bootstrap(
     xds_tls: XdsTls | None = None,
     locality: str = "",
     health_port: int | None = None,
+    capture: bool = False,
 ) -> dict[str, Any]:
     """The bootstrap as a JSON-ready dict. Raises ``ValueError`` on bad input.
+
+    ``capture``: the pod's traffic is captured by iptables (INTERCEPTION_MODE=REDIRECT).
 
     With ``xds_tls``, ``xds_address`` is meshpilot's TLS port: the connection verifies the
     server against ``xds_tls.root_pem`` and every stream carries ``xds_tls.token``."""
@@ -230,6 +236,7 @@ def build_bootstrap(
                 "INSTANCE_IPS": proxy_ip,
                 "NAME": pod,
                 "MESHPILOT_ROLE": role,
+                **({"INTERCEPTION_MODE": "REDIRECT"} if capture else {}),
             },
             **({"locality": dict(zip(("region", "zone", "sub_zone"), parse_locality(locality), strict=True))}
                if locality else {}),
@@ -322,6 +329,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="workload labels in the downward API's format (key=\"value\" lines), added to --label")
     parser.add_argument("--health-port", type=int, metavar="PORT",
                         help="also listen on PROXY_IP:PORT for GET /healthz/ready (the admin's /ready), for a kubelet")
+    parser.add_argument("--capture", action="store_true",
+                        help="the pod's traffic is captured by iptables to 15001/15006 (as `meshpilot kube-inject` "
+                        "sets up): node metadata INTERCEPTION_MODE=REDIRECT, the proxy gets Istio's virtual listeners")
     parser.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
     parser.add_argument("--format", choices=("envoy", "grpc"), default="envoy",
                         help="envoy: an Envoy bootstrap (default); grpc: the xDS bootstrap of a proxyless gRPC "
@@ -413,6 +423,7 @@ def run(args: argparse.Namespace) -> int:
             bind_source=args.bind_source,
             xds_tls=tls,
             health_port=getattr(args, "health_port", None),
+            capture=getattr(args, "capture", False),
         )
     except (ValueError, CAError, OSError) as e:
         print(f"meshpilot bootstrap: {e}", file=sys.stderr)
