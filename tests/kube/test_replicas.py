@@ -109,6 +109,12 @@ def test_one_root_made_once_and_shared(replicas: Replicas) -> None:
         assert described["fingerprint"] == fingerprint(root)[:16], server
         assert (server.ca_state / "root-ca.pem").read_bytes() == base64.b64decode(secret["data"]["root-ca.pem"])
 
+    # Stopped gracefully, the leader gives the Lease up rather than let it run out.
+    leader = replicas.servers[views.index(leaders[0])]
+    leader.stop()
+    assert '"event": "released the lease"' in leader.log_path.read_text()
+    assert replicas.lease()["holderIdentity"] in ("", views[1 - views.index(leaders[0])]["identity"])
+
 
 # ---------------------------------------------------------------- traffic through a SIGKILL
 
