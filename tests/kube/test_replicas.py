@@ -317,3 +317,31 @@ def _seconds_between(a: str, b: str) -> float:
 
     return (datetime.fromisoformat(b.replace("Z", "+00:00")) - datetime.fromisoformat(a.replace("Z", "+00:00"))
             ).total_seconds()
+
+
+def test_a_root_rotated_in_the_secret_reaches_every_replica(replicas: Replicas, tmp_path: Path) -> None:
+    """An operator rotates the root in the Secret (here: `meshpilot ca rotate-root` on a copy of
+    its files): each replica's watch mirrors it, and each signs with the new root while still
+    trusting the old one."""
+    import shutil
+
+    from ca import CertificateAuthority
+    from xds_server.app.ca_secret import FILES
+
+    old = replicas.root()
+    copy = tmp_path / "rotated"
+    shutil.copytree(replicas.servers[0].ca_state, copy, ignore=shutil.ignore_patterns(".lock", ".*.tmp"))
+    new = CertificateAuthority.load_or_create(copy).rotate_root()
+    data = {name: base64.b64encode((copy / name).read_bytes()).decode() for name in FILES if (copy / name).exists()}
+    replicas.cluster.apply({"apiVersion": "v1", "kind": "Secret", "type": SECRET_TYPE,
+                            "metadata": {"name": SECRET, "namespace": replicas.ns}, "data": data})
+
+    def rotated(server: MeshpilotServer) -> None:
+        ca = server.get("/debug/ca")[1]["ca"]
+        assert ca["signer"]["id"] == fingerprint(new)[:16], ca
+        assert [r["fingerprint"] for r in ca["roots"]] == [fingerprint(new)[:16], fingerprint(old)[:16]], ca
+        assert ca["roots"][1]["retired_until"], ca
+
+    for server in replicas.servers:
+        eventually(lambda s=server: rotated(s), timeout=30, message=f"{server.name} signs with the new root")
+    assert len(replicas.root_secrets()) == 1 and fingerprint(replicas.root()) == fingerprint(new)
