@@ -8,7 +8,8 @@ connected to is SIGKILLed: no request fails, every proxy resyncs with the surviv
 each type at its /debug/syncz) and every certificate Envoy holds chains to the one root.
 Then the Lease: the leader is killed and the survivor takes it over, never before the
 dead holder's lease has run out; and a deleted root Secret is written back by the new
-leader with the same root.
+leader with the same root. A root rotated in the Secret reaches both replicas; with the API
+server down both keep their root and neither leads, and one leads again once it is back.
 """
 
 from __future__ import annotations
@@ -345,3 +346,24 @@ def test_a_root_rotated_in_the_secret_reaches_every_replica(replicas: Replicas, 
     for server in replicas.servers:
         eventually(lambda s=server: rotated(s), timeout=30, message=f"{server.name} signs with the new root")
     assert len(replicas.root_secrets()) == 1 and fingerprint(replicas.root()) == fingerprint(new)
+
+
+def test_while_the_api_server_is_down_replicas_keep_their_root_and_nobody_leads(replicas: Replicas) -> None:
+    r = replicas
+    root = fingerprint(r.root())[:16]
+    assert r.cluster.apiserver is not None
+    r.cluster.apiserver.stop(10)
+    try:
+        # Past the renew deadline the leader stops leading: nobody may write meanwhile.
+        eventually(lambda: not any(r.leader_view(s)["leader"] for s in r.servers), timeout=LEASE_SECONDS * 5,
+                   interval=0.2, message="no replica leads without the API server")
+        for server in r.servers:
+            assert server.alive, server.log_tail()
+            (described,) = server.get("/debug/ca")[1]["ca"]["roots"]
+            assert described["fingerprint"] == root
+            assert r.leader_view(server)["last_error"], "the failed rounds are shown"
+    finally:
+        r.cluster.start_apiserver()
+    eventually(lambda: sum(r.leader_view(s)["leader"] for s in r.servers) == 1, timeout=LEASE_SECONDS * 10,
+               interval=0.2, message="one replica leads again")
+    assert len(r.root_secrets()) == 1 and fingerprint(r.root())[:16] == root

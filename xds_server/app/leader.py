@@ -99,6 +99,7 @@ class LeaseElector:
                     return self._lost()
                 raise
             return self._won(0)
+        self.last_error = ""  # the API server answered
         spec = lease.spec or client.V1LeaseSpec()
         holder = spec.holder_identity or ""
         record = (holder, spec.renew_time, spec.acquire_time, spec.lease_transitions)
