@@ -139,6 +139,7 @@ def test_helm_install_creates_the_chart(installed: KubeCluster) -> None:
     notes = cluster.helm("get", "notes", "meshpilot", "-n", NS).stdout
     assert "kubectl -n istio-system rollout status deployment/meshpilot" in notes
     assert "meshpilot.istio-system.svc:15010" in notes and "meshpilot.istio-system.svc:15012" in notes
+    assert "the CA root Secret meshpilot-ca" in " ".join(notes.split())
     crds = {c["metadata"]["name"] for c in cluster.get("crds", "-l", "app.kubernetes.io/part-of=meshpilot")["items"]}
     assert {"virtualservices.networking.istio.io", "peerauthentications.security.istio.io",
             "authorizationpolicies.security.istio.io", "requestauthentications.security.istio.io"} <= crds
