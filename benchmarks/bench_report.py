@@ -197,6 +197,17 @@ def table(r: dict[str, Any]) -> str:
                 f"control plane GC pauses p50 {ms(p['server_gc_s']['p50'])}")
         if p.get("push_bytes"):
             row("Push: bytes sent per change", f"{size(p['push_bytes'])} ({size(p['push_bytes'] / k)} per client)")
+    ki = r.get("kube_inject")
+    if ki:
+        def msv(v: float | None) -> str:
+            return "n/a" if v is None else f"{v:.1f} ms"
+
+        row(f"Sidecar injection: {ki['pods']} Pods created through the real API server and webhook "
+            f"({ki['concurrency']} at once; `bench_kube.py --inject-pods`)",
+            f"webhook p99 **{msv(ki['meshpilot_inject_p99_ms'])}** (p50 {msv(ki['meshpilot_inject_p50_ms'])}) "
+            f"in meshpilot; p99 {msv(ki['apiserver_webhook_p99_ms'])} as the API server waited; Pod create p99 "
+            f"{msv(ki['inject_p99_ms'])} injected, {msv(ki['plain_p99_ms'])} without the webhook; "
+            f"{ki['injected']} of {ki['pods']} injected")
     row("Whole benchmark", ms(r["elapsed_s"]))
 
     width = max(len(n) for n, _ in rows)

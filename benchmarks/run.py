@@ -1,6 +1,7 @@
 """meshpilot benchmark: cold translation, config size, one-resource changes, push latency.
 
-    python benchmarks/run.py [--services 1000] [--clients 1000] [--changes 5] [--scoped-proxies 1000] [--json]
+    python benchmarks/run.py [--services 1000] [--clients 1000] [--changes 5] [--scoped-proxies 1000]
+                             [--kube-inject-pods 1000] [--json]
 
 1. N services written as a user would (Service, 2 Pods, VirtualService, DestinationRule),
    parsed by ``xds_server.sources.parse.parse_text`` into a World.
@@ -16,7 +17,9 @@
    window of 20 services, proxies spread over the windows): config bytes per proxy, and
    push fan-out (how many of the K proxies a change reaches) for a VirtualService and a
    Pod IP change; in-process, through ``Pipeline.apply`` with K watches, after the rest.
-7. A markdown table (and ``--json``).
+7. With ``--kube-inject-pods N``: sidecar injection of N Pods through the real API server
+   and meshpilot's webhook (``bench_kube.py``), webhook p50/p99.
+8. A markdown table (and ``--json``).
 """
 
 from __future__ import annotations
@@ -509,6 +512,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.scoped_proxies > 0:  # last: its Sidecars and proxies do not weigh on the rows above
         with profiler.phase("scoped"):
             bench.scoped()
+    if args.kube_inject_pods > 0:  # a cluster and a meshpilot process of its own
+        import bench_kube
+
+        kube_args = argparse.Namespace(services=0, clients=0, inject_pods=args.kube_inject_pods)
+        bench.r["kube_inject"] = (await asyncio.to_thread(bench_kube.measure, kube_args))["inject"]
     bench.r["elapsed_s"] = time.monotonic() - started
     return bench.r
 
@@ -523,6 +531,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-channel", type=int, default=100, help="client streams per gRPC channel (default 100)")
     p.add_argument("--ramp", type=int, default=200, metavar="N",
                    help="at most N clients connecting (not yet synced) at once; 0: all at once (default 200)")
+    p.add_argument("--kube-inject-pods", type=int, default=0, metavar="N",
+                   help="also create N Pods through the real API server with meshpilot's injection webhook "
+                   "(bench_kube.py --inject-pods; as root, starts the test cluster of tests/kube); default 0: skip")
     p.add_argument("--json", action="store_true", help="also print the results as JSON (after the table)")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="cProfile each phase of the control plane into DIR/<phase>.pstats (slows it down)")

@@ -77,7 +77,22 @@ def test_defaults_gateway_and_delta() -> None:
     assert b["admin"]["address"]["socket_address"]["port_value"] == 19000
 
 
+def test_replica_addresses_are_more_endpoints_of_the_xds_cluster() -> None:
+    b = _cli("--xds-address", "127.0.0.2:15010", "--xds-replica-address", "127.0.0.3:15010",
+             "--xds-replica-address", "127.0.0.4:15011", "--proxy-ip", "127.0.10.3", "--namespace", "default")
+    (xds,) = b["static_resources"]["clusters"]
+    (locality,) = xds["load_assignment"]["endpoints"]
+    assert [e["endpoint"]["address"]["socket_address"] for e in locality["lb_endpoints"]] == [
+        {"address": "127.0.0.2", "port_value": 15010}, {"address": "127.0.0.3", "port_value": 15010},
+        {"address": "127.0.0.4", "port_value": 15011}]
+    assert xds["type"] == "STATIC"
+    with pytest.raises(ValueError, match="all IPs or all DNS names"):
+        build_bootstrap(xds_address="127.0.0.2:15010", xds_replicas=["meshpilot.example:15010"],
+                        proxy_ip="127.0.0.5")
+
+
 @pytest.mark.parametrize("bad", [
+    {"xds_replicas": ["127.0.0.3"]},
     {"proxy_ip": "not-an-ip"},
     {"xds_address": "no-port"},
     {"xds_address": "127.0.0.1:99999"},

@@ -528,15 +528,15 @@ def pod_manifest(name: str, namespace: str, labels: dict[str, str], ports: Seque
     }
 
 
-def kube_meshpilot(kubeconfig: Path, *, workdir: Path, extra_args: tuple[str, ...] = (), name: str = "meshpilot"
-                   ) -> Any:
+def kube_meshpilot(kubeconfig: Path, *, workdir: Path, extra_args: tuple[str, ...] = (), name: str = "meshpilot",
+                   host: str = "127.0.0.1") -> Any:
     """A ``MeshpilotServer`` running ``meshpilot serve --kubeconfig FILE`` instead of ``--config-dir``.
 
     Start it from a thread inside the cluster's namespace (``KubeCluster.entered()``).
     """
     from harness.meshpilot import MeshpilotServer
 
-    server = MeshpilotServer(kubeconfig, workdir=workdir, extra_args=extra_args, name=name)
+    server = MeshpilotServer(kubeconfig, workdir=workdir, extra_args=extra_args, name=name, host=host)
     argv = server._child.argv
     at = argv.index("--config-dir")
     argv[at : at + 2] = ["--kubeconfig", str(kubeconfig)]

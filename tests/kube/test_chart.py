@@ -66,7 +66,8 @@ def test_rendered_chart_matches_the_golden_file(helm: Any) -> None:
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(text)
     assert text == GOLDEN.read_text(), "helm template output changed (UPDATE_GOLDEN=1 regenerates the golden file)"
-    assert set(documents(text)) == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment"}
+    assert set(documents(text)) == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+                                    "Service", "Deployment"}
 
 
 def test_the_container_runs_meshpilot_serve_in_cluster_on_the_service_ports(helm: Any) -> None:
@@ -120,6 +121,35 @@ def test_the_cluster_role_reads_exactly_what_the_source_watches(helm: Any) -> No
     assert granted == {(k.group, k.plural) for k in WATCHED}
     binding = docs["ClusterRoleBinding"]
     assert binding["roleRef"]["name"] == docs["ClusterRole"]["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "meshpilot", "namespace": "istio-system"}]
+
+
+def test_replicas_share_the_root_secret_and_elect_with_a_lease_in_their_namespace_only(helm: Any) -> None:
+    docs = documents(render(helm))
+    assert docs["Deployment"]["spec"]["replicas"] == 2
+    (container,) = docs["Deployment"]["spec"]["template"]["spec"]["containers"]
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    args = parser.parse_args(container["args"][1:])
+    assert (args.ca_secret, args.ca_secret_namespace, args.leader_elect_lease) == (
+        "meshpilot-ca", "istio-system", "meshpilot-leader")
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
+    role = docs["Role"]
+    assert role["metadata"]["namespace"] == "istio-system"
+    granted = {(g, r, v, tuple(rule.get("resourceNames", ()))) for rule in role["rules"] for g in rule["apiGroups"]
+               for r in rule["resources"] for v in rule["verbs"]}
+    assert granted == {
+        ("coordination.k8s.io", "leases", "get", ("meshpilot-leader",)),
+        ("coordination.k8s.io", "leases", "update", ("meshpilot-leader",)),
+        ("coordination.k8s.io", "leases", "create", ()),  # create cannot be limited to a name
+        ("", "secrets", "get", ("meshpilot-ca",)),
+        ("", "secrets", "list", ("meshpilot-ca",)),
+        ("", "secrets", "watch", ("meshpilot-ca",)),
+        ("", "secrets", "create", ()),
+    }
+    binding = docs["RoleBinding"]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "meshpilot", "namespace": "istio-system"}]
 
 

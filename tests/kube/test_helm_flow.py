@@ -79,10 +79,17 @@ def as_meshpilot(cluster: KubeCluster, kubeconfig: Path, *args: str) -> subproce
                check=False)
 
 
+def the_pods(cluster: KubeCluster) -> list[dict[str, Any]]:
+    """The Pods of the chart's Deployment (two replicas by default), by name."""
+    pods = cluster.get("pods", "-n", NS, "-l", "app.kubernetes.io/name=meshpilot")["items"]
+    return sorted(pods, key=lambda p: str(p["metadata"]["name"]))
+
+
 def the_pod(cluster: KubeCluster) -> dict[str, Any]:
-    """The one Pod of the chart's Deployment."""
-    (pod,) = cluster.get("pods", "-n", NS, "-l", "app.kubernetes.io/name=meshpilot")["items"]
-    return dict(pod)
+    """The first Pod of the chart's Deployment, once both replicas' Pods exist."""
+    pods = the_pods(cluster)
+    assert len(pods) == 2, [p["metadata"]["name"] for p in pods]
+    return pods[0]
 
 
 def _service(ns: str) -> dict[str, Any]:
@@ -132,6 +139,7 @@ def test_helm_install_creates_the_chart(installed: KubeCluster) -> None:
     notes = cluster.helm("get", "notes", "meshpilot", "-n", NS).stdout
     assert "kubectl -n istio-system rollout status deployment/meshpilot" in notes
     assert "meshpilot.istio-system.svc:15010" in notes and "meshpilot.istio-system.svc:15012" in notes
+    assert "the CA root Secret meshpilot-ca" in " ".join(notes.split())
     crds = {c["metadata"]["name"] for c in cluster.get("crds", "-l", "app.kubernetes.io/part-of=meshpilot")["items"]}
     assert {"virtualservices.networking.istio.io", "peerauthentications.security.istio.io",
             "authorizationpolicies.security.istio.io", "requestauthentications.security.istio.io"} <= crds
@@ -150,7 +158,8 @@ def test_serve_with_the_service_accounts_token_is_ready_and_sees_applied_config(
     request: pytest.FixtureRequest, installed: KubeCluster, sa_kubeconfig: Path, kube_namespace: str,
     tmp_path: Path,
 ) -> None:
-    server = kube_meshpilot(sa_kubeconfig, workdir=tmp_path)
+    # Its CA root Secret and Lease in the chart's namespace, where its Role lets it write them.
+    server = kube_meshpilot(sa_kubeconfig, workdir=tmp_path, extra_args=("--ca-secret-namespace", NS))
     track(request, server)
     try:
         server.start(timeout=60)  # /healthz 200: every kind listed and watched with the chart's RBAC
@@ -170,9 +179,10 @@ def test_serve_in_cluster_as_in_the_pod(
     argv = server._child.argv
     at = argv.index("--config-dir")
     argv[at : at + 2] = ["--in-cluster"]
-    # A private /run with the token and CA where the kubelet mounts them, then meshpilot unmodified.
+    # A private /run with the token, CA and namespace where the kubelet mounts them, then meshpilot
+    # unmodified (the namespace file places its CA root Secret and Lease).
     mount = (f'mount -t tmpfs -o size=1m tmpfs /run && mkdir -p {SA_DIR} && cp "$1" {SA_DIR}/token '
-             f'&& cp "$2" {SA_DIR}/ca.crt && shift 2 && exec "$@"')
+             f'&& cp "$2" {SA_DIR}/ca.crt && echo -n {NS} > {SA_DIR}/namespace && shift 2 && exec "$@"')
     argv[:0] = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, "sh",
                 str(token), str(installed.pki["ca.crt"])]
     track(request, server)
@@ -210,9 +220,28 @@ def test_the_service_account_has_least_privilege(
     assert (done.stdout.strip(), done.returncode) == (("yes", 0) if allowed else ("no", 1)), done.stderr
 
 
+@pytest.mark.parametrize("verb, resource, allowed", [
+    ("create", "leases.coordination.k8s.io", True),
+    ("get", "leases.coordination.k8s.io/meshpilot-leader", True),
+    ("update", "leases.coordination.k8s.io/meshpilot-leader", True),
+    ("update", "leases.coordination.k8s.io/another", False),
+    ("delete", "leases.coordination.k8s.io/meshpilot-leader", False),
+    ("create", "secrets", True),  # the CA root Secret (create cannot be limited to a name)
+    ("watch", "secrets/meshpilot-ca", True),
+    ("update", "secrets/meshpilot-ca", False),
+    ("delete", "secrets/meshpilot-ca", False),
+    ("patch", "secrets", False),
+])
+def test_in_its_own_namespace_it_writes_only_its_lease_and_root_secret(
+    installed: KubeCluster, sa_kubeconfig: Path, verb: str, resource: str, allowed: bool
+) -> None:
+    done = as_meshpilot(installed, sa_kubeconfig, "auth", "can-i", verb, resource, "-n", NS)
+    assert (done.stdout.strip(), done.returncode) == (("yes", 0) if allowed else ("no", 1)), done.stderr
+
+
 def test_the_token_cannot_write_secrets(installed: KubeCluster, sa_kubeconfig: Path) -> None:
-    # A real request, not only a review: the API server refuses it.
-    done = as_meshpilot(installed, sa_kubeconfig, "create", "secret", "generic", "planted", "-n", NS,
+    # A real request, not only a review: the API server refuses it outside the chart's namespace.
+    done = as_meshpilot(installed, sa_kubeconfig, "create", "secret", "generic", "planted", "-n", "default",
                         "--from-literal=k=v")
     assert done.returncode != 0
     assert 'cannot create resource "secrets"' in done.stderr and "system:serviceaccount:istio-system:meshpilot" in \
@@ -289,7 +318,7 @@ def test_the_users_flow(
     # address, which the API server reaches through the chart's Service once the pod is Ready.
     pod_ip = cluster.pod_ip()
     server = kube_meshpilot(sa_kubeconfig, workdir=tmp_path / "meshpilot", extra_args=(
-        "--webhook-address", f"{pod_ip}:15017", "--webhook-san", f"meshpilot.{NS}.svc"))
+        "--webhook-address", f"{pod_ip}:15017", "--webhook-san", f"meshpilot.{NS}.svc", "--ca-secret-namespace", NS))
     track(request, server)
     server.start(timeout=60)
     try:

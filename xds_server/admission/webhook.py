@@ -12,11 +12,13 @@ import asyncio
 import json
 import ssl
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import structlog
+from prometheus_client import Histogram
 
 from ca import IssuedCertificate
 from xds_server.sources.parse import parse_object
@@ -25,6 +27,13 @@ log = structlog.get_logger("admission")
 
 #: An AdmissionReview is small; refuse anything absurd before reading it.
 MAX_BODY = 3 * 1024 * 1024
+
+WEBHOOK_SECONDS = Histogram(
+    "meshpilot_webhook_seconds",
+    "Admission requests (after the TLS handshake): reading the AdmissionReview to the answer sent, by path",
+    ["path"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
 
 
 def review(body: Any) -> dict[str, Any]:
@@ -81,14 +90,18 @@ class WebhookServer:
             await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        started = time.perf_counter()
+        path: list[str] = []  # set by _answer once the request line is read
         try:
-            status, payload = await asyncio.wait_for(self._answer(reader), timeout=10)
+            status, payload = await asyncio.wait_for(self._answer(reader, path), timeout=10)
             body = (json.dumps(payload) + "\n").encode()
             writer.write(
                 f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
             )
             await writer.drain()
+            WEBHOOK_SECONDS.labels(path[0] if path and path[0] in self.routes else "other").observe(
+                time.perf_counter() - started)
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, asyncio.LimitOverrunError):
             pass
         except Exception:  # a bad request must never take the control plane down
@@ -96,10 +109,11 @@ class WebhookServer:
         finally:
             writer.close()
 
-    async def _answer(self, reader: asyncio.StreamReader) -> tuple[int, Any]:
+    async def _answer(self, reader: asyncio.StreamReader, path: list[str]) -> tuple[int, Any]:
         head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
         method, target, _ = head[0].split(" ", 2)
-        handler = self.routes.get(target.split("?", 1)[0])
+        path.append(target.split("?", 1)[0])
+        handler = self.routes.get(path[0])
         if handler is None:
             return 404, {"error": f"no such path: {target}"}
         if method != "POST":

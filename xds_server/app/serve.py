@@ -20,15 +20,17 @@ from typing import Any
 import grpc
 import structlog
 
-from ca import DEFAULT_WORKLOAD_TTL, CAError, default_state_dir
+from ca import DEFAULT_TRUST_DOMAIN, DEFAULT_WORKLOAD_TTL, CAError, default_state_dir
 from translators.errors import ConfigError
 from translators.model.world import World
 from xds_server.admission import inject
 from xds_server.admission.webhook import WebhookServer, review, ssl_context
+from xds_server.app.ca_secret import DEFAULT_SECRET, CASecret
 from xds_server.app.config_dump import add_credentials, proxy_config
 from xds_server.app.debounce import Debouncer
 from xds_server.app.describe import DescribeError, describe
 from xds_server.app.httpd import HttpServer, Reply, json_reply, text_reply
+from xds_server.app.leader import DEFAULT_LEASE, LEASE_DURATION, RETRY_PERIOD, LeaseElector
 from xds_server.app.mesh_ca import MeshCA, server_names
 from xds_server.app.node import proxy_as_dict
 from xds_server.app.pipeline import Pipeline, full_collection
@@ -40,6 +42,9 @@ from xds_server.xds.status import CONFIG_ERRORS, RESCANS, WATCH_FAILURES, WATCHI
 from xds_server.xds.tokenreview import TokenReviewer, kube_review_call
 
 log = structlog.get_logger("meshpilot")
+
+#: Where a pod's own namespace is mounted (with its ServiceAccount token).
+IN_CLUSTER_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,6 +67,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cacerts", type=Path, default=None, metavar="DIR",
                    help="sign with a plugged-in CA laid out like Istio's cacerts (ca-cert.pem, ca-key.pem, "
                    "cert-chain.pem, root-cert.pem) instead of the self-signed root in --ca-state")
+    p.add_argument("--ca-secret", default=DEFAULT_SECRET, metavar="NAME",
+                   help="Kubernetes mode: the Secret every replica shares the CA root (and token key) through, "
+                   "created once by the elected leader; 'off' keeps the root in --ca-state only "
+                   f"(default {DEFAULT_SECRET})")
+    p.add_argument("--ca-secret-namespace", default=None, metavar="NS",
+                   help="namespace of --ca-secret and the leader Lease (default: the pod's own with --in-cluster, "
+                   "else --namespace)")
+    p.add_argument("--leader-elect-lease", default=DEFAULT_LEASE, metavar="NAME",
+                   help=f"the coordination.k8s.io Lease replicas elect a leader with (default {DEFAULT_LEASE})")
+    p.add_argument("--leader-elect-lease-duration", type=float, default=LEASE_DURATION, metavar="SECONDS",
+                   help="a leader not heard of for this long is replaced (default %(default)g)")
+    p.add_argument("--leader-elect-renew-deadline", type=float, default=None, metavar="SECONDS",
+                   help="a leader that could not renew for this long stops leading (default 2/3 of the duration)")
+    p.add_argument("--leader-elect-retry-period", type=float, default=RETRY_PERIOD, metavar="SECONDS",
+                   help="how often replicas try to take or renew the Lease (default %(default)g)")
     p.add_argument("--workload-cert-ttl", type=float, default=DEFAULT_WORKLOAD_TTL.total_seconds(),
                    metavar="SECONDS", help="lifetime of workload certificates; renewed at half life (default 24 h)")
     p.add_argument("--http-address", default="127.0.0.1:15014", help="health, metrics and debug (HOST:PORT)")
@@ -136,6 +156,23 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def shared_root(args: argparse.Namespace, state_dir: Path) -> tuple[LeaseElector, CASecret]:
+    """The Lease elector and the CA root Secret of ``serve --kubeconfig/--in-cluster``."""
+    namespace = args.ca_secret_namespace
+    if not namespace:
+        pod_ns = Path(IN_CLUSTER_NAMESPACE)
+        namespace = pod_ns.read_text().strip() if getattr(args, "in_cluster", False) and pod_ns.is_file() \
+            else args.namespace
+    api = _api_client(args.kubeconfig, None)
+    try:
+        elector = LeaseElector(api, namespace, args.leader_elect_lease, lease_duration=args.leader_elect_lease_duration,
+                               renew_deadline=args.leader_elect_renew_deadline,
+                               retry_period=args.leader_elect_retry_period)
+    except ValueError as e:
+        raise CAError(f"--leader-elect-*: {e}") from None
+    return elector, CASecret(api, namespace, args.ca_secret, state_dir, elector, trust_domain=DEFAULT_TRUST_DOMAIN)
+
+
 class ControlPlane:
     def __init__(self, args: argparse.Namespace):
         self.args = args
@@ -148,7 +185,14 @@ class ControlPlane:
         self.cache = self.pipeline.cache
         if args.workload_cert_ttl <= 0:
             raise CAError(f"--workload-cert-ttl must be positive, not {args.workload_cert_ttl}")
-        self.mesh_ca = MeshCA(args.ca_state or default_state_dir(), cacerts=args.cacerts,
+        state_dir = args.ca_state or default_state_dir()
+        self.elector: LeaseElector | None = None
+        self.ca_secret: CASecret | None = None
+        if isinstance(self.source, KubernetesSource) and args.cacerts is None and args.ca_secret != "off":
+            # Before any serving: the root every replica signs with comes from the shared Secret.
+            self.elector, self.ca_secret = shared_root(args, state_dir)
+            self.ca_secret.ensure()
+        self.mesh_ca = MeshCA(state_dir, cacerts=args.cacerts,
                               workload_ttl=timedelta(seconds=args.workload_cert_ttl))
         if isinstance(self.source, KubernetesSource):
             # Pods prove who they are with their service-account token, checked by the API server.
@@ -184,6 +228,7 @@ class ControlPlane:
                 "/debug/describe": self.debug_describe,
                 "/debug/world": self.debug_world,
                 "/debug/ca": self.debug_ca,
+                "/debug/leader": self.debug_leader,
                 "/version": self.version,
             }
         )
@@ -194,6 +239,8 @@ class ControlPlane:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         tasks = [
+            *([asyncio.create_task(self.elector.run(), name="leader-election")] if self.elector else []),
+            *([asyncio.create_task(self.ca_secret.follow(), name="ca-secret")] if self.ca_secret else []),
             asyncio.create_task(self.debouncer.run(), name="debouncer"),
             asyncio.create_task(self.watch(), name="watcher"),
             asyncio.create_task(self.collect_when_quiet(), name="collector"),
@@ -419,6 +466,13 @@ class ControlPlane:
     def debug_ca(self, _q: dict[str, list[str]]) -> Reply:
         """The CA, the xDS serving certificate and each identity's certificate: names and dates only."""
         return json_reply(self.mesh_ca.describe())
+
+    def debug_leader(self, _q: dict[str, list[str]]) -> Reply:
+        """Kubernetes mode: this replica's view of the leader Lease and of the CA root Secret."""
+        if self.elector is None or self.ca_secret is None:
+            return json_reply({"error": "no leader election: not in Kubernetes mode, --cacerts, or --ca-secret off"},
+                              404)
+        return json_reply({**self.elector.describe(), "ca_secret": self.ca_secret.describe()})
 
     def debug_world(self, _q: dict[str, list[str]]) -> Reply:
         return json_reply(

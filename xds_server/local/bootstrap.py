@@ -31,7 +31,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -113,15 +113,20 @@ def _upstream_tls(xds_host: str, tls: XdsTls) -> dict[str, Any]:
 
 
 def _xds_cluster(
-    xds_host: str, xds_port: int, proxy_ip: str, bind_source: bool, tls: XdsTls | None = None
+    xds_host: str, xds_port: int, proxy_ip: str, bind_source: bool, tls: XdsTls | None = None,
+    replicas: Sequence[tuple[str, int]] = (),
 ) -> dict[str, Any]:
+    addresses = [(xds_host, xds_port), *replicas]
+    if len({is_ip(h) for h, _ in addresses}) > 1:
+        raise ValueError("the xDS addresses must be all IPs or all DNS names")
     cluster: dict[str, Any] = {
         "name": XDS_CLUSTER,
         "type": "STATIC" if is_ip(xds_host) else "STRICT_DNS",
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": XDS_CLUSTER,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(xds_host, xds_port)}}]}],
+            # Several: replicas of one control plane; a stream that breaks reconnects to another.
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(h, p)}} for h, p in addresses]}],
         },
         "typed_extension_protocol_options": {
             _HTTP_OPTIONS: {
@@ -197,13 +202,16 @@ def build_bootstrap(
     locality: str = "",
     health_port: int | None = None,
     capture: bool = False,
+    xds_replicas: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The bootstrap as a JSON-ready dict. Raises ``ValueError`` on bad input.
 
     ``capture``: the pod's traffic is captured by iptables (INTERCEPTION_MODE=REDIRECT).
 
     With ``xds_tls``, ``xds_address`` is meshpilot's TLS port: the connection verifies the
-    server against ``xds_tls.root_pem`` and every stream carries ``xds_tls.token``."""
+    server against ``xds_tls.root_pem`` and every stream carries ``xds_tls.token``.
+    ``xds_replicas``: more addresses of the same control plane (its other replicas), beside
+    ``xds_address`` in the xDS cluster; with TLS, each must carry ``xds_tls.server_name``."""
     if role not in ("sidecar", "gateway"):
         raise ValueError(f"role must be sidecar or gateway, not {role!r}")
     if not is_ip(proxy_ip):
@@ -253,7 +261,8 @@ def build_bootstrap(
             "lds_config": dict(ads),
         },
         "static_resources": {
-            "clusters": [_xds_cluster(xds_host, xds_port, proxy_ip, bind_source, xds_tls),
+            "clusters": [_xds_cluster(xds_host, xds_port, proxy_ip, bind_source, xds_tls,
+                                      [parse_host_port(a) for a in xds_replicas]),
                          *([_admin_cluster(admin_address or proxy_ip, admin_port)] if health_port else [])],
             **({"listeners": [_health_listener(proxy_ip, health_port)]} if health_port else {}),
         },
@@ -296,6 +305,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--xds-tls-address", metavar="HOST:PORT",
                         help="meshpilot's TLS xDS address (15012): verified against the mesh root, with a token "
                         "for --namespace/--service-account, so the proxy gets its certificate over SDS")
+    parser.add_argument("--xds-replica-address", action="append", default=[], metavar="HOST:PORT",
+                        help="another replica of the same meshpilot (repeatable): the proxy's xDS cluster balances "
+                        "over all, and a broken stream reconnects to a live one (with TLS, give --xds-server-name "
+                        "a name every replica's certificate carries)")
     parser.add_argument("--xds-server-name", metavar="NAME",
                         help="the name (DNS or IP) meshpilot's TLS certificate must carry (default: its host)")
     parser.add_argument("--ca-state", type=Path, default=None, metavar="DIR",
@@ -424,6 +437,7 @@ def run(args: argparse.Namespace) -> int:
             xds_tls=tls,
             health_port=getattr(args, "health_port", None),
             capture=getattr(args, "capture", False),
+            xds_replicas=getattr(args, "xds_replica_address", None) or (),
         )
     except (ValueError, CAError, OSError) as e:
         print(f"meshpilot bootstrap: {e}", file=sys.stderr)
