@@ -27,6 +27,7 @@ log = structlog.get_logger("admission")
 
 #: An AdmissionReview is small; refuse anything absurd before reading it.
 MAX_BODY = 3 * 1024 * 1024
+MAX_HEADER_LINES = 100
 
 WEBHOOK_SECONDS = Histogram(
     "meshpilot_webhook_seconds",
@@ -69,6 +70,10 @@ def ssl_context(cert: IssuedCertificate) -> ssl.SSLContext:
     return ctx
 
 
+#: The first request on a connection must arrive whole within this; a kept-alive connection
+#: may then sit idle this long (Go's HTTP client, the API server's, drops idle ones at 90 s).
+FIRST_REQUEST_TIMEOUT, IDLE_TIMEOUT = 10.0, 90.0
+
 #: An admission handler: a decoded AdmissionReview in, the answer out (ValueError: a 400).
 Handler = Callable[[Any], dict[str, Any]]
 
@@ -90,18 +95,31 @@ class WebhookServer:
             await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        started = time.perf_counter()
-        path: list[str] = []  # set by _answer once the request line is read
+        """Requests on one connection in turn, kept alive as the API server's HTTP/1.1 client
+        expects: a new TLS handshake per AdmissionReview costs more than the review itself."""
+        timeout = FIRST_REQUEST_TIMEOUT
         try:
-            status, payload = await asyncio.wait_for(self._answer(reader, path), timeout=10)
-            body = (json.dumps(payload) + "\n").encode()
-            writer.write(
-                f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
-            )
-            await writer.drain()
-            WEBHOOK_SECONDS.labels(path[0] if path and path[0] in self.routes else "other").observe(
-                time.perf_counter() - started)
+            while True:
+                req = _Request()
+                try:
+                    status, payload = await asyncio.wait_for(self._answer(reader, req), timeout=timeout)
+                except (TimeoutError, asyncio.IncompleteReadError):
+                    if req.started or timeout == FIRST_REQUEST_TIMEOUT:
+                        raise  # a request cut short (an idle kept-alive connection just ends)
+                    return
+                keep = status == 200 and req.keep_alive  # on errors the body may be unread: close
+                body = (json.dumps(payload) + "\n").encode()
+                writer.write(
+                    f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: {'keep-alive' if keep else 'close'}\r\n\r\n".encode()
+                    + body
+                )
+                await writer.drain()
+                WEBHOOK_SECONDS.labels(req.path if req.path in self.routes else "other").observe(
+                    time.perf_counter() - req.started)
+                if not keep:
+                    return
+                timeout = IDLE_TIMEOUT
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, asyncio.LimitOverrunError):
             pass
         except Exception:  # a bad request must never take the control plane down
@@ -109,23 +127,46 @@ class WebhookServer:
         finally:
             writer.close()
 
-    async def _answer(self, reader: asyncio.StreamReader, path: list[str]) -> tuple[int, Any]:
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-        method, target, _ = head[0].split(" ", 2)
-        path.append(target.split("?", 1)[0])
-        handler = self.routes.get(path[0])
+    async def _answer(self, reader: asyncio.StreamReader, req: _Request) -> tuple[int, Any]:
+        line = await reader.readuntil(b"\r\n")  # the wait for it is idle time, not the request's
+        req.started = time.perf_counter()
+        head = []
+        while line != b"\r\n":
+            head.append(line[:-2].decode("latin-1"))
+            if len(head) > MAX_HEADER_LINES:
+                raise ValueError("too many header lines")
+            line = await reader.readuntil(b"\r\n")
+        method, target, version = head[0].split(" ", 2)
+        req.path = target.split("?", 1)[0]
+        handler = self.routes.get(req.path)
+        length = 0
+        connection = ""
+        for header in head[1:]:
+            name, _, value = header.partition(":")
+            name = name.strip().lower()
+            if name == "content-length":
+                length = int(value.strip())
+            elif name == "connection":
+                connection = value.strip().lower()
+        req.keep_alive = version.strip() == "HTTP/1.1" and connection != "close"
         if handler is None:
             return 404, {"error": f"no such path: {target}"}
         if method != "POST":
             return 405, {"error": "POST an AdmissionReview"}
-        length = 0
-        for line in head[1:]:
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value.strip())
         if not 0 < length <= MAX_BODY:
             return 400, {"error": "a Content-Length up to 3 MiB is required"}
         try:
             return 200, handler(json.loads(await reader.readexactly(length)))
         except ValueError as e:
             return 400, {"error": str(e)}
+
+
+class _Request:
+    """What one request on a connection said about itself (filled as it is read)."""
+
+    __slots__ = ("started", "path", "keep_alive")
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.path = ""
+        self.keep_alive = False
