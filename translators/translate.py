@@ -43,7 +43,7 @@ from google.protobuf.message import Message
 
 from translators import api, clusters, endpoints, listeners, peer_auth, routes, scope, security
 from translators.errors import ConfigError
-from translators.features import authz, delegate, locality, mtls
+from translators.features import authz, delegate, locality, mtls, telemetry
 from translators.gateway import GatewayGenerator
 from translators.grpcgen import GrpcGenerator
 from translators.model import (
@@ -72,6 +72,7 @@ from translators.model.names import (
 from translators.model.registry import KINDS as REGISTRY_KINDS
 from translators.model.registry import MeshService, Registry, ServiceShape, visible_to
 from translators.model.sidecar import ingress_port
+from translators.model.telemetry import Telemetry
 from translators.model.world import Proxy, World
 from translators.policies import (
     ROOT_NAMESPACE,
@@ -178,6 +179,8 @@ class Translator:
         self._peer_auth = peer_auth.PeerAuthIndex((), root_namespace)
         self._plaintext_layers: dict[int, tuple[api.Layer, api.Layer]] = {}
         self._plaintext_protos: dict[int, tuple[Message, Message]] = {}
+        # Telemetry (features/telemetry.py): answers per workload, compared by identity in proxy states.
+        self._telemetry = telemetry.TelemetryIndex((), root_namespace, None, {})
 
     # ------------------------------------------------------------ the contract
 
@@ -225,6 +228,8 @@ class Translator:
             self._gateways.invalidate()
         if Sidecar.KIND in kinds or MeshConfig.KIND in kinds:
             self._rebuild_sidecars()
+        if shapes or Telemetry.KIND in kinds or MeshConfig.KIND in kinds:
+            self._rebuild_telemetry()
         self._errors = None
         self._proxies = {
             k: s for k, s in self._proxies.items() if s.generation > self._generation - PROXY_MEMO_UPDATES
@@ -761,6 +766,21 @@ class Translator:
                   if isinstance(m, MeshConfig) and m.metadata.namespace == self._root_namespace]
         self._mesh_mode = scope.effective_mode(meshes[0].spec.outboundTrafficPolicy.mode) if meshes else "ALLOW_ANY"
 
+    def _rebuild_telemetry(self) -> None:
+        """The Telemetries and the mesh config's providers (which name services): proxies look
+        theirs up again, and are rebuilt where the answer is another one."""
+        mesh = next((m for m in self._index.all(MeshConfig.KIND)
+                     if isinstance(m, MeshConfig) and m.metadata.namespace == self._root_namespace), None)
+        services = self._registry.services
+        table, broken = telemetry.providers(mesh, lambda svc, port: security.provider_cluster(services, svc, port))
+        found = [t for t in self._index.all(Telemetry.KIND) if isinstance(t, Telemetry)]
+        old = self._telemetry
+        if old.same_inputs(found, mesh, table, broken):  # a service change that moved no provider's cluster
+            return
+        self._telemetry = telemetry.TelemetryIndex(found, self._root_namespace, mesh, table, broken, old.interned)
+        self._stage_errors["telemetry"] = list(self._telemetry.errors)
+        self._security_epoch += 1
+
     def _scope_for(self, sidecar: Sidecar | None, namespace: str) -> scope.Scope:
         """The scope of proxies in ``namespace`` that ``sidecar`` applies to: recomputed when
         the Sidecar, the services or the routes change, and the same object while what it
@@ -845,7 +865,8 @@ class Translator:
         policies = security.selected(self._index, self._root_namespace, ns, labels, selecting) if serves else ()
         context = (self._providers,) if security.needs_registry(policies) else ()
         peer = self._peer_auth.for_workload(ns, labels) if serves else None  # interned: compared by identity
-        inputs = (port_table, workload, *(s.shape for s in selecting), *policies, *context, peer, sidecar)
+        observed = self._telemetry.for_workload(ns, labels)  # interned: compared by identity
+        inputs = (port_table, workload, *(s.shape for s in selecting), *policies, *context, peer, observed, sidecar)
         if state is not None and _same(state.inputs, inputs):
             state.epoch, state.port_table, state.inputs = epoch, port_table, inputs
         else:
@@ -897,7 +918,7 @@ class Translator:
         return policy
 
     def _build_proxy_state(self, proxy, old, inputs, workload, labels, selecting, policies=(), peer=None) -> _ProxyState:  # type: ignore[no-untyped-def]
-        port_table, sidecar = inputs[0], inputs[-1]
+        port_table, observed, sidecar = inputs[0], inputs[-2], inputs[-1]
         app: dict[int, int] = {}  # inbound port -> the app's port, when another (Sidecar ingress defaultEndpoint)
         if sidecar is not None and sidecar.spec.ingress:  # its ingress listeners replace the services' ports
             inbound, app = _sidecar_ingress(sidecar), {
@@ -920,7 +941,8 @@ class Translator:
             if prev is None or prev[0] is not port or port.source_dependent:
                 prev = (port, listeners.outbound(proxy.ip, port, labels, proxy.namespace))
             outbound[number] = prev
-        named = [(lst.name, lst) for _, lst in outbound.values()]
+        service_name = f"{labels.get('app') or proxy.pod_name or proxy.ip}.{proxy.namespace}"
+        named = [(lst.name, telemetry.apply(lst, observed.client, service_name)) for _, lst in outbound.values()]
         peer = peer or peer_auth.PERMISSIVE
         inbound_built: dict[int, tuple[tuple, listener_pb2.Listener]] = {}
         for p in inbound:  # kept while their inputs are (a tcp route change rebuilds the state)
@@ -929,7 +951,7 @@ class Translator:
             if hit is None or not _same(hit[0][0], key[0]) or hit[0][1] != key[1]:
                 hit = (key, listeners.inbound(proxy.ip, p, policy, peer.for_port(p.target), bool(proxy.identity)))
             inbound_built[p.target] = hit
-        named += [(lst.name, lst) for _, lst in inbound_built.values()]
+        named += [(lst.name, telemetry.apply(lst, observed.server, service_name)) for _, lst in inbound_built.values()]
         address = listeners.app_address(workload)
         inbound_clusters = []
         for p in inbound:

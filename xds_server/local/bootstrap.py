@@ -45,6 +45,15 @@ Role = Literal["sidecar", "gateway"]
 
 XDS_CLUSTER = "xds-grpc"
 DEFAULT_ADMIN_PORT = 15000
+#: Istio's Prometheus port: ``/stats/prometheus`` served from the admin, nothing else of it.
+DEFAULT_STATS_PORT = 15090
+STATS_PATH = "/stats/prometheus"
+#: The whole Istio cluster name as the ``cluster_name`` label (Envoy's default tag stops at
+#: the first dot of ``outbound|80||web.default.svc.cluster.local``): the name runs up to the
+#: first dot followed by a stat word (stat words have an underscore or are one of a few; DNS
+#: labels have neither). The first group is cut from the stat name, the second is the value.
+CLUSTER_NAME_TAG = (r"^cluster(\.((?:outbound|inbound)\|[^|]*\|[^|]*\|[^_]*?))"
+                    r"\.(?:[a-z0-9]*_|version$|canary\.|internal\.|external\.|zone\.|ssl\.|tls\.|retry\.|http[123]\.)")
 
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _UPSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
@@ -160,21 +169,32 @@ def _admin_cluster(address: str, port: int) -> dict[str, Any]:
                 {"lb_endpoints": [{"endpoint": {"address": _socket_address(address, port)}}]}]}}
 
 
-def _health_listener(address: str, port: int) -> dict[str, Any]:
-    """``<proxy ip>:<port>/healthz/ready`` -> the admin's ``/ready``: a kubelet can probe the proxy
-    without the admin (which can stop Envoy) being reachable from the network, as Istio's 15021."""
-    route = {"match": {"path": "/healthz/ready"},
-             "route": {"cluster": _ADMIN_CLUSTER, "prefix_rewrite": "/ready", "timeout": "2s"}}
+def _admin_listener(name: str, address: str, port: int, route: dict[str, Any]) -> dict[str, Any]:
+    """``address:port`` -> one route to the admin: the admin (which can stop Envoy) is never
+    reachable from the network, only these paths of it."""
     return {
-        "name": "meshpilot-health",
+        "name": name,
         "address": _socket_address(address, port),
         "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
-            "@type": f"type.googleapis.com/{_HCM}", "stat_prefix": "health",
-            "route_config": {"virtual_hosts": [{"name": "health", "domains": ["*"], "routes": [route]}]},
+            "@type": f"type.googleapis.com/{_HCM}", "stat_prefix": name.removeprefix("meshpilot-"),
+            "route_config": {"virtual_hosts": [{"name": name, "domains": ["*"], "routes": [route]}]},
             "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
         }}]}],
     }
+
+
+def _health_listener(address: str, port: int) -> dict[str, Any]:
+    """``<proxy ip>:<port>/healthz/ready`` -> the admin's ``/ready``: a kubelet probes it, as Istio's 15021."""
+    return _admin_listener("meshpilot-health", address, port, {
+        "match": {"path": "/healthz/ready"},
+        "route": {"cluster": _ADMIN_CLUSTER, "prefix_rewrite": "/ready", "timeout": "2s"}})
+
+
+def _stats_listener(address: str, port: int) -> dict[str, Any]:
+    """``<proxy ip>:<port>/stats/prometheus``: Envoy's stats for Prometheus, as Istio's 15090."""
+    return _admin_listener("meshpilot-stats", address, port, {
+        "match": {"prefix": STATS_PATH}, "route": {"cluster": _ADMIN_CLUSTER, "timeout": "5s"}})
 
 
 def build_bootstrap(
@@ -193,19 +213,25 @@ def build_bootstrap(
     xds_tls: XdsTls | None = None,
     locality: str = "",
     health_port: int | None = None,
+    stats_port: int | None = None,
 ) -> dict[str, Any]:
     """The bootstrap as a JSON-ready dict. Raises ``ValueError`` on bad input.
 
     With ``xds_tls``, ``xds_address`` is meshpilot's TLS port: the connection verifies the
-    server against ``xds_tls.root_pem`` and every stream carries ``xds_tls.token``."""
+    server against ``xds_tls.root_pem`` and every stream carries ``xds_tls.token``.
+    ``health_port`` / ``stats_port``: listeners on the proxy IP for ``/healthz/ready`` and
+    ``/stats/prometheus`` (Istio's 15021 and 15090), each reaching only that path of the admin."""
     if role not in ("sidecar", "gateway"):
         raise ValueError(f"role must be sidecar or gateway, not {role!r}")
     if not is_ip(proxy_ip):
         raise ValueError(f"proxy IP {proxy_ip!r} is not an IP address")
     if not namespace:
         raise ValueError("namespace must not be empty")
-    if not 0 <= admin_port < 65536:
-        raise ValueError(f"admin port {admin_port} is out of range")
+    for what, port in (("admin", admin_port), ("health", health_port or 0), ("stats", stats_port or 0)):
+        if not 0 <= port < 65536:
+            raise ValueError(f"{what} port {port} is out of range")
+    static_listeners = [*([_health_listener(proxy_ip, health_port)] if health_port else []),
+                        *([_stats_listener(proxy_ip, stats_port)] if stats_port else [])]
     xds_host, xds_port = parse_host_port(xds_address)
     labels = dict(labels or {})
     pod = pod or default_pod_name(role, proxy_ip)
@@ -247,9 +273,11 @@ def build_bootstrap(
         },
         "static_resources": {
             "clusters": [_xds_cluster(xds_host, xds_port, proxy_ip, bind_source, xds_tls),
-                         *([_admin_cluster(admin_address or proxy_ip, admin_port)] if health_port else [])],
-            **({"listeners": [_health_listener(proxy_ip, health_port)]} if health_port else {}),
+                         *([_admin_cluster(admin_address or proxy_ip, admin_port)] if static_listeners else [])],
+            **({"listeners": static_listeners} if static_listeners else {}),
         },
+        # Prometheus labels with Istio's names (cluster_name="outbound|80||web.default.svc.cluster.local").
+        "stats_config": {"stats_tags": [{"tag_name": "cluster_name", "regex": CLUSTER_NAME_TAG}]},
         # A connection limit, mostly so Envoy does not warn at start that there is none.
         "overload_manager": {
             "resource_monitors": [
@@ -322,6 +350,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="workload labels in the downward API's format (key=\"value\" lines), added to --label")
     parser.add_argument("--health-port", type=int, metavar="PORT",
                         help="also listen on PROXY_IP:PORT for GET /healthz/ready (the admin's /ready), for a kubelet")
+    parser.add_argument("--stats-port", type=int, default=DEFAULT_STATS_PORT, metavar="PORT",
+                        help=f"serve Envoy's Prometheus stats on PROXY_IP:PORT{STATS_PATH} (default "
+                        f"{DEFAULT_STATS_PORT}, Istio's; 0: no stats listener)")
     parser.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
     parser.add_argument("--format", choices=("envoy", "grpc"), default="envoy",
                         help="envoy: an Envoy bootstrap (default); grpc: the xDS bootstrap of a proxyless gRPC "
@@ -413,6 +444,7 @@ def run(args: argparse.Namespace) -> int:
             bind_source=args.bind_source,
             xds_tls=tls,
             health_port=getattr(args, "health_port", None),
+            stats_port=getattr(args, "stats_port", None) or None,
         )
     except (ValueError, CAError, OSError) as e:
         print(f"meshpilot bootstrap: {e}", file=sys.stderr)
