@@ -32,7 +32,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.type.matcher.v3 import string_pb2
 from envoy.type.tracing.v3 import custom_tag_pb2
 from envoy.type.v3 import percent_pb2
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2, wrappers_pb2
 
 from translators.errors import ConfigError
 from translators.features._proto import to_any
@@ -392,14 +392,14 @@ def tracing(side: Side, service_name: str) -> hcm.HttpConnectionManager.Tracing 
         provider = http_tracer_pb2.Tracing.Http(name="envoy.tracers.zipkin", typed_config=to_any(zipkin_pb2.ZipkinConfig(
             collector_cluster=tracer.cluster, collector_endpoint=ZIPKIN_ENDPOINT, collector_hostname=tracer.host,
             collector_endpoint_version=zipkin_pb2.ZipkinConfig.HTTP_JSON, trace_id_128bit=not tracer.trace_id_64,
-            shared_span_context=False, trace_context_option=zipkin_pb2.ZipkinConfig.USE_B3_WITH_W3C_PROPAGATION)))
+            shared_span_context=wrappers_pb2.BoolValue(value=False), trace_context_option=zipkin_pb2.ZipkinConfig.USE_B3_WITH_W3C_PROPAGATION)))
     else:
         provider = http_tracer_pb2.Tracing.Http(name="envoy.tracers.opentelemetry", typed_config=to_any(
             opentelemetry_pb2.OpenTelemetryConfig(service_name=service_name, grpc_service=grpc_service_pb2.GrpcService(
                 envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=tracer.cluster, authority=tracer.host)))))
     out = hcm.HttpConnectionManager.Tracing(
         client_sampling=percent_pb2.Percent(value=100.0), random_sampling=percent_pb2.Percent(value=side.sampling),
-        overall_sampling=percent_pb2.Percent(value=100.0), provider=provider, spawn_upstream_span=False)
+        overall_sampling=percent_pb2.Percent(value=100.0), provider=provider)
     if tracer.max_tag_length:
         out.max_path_tag_length.value = tracer.max_tag_length
     for tag, kind, name, default in side.tags:

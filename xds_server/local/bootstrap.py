@@ -48,12 +48,21 @@ DEFAULT_ADMIN_PORT = 15000
 #: Istio's Prometheus port: ``/stats/prometheus`` served from the admin, nothing else of it.
 DEFAULT_STATS_PORT = 15090
 STATS_PATH = "/stats/prometheus"
-#: The whole Istio cluster name as the ``cluster_name`` label (Envoy's default tag stops at
-#: the first dot of ``outbound|80||web.default.svc.cluster.local``): the name runs up to the
-#: first dot followed by a stat word (stat words have an underscore or are one of a few; DNS
-#: labels have neither). The first group is cut from the stat name, the second is the value.
-CLUSTER_NAME_TAG = (r"^cluster(\.((?:outbound|inbound)\|[^|]*\|[^|]*\|[^_]*?))"
-                    r"\.(?:[a-z0-9]*_|version$|canary\.|internal\.|external\.|zone\.|ssl\.|tls\.|retry\.|http[123]\.)")
+#: Prometheus labels as Istio's sidecars have them (its bootstrap: use_all_default_tags false, these
+#: names without Envoy's "envoy_" prefix), so dashboards and queries made for Istio work. Envoy's
+#: own cluster_name tag stops at the first dot of ``outbound|80||web.default.svc.cluster.local``:
+#: ours runs to the first dot followed by a stat word (stat words have an underscore or are one of
+#: a few; DNS labels have neither); other clusters (xds-grpc...) to their first dot. The first group
+#: is cut from the stat name, the second is the value.
+STATS_TAGS = (
+    ("cluster_name", r"^cluster(\.((?:outbound|inbound)\|[^|]*\|[^|]*\|[^_]*?|[^.|]+))"
+                     r"\.(?:[a-z0-9]*_|version$|canary\.|internal\.|external\.|zone\.|ssl\.|tls\.|retry\.|http[123]\.)"),
+    ("http_conn_manager_prefix", r"^http\.((.*?)\.)"),
+    ("listener_address", r"^listener\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"),
+    ("tcp_prefix", r"^tcp\.((.*?)\.)\w+?$"),
+    ("response_code", r"_rq(_(\d{3}))$"),
+    ("response_code_class", r"_rq(_(\dxx))$"),
+)
 
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _UPSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
@@ -277,7 +286,8 @@ def build_bootstrap(
             **({"listeners": static_listeners} if static_listeners else {}),
         },
         # Prometheus labels with Istio's names (cluster_name="outbound|80||web.default.svc.cluster.local").
-        "stats_config": {"stats_tags": [{"tag_name": "cluster_name", "regex": CLUSTER_NAME_TAG}]},
+        "stats_config": {"use_all_default_tags": False,
+                         "stats_tags": [{"tag_name": name, "regex": regex} for name, regex in STATS_TAGS]},
         # A connection limit, mostly so Envoy does not warn at start that there is none.
         "overload_manager": {
             "resource_monitors": [
