@@ -178,7 +178,7 @@ def test_cel_filters_translate_to_envoy_access_log_filters(expression: str, want
 
 @pytest.mark.parametrize("expression", [
     "response.flags == 'UH'", "response.code >= '400'", "size(request.headers) > 3", "response.code >=",
-    "request.headers['x'] > 'a'"])
+    "request.headers['x'] > 'a'", "response.code < 0"])
 def test_cel_that_envoy_filters_cannot_express_is_refused_at_its_field(expression: str) -> None:
     with pytest.raises(ValidationError) as info:
         parse_resource(telemetry("t", "default", accessLogging=[{"filter": {"expression": expression}}]), "t.yaml")

@@ -313,7 +313,7 @@ def _warn(t: Telemetry, field: str, message: str) -> ConfigError:
 
 
 def _comparison(op: str, value: int) -> list[al.ComparisonFilter]:
-    """``x op value`` as Envoy's comparisons (EQ, GE, LE only); [] when nothing matches."""
+    """``x op value`` as Envoy's comparisons (EQ, GE, LE only): one, or two for ``!=`` (either)."""
     def cmp(o: int, v: int) -> al.ComparisonFilter:
         return al.ComparisonFilter(op=o, value=base_pb2.RuntimeUInt32(default_value=v, runtime_key="meshpilot.access_log"))  # type: ignore[arg-type]
     eq, ge, le = al.ComparisonFilter.EQ, al.ComparisonFilter.GE, al.ComparisonFilter.LE
@@ -327,7 +327,7 @@ def _comparison(op: str, value: int) -> list[al.ComparisonFilter]:
         case ">":
             return [cmp(ge, value + 1)]
         case "<":
-            return [cmp(le, value - 1)] if value > 0 else []
+            return [cmp(le, value - 1)]
         case _:  # !=
             return [*([cmp(le, value - 1)] if value > 0 else []), cmp(ge, value + 1)]
 
@@ -344,14 +344,7 @@ def access_log_filter(node: cel.Node) -> al.AccessLogFilter:
         else:
             header.string_match.CopyFrom(string_pb2.StringMatcher(exact=node.value))
         return al.AccessLogFilter(header_filter=al.HeaderFilter(header=header))
-    parts = _comparison(node.op, node.value)
-    if not parts:  # can never match (e.g. code < 0): a filter that is always false
-        never = al.ComparisonFilter(op=al.ComparisonFilter.EQ,
-                                    value=base_pb2.RuntimeUInt32(default_value=0, runtime_key="meshpilot.access_log"))
-        parts = [never, al.ComparisonFilter(op=al.ComparisonFilter.EQ, value=base_pb2.RuntimeUInt32(
-            default_value=1, runtime_key="meshpilot.access_log"))]
-        return al.AccessLogFilter(and_filter=al.AndFilter(filters=[al.AccessLogFilter(status_code_filter=al.StatusCodeFilter(
-            comparison=c)) for c in parts]))
+    parts = _comparison(node.op, node.value)  # never empty: the parser refuses "< 0"
 
     def one(c: al.ComparisonFilter) -> al.AccessLogFilter:
         if node.attribute == "code":

@@ -130,8 +130,12 @@ class _Parser:
                 num = self.take()
                 if not num.isdigit():
                     raise CelError(f"response.code is compared with a number, not {num!r}")
-                return Compare("code", op, int(num))
-            return Compare("duration", op, self.duration())
+                value = int(num)
+            else:
+                value = self.duration()
+            if value == 0 and op in ("<", ">="):  # never, or always: surely not what was meant
+                raise CelError(f"{tok} {op} 0 is {'never' if op == '<' else 'always'} true")
+            return Compare("code" if tok == "response.code" else "duration", op, value)
         if tok == "request.headers":
             self.take("[")
             name = self.string()
