@@ -34,6 +34,7 @@ from harness import (
     eventually,
     request,
 )
+from harness.tcp_echo import TcpEcho, tcp_call
 from harness.traffic import request_full
 
 from xds_server.local.bootstrap import DEFAULT_STATS_PORT, build_bootstrap
@@ -41,6 +42,7 @@ from xds_server.local.processes import ChildProcess, http_request
 
 PORT = 9080  # web's service port, where the client calls
 TARGET = 8080  # web's sidecar inbound port
+TCP_PORT = 9300  # web's TCP port (service and pod), for tcp_proxy access logs
 NS = "default"
 WEB = f"web.{NS}.svc.cluster.local"
 ZIPKIN_HOST = "zipkin.telemetry.test"
@@ -96,10 +98,11 @@ class Mesh:
     def apply(self, *telemetries: dict[str, Any], mesh: dict[str, Any] | None = None) -> None:
         self.config.write("telemetry.yaml", [mesh or mesh_config(), *telemetries])
 
-    def until_listeners(self, envoy: EnvoyProcess, ok: Callable[[str], bool], what: str) -> None:
+    def until_listeners(self, envoy: EnvoyProcess, ok: Callable[[str], bool], what: str, tcp: bool = False) -> None:
         """Until the listener that carries the calls in ``envoy`` (the client's outbound one,
-        web's inbound one) passes ``ok`` (on its active config, as text)."""
-        name = f"{self.client_ip}_{PORT}" if envoy is self.client else f"inbound|{self.web_ip}_{TARGET}"
+        web's inbound one; of the TCP port with ``tcp``) passes ``ok`` (on its active config, as text)."""
+        port, target = (TCP_PORT, TCP_PORT) if tcp else (PORT, TARGET)
+        name = f"{self.client_ip}_{port}" if envoy is self.client else f"inbound|{self.web_ip}_{target}"
 
         def active() -> bool:
             return ok(json.dumps(envoy.listeners().get(name)))
@@ -150,10 +153,13 @@ def mesh(envoy_binary: str, loopback: LoopbackAllocator, tmp_path_factory: pytes
         app_ip, web_ip, client_ip = loopback.allocate(), loopback.allocate(), loopback.allocate()
         app = UpstreamServer(app_ip, TARGET, service="web", version="v1", pod="web-1").start()
         stack.callback(app.stop)
+        tcp_app = TcpEcho(app_ip, TCP_PORT, "web-tcp").start()
+        stack.callback(tcp_app.stop)
         config = ConfigDir(workdir / "mesh")
         config.write("services.yaml", [
             {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": NS},
-             "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": PORT, "targetPort": TARGET}]}},
+             "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": PORT, "targetPort": TARGET},
+                                                            {"name": "tcp", "port": TCP_PORT}]}},
             {"apiVersion": "v1", "kind": "Pod",
              "metadata": {"name": "web-1", "namespace": NS, "labels": {"app": "web"},
                           "annotations": {"sidecar.meshpilot.io/app-address": app_ip}},
@@ -267,6 +273,16 @@ def test_access_logs_text_json_filter_and_overrides(mesh: Mesh) -> None:
     client_line = log_lines(mesh.client, "/alog-text")[0][0]
     assert f"outbound|{PORT}||{WEB}" in client_line and '"web"' in client_line
     assert f"inbound|{TARGET}||" in log_lines(mesh.web, "/alog-text")[0][0]
+    # TCP: one line per connection from each tcp_proxy, outbound and inbound.
+    for envoy in (mesh.client, mesh.web):
+        mesh.until_listeners(envoy, lambda d: "envoy.access_loggers.file" in d, "log", tcp=True)
+    assert tcp_call(mesh.client_ip, TCP_PORT, "hello") == "web-tcp: hello"
+    for envoy, cluster in ((mesh.client, f"outbound|{TCP_PORT}||{WEB}"), (mesh.web, f"inbound|{TCP_PORT}||")):
+        def tcp_logged(e: EnvoyProcess = envoy, c: str = cluster) -> None:
+            lines = [x for x in e.log_path.read_text(errors="replace").splitlines()
+                     if x.startswith("[") and f" {c} " in x and '"- - -"' in x]
+            assert len(lines) == 1, lines
+        eventually(tcp_logged, timeout=10, message=f"{envoy.name} logs the TCP connection")
 
     # The namespace overrides the mesh: JSON lines, only for responses >= 400.
     ns_logs = telemetry("ns-logs", NS, {"accessLogging": [
