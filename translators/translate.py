@@ -43,7 +43,7 @@ from google.protobuf.message import Message
 
 from translators import api, capture, clusters, endpoints, listeners, peer_auth, routes, scope, security
 from translators.errors import ConfigError
-from translators.features import authz, delegate, locality, mtls
+from translators.features import authz, delegate, locality, mtls, telemetry
 from translators.gateway import GatewayGenerator
 from translators.grpcgen import GrpcGenerator
 from translators.model import (
@@ -72,6 +72,7 @@ from translators.model.names import (
 from translators.model.registry import KINDS as REGISTRY_KINDS
 from translators.model.registry import MeshService, Registry, ServiceShape, visible_to
 from translators.model.sidecar import ingress_port
+from translators.model.telemetry import Telemetry
 from translators.model.world import Proxy, World
 from translators.policies import (
     ROOT_NAMESPACE,
@@ -193,6 +194,8 @@ class Translator:
         # Bumped when what a captured proxy's <address>_<port> listeners read changes beyond its
         # port table: service addresses and shapes, the VirtualServices' tcp/tls routes.
         self._capture_epoch = 0
+        # Telemetry (features/telemetry.py): answers per workload, compared by identity in proxy states.
+        self._telemetry = telemetry.TelemetryIndex((), root_namespace, None, {})
 
     # ------------------------------------------------------------ the contract
 
@@ -242,6 +245,8 @@ class Translator:
             self._rebuild_sidecars()
         if shapes or VirtualService.KIND in kinds:
             self._capture_epoch += 1
+        if shapes or Telemetry.KIND in kinds or MeshConfig.KIND in kinds:
+            self._rebuild_telemetry()
         self._errors = None
         self._proxies = {
             k: s for k, s in self._proxies.items() if s.generation > self._generation - PROXY_MEMO_UPDATES
@@ -795,6 +800,21 @@ class Translator:
                   if isinstance(m, MeshConfig) and m.metadata.namespace == self._root_namespace]
         self._mesh_mode = scope.effective_mode(meshes[0].spec.outboundTrafficPolicy.mode) if meshes else "ALLOW_ANY"
 
+    def _rebuild_telemetry(self) -> None:
+        """The Telemetries and the mesh config's providers (which name services): proxies look
+        theirs up again, and are rebuilt where the answer is another one."""
+        mesh = next((m for m in self._index.all(MeshConfig.KIND)
+                     if isinstance(m, MeshConfig) and m.metadata.namespace == self._root_namespace), None)
+        services = self._registry.services
+        table, broken = telemetry.providers(mesh, lambda svc, port: security.provider_cluster(services, svc, port))
+        found = [t for t in self._index.all(Telemetry.KIND) if isinstance(t, Telemetry)]
+        old = self._telemetry
+        if old.same_inputs(found, mesh, table, broken):  # a service change that moved no provider's cluster
+            return
+        self._telemetry = telemetry.TelemetryIndex(found, self._root_namespace, mesh, table, broken, old.interned)
+        self._stage_errors["telemetry"] = list(self._telemetry.errors)
+        self._security_epoch += 1
+
     def _scope_for(self, sidecar: Sidecar | None, namespace: str) -> scope.Scope:
         """The scope of proxies in ``namespace`` that ``sidecar`` applies to: recomputed when
         the Sidecar, the services or the routes change, and the same object while what it
@@ -881,7 +901,9 @@ class Translator:
         policies = security.selected(self._index, self._root_namespace, ns, labels, selecting) if serves else ()
         context = (self._providers,) if security.needs_registry(policies) else ()
         peer = self._peer_auth.for_workload(ns, labels) if serves else None  # interned: compared by identity
-        inputs = (port_table, mode, workload, *(s.shape for s in selecting), *policies, *context, peer, sidecar)
+        observed = self._telemetry.for_workload(ns, labels)  # interned: compared by identity
+        inputs = (port_table, mode, workload, *(s.shape for s in selecting), *policies, *context, peer, observed,
+                  sidecar)
         if state is not None and _same(state.inputs, inputs) and (
                 not proxy.capture or state.capture_epoch == self._capture_epoch):
             state.epoch, state.port_table, state.inputs = epoch, port_table, inputs
@@ -935,7 +957,7 @@ class Translator:
         return policy
 
     def _build_proxy_state(self, proxy, old, inputs, workload, labels, selecting, policies=(), peer=None) -> _ProxyState:  # type: ignore[no-untyped-def]
-        port_table, mode, sidecar = inputs[0], inputs[1], inputs[-1]
+        port_table, mode, observed, sidecar = inputs[0], inputs[1], inputs[-2], inputs[-1]
         app: dict[int, int] = {}  # inbound port -> the app's port, when another (Sidecar ingress defaultEndpoint)
         if sidecar is not None and sidecar.spec.ingress:  # its ingress listeners replace the services' ports
             inbound, app = _sidecar_ingress(sidecar), {
@@ -949,7 +971,10 @@ class Translator:
             outbound = self._captured_outbound(proxy, old, port_table, labels)
         else:
             outbound = self._bound_outbound(proxy, old, port_table, labels, inbound, errors)
-        named = [(lst.name, lst) for _, lst in outbound.values()]
+        # Telemetry (access logs, tracing) goes onto the finished listeners: the client side's
+        # on outbound ones and 15001, the server side's on inbound ones and 15006.
+        service_name = f"{labels.get('app') or proxy.pod_name or proxy.ip}.{proxy.namespace}"
+        named = [(lst.name, telemetry.apply(lst, observed.client, service_name)) for _, lst in outbound.values()]
         peer = peer or peer_auth.PERMISSIVE
         ip = capture.WILDCARD if proxy.capture else proxy.ip  # (captured: chains of 15006)
         inbound_built: dict[int, tuple[tuple, listener_pb2.Listener]] = {}
@@ -962,14 +987,16 @@ class Translator:
         virtual_inbound = None
         if proxy.capture:
             ports = tuple((t, lst) for t, (_, lst) in inbound_built.items())
-            vkey = (tuple(lst for _, lst in ports), (tuple(inbound_built), peer.mode, bool(proxy.identity)))
+            vkey = ((*(lst for _, lst in ports), observed.server), (tuple(inbound_built), peer.mode, bool(proxy.identity)))
             virtual_inbound = old.virtual_inbound if old is not None else None
             if virtual_inbound is None or not _same(virtual_inbound[0][0], vkey[0]) or virtual_inbound[0][1] != vkey[1]:
                 passthrough = capture.passthrough_inbound(peer.mode, bool(proxy.identity))
-                virtual_inbound = (vkey, capture.virtual_inbound(ports, passthrough))
-            named += [(capture.VIRTUAL_OUTBOUND, _VIRTUAL_OUTBOUND[mode]), (capture.VIRTUAL_INBOUND, virtual_inbound[1])]
+                virtual_inbound = (vkey, telemetry.apply(capture.virtual_inbound(ports, passthrough), observed.server,
+                                                         service_name))
+            named += [(capture.VIRTUAL_OUTBOUND, telemetry.apply(_VIRTUAL_OUTBOUND[mode], observed.client, service_name)),
+                      (capture.VIRTUAL_INBOUND, virtual_inbound[1])]
         else:
-            named += [(lst.name, lst) for _, lst in inbound_built.values()]
+            named += [(lst.name, telemetry.apply(lst, observed.server, service_name)) for _, lst in inbound_built.values()]
         address = listeners.app_address(workload)
         inbound_clusters = []
         for p in inbound:

@@ -57,13 +57,20 @@ def test_cli_writes_the_documented_bootstrap() -> None:
     for key in ("cds_config", "lds_config"):
         assert b["dynamic_resources"][key] == {"ads": {}, "resource_api_version": "V3"}
     assert b["admin"]["address"]["socket_address"] == {"address": "127.0.10.3", "port_value": 15000}
-    (xds,) = b["static_resources"]["clusters"]
+    xds, admin = b["static_resources"]["clusters"]
     assert xds["name"] == "xds-grpc"
     assert xds["type"] == "STATIC"
     assert xds["connect_timeout"] == "1s"
     assert xds["upstream_bind_config"]["source_address"]["address"] == "127.0.10.3"
     opts = xds["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
     assert "http2_protocol_options" in opts["explicit_http_config"]
+    # Istio's Prometheus port, by default: /stats/prometheus of the admin, on the proxy's IP.
+    (stats,) = b["static_resources"]["listeners"]
+    assert stats["address"]["socket_address"] == {"address": "127.0.10.3", "port_value": 15090}
+    (route,) = stats["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    assert route["match"] == {"prefix": "/stats/prometheus"} and route["route"]["cluster"] == admin["name"]
+    assert "listeners" not in _cli("--xds-address", "127.0.0.1:15010", "--proxy-ip", "127.0.10.3", "--namespace",
+                                   "default", "--stats-port", "0")["static_resources"]
 
 
 def test_defaults_gateway_and_delta() -> None:
@@ -80,7 +87,7 @@ def test_defaults_gateway_and_delta() -> None:
 def test_replica_addresses_are_more_endpoints_of_the_xds_cluster() -> None:
     b = _cli("--xds-address", "127.0.0.2:15010", "--xds-replica-address", "127.0.0.3:15010",
              "--xds-replica-address", "127.0.0.4:15011", "--proxy-ip", "127.0.10.3", "--namespace", "default")
-    (xds,) = b["static_resources"]["clusters"]
+    xds = b["static_resources"]["clusters"][0]  # (then the admin's, for the stats listener)
     (locality,) = xds["load_assignment"]["endpoints"]
     assert [e["endpoint"]["address"]["socket_address"] for e in locality["lb_endpoints"]] == [
         {"address": "127.0.0.2", "port_value": 15010}, {"address": "127.0.0.3", "port_value": 15010},

@@ -60,3 +60,15 @@ def test_demo_runs_bookinfo(envoy_binary: str, loopback: LoopbackAllocator, tmp_
             assert status == 200 and match, page
             seen.add(match.groups())
         assert seen == {("v1", ""), ("v2", "black"), ("v3", "red")}
+        # What the demo prints: proxy-status of every sidecar, and links that answer.
+        text = demo.describe()
+        for name in demo.sidecars:
+            (row,) = [line for line in text.splitlines() if line.strip().startswith("sidecar~") and f"~{name}." in line]
+            assert row.split()[1:6] == ["SYNCED", "SYNCED", "SYNCED", "SYNCED", "NOT"], row  # SDS: NOT SENT
+        links = [u for line in text.splitlines() if "curl" not in line for u in re.findall(r"http://[^\s)]+", line)]
+        assert any(u.endswith("/stats/prometheus") for u in links) and any("/debug/config?proxy=" in u for u in links)
+        for url in links:
+            host, _, rest = url.removeprefix("http://").partition("/")
+            ip, _, port = host.rpartition(":")
+            status, body, _ = request_full(ip, int(port), "/" + rest, timeout=10)
+            assert status == 200, (url, body)

@@ -10,6 +10,7 @@ holds exactly the CRDs of the Istio kinds it watches.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -67,7 +68,15 @@ def test_rendered_chart_matches_the_golden_file(helm: Any) -> None:
         GOLDEN.write_text(text)
     assert text == GOLDEN.read_text(), "helm template output changed (UPDATE_GOLDEN=1 regenerates the golden file)"
     assert set(documents(text)) == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
-                                    "Service", "Deployment"}
+                                    "Service", "Deployment", "ConfigMap"}
+
+
+def test_the_grafana_dashboard_ships_as_a_configmap_grafanas_sidecar_loads(helm: Any) -> None:
+    configmap = documents(render(helm))["ConfigMap"]
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = json.loads((CHART / "dashboards" / "meshpilot.json").read_text())
+    assert json.loads(configmap["data"]["meshpilot.json"]) == shipped and shipped["panels"]
+    assert "ConfigMap" not in documents(render(helm, "--set", "grafana.dashboards.enabled=false"))
 
 
 def test_the_container_runs_meshpilot_serve_in_cluster_on_the_service_ports(helm: Any) -> None:

@@ -160,13 +160,13 @@ def test_unknown_fields_and_kinds_are_warnings(tmp_path: Path) -> None:
     write(
         tmp_path,
         "a.yaml",
-        docs(vs("reviews").replace("spec:\n", "spec:\n  futureField: []\n"), "kind: Telemetry\nmetadata: {name: g}\n"),
+        docs(vs("reviews").replace("spec:\n", "spec:\n  futureField: []\n"), "kind: WasmPlugin\nmetadata: {name: g}\n"),
     )
     result = DirectorySource(tmp_path).load()
     assert REVIEWS in result.resources
     assert [(e.severity, e.resource, e.field) for e in result.errors] == [
         ("warning", "VirtualService default/reviews", "spec.futureField"),
-        ("warning", "Telemetry default/g", "kind"),
+        ("warning", "WasmPlugin default/g", "kind"),
     ]
 
 

@@ -125,15 +125,15 @@ def test_wrong_api_version_is_an_error() -> None:
 
 
 def test_unknown_kind_is_a_warning() -> None:
-    text = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: gw}\nspec: {}\n"
+    text = "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: gw}\nspec: {}\n"
     (doc,) = parse_text(text, "gw.yaml").documents
     assert doc.resource is None and doc.key is None
     (err,) = doc.errors
     assert (err.severity, err.resource, err.field, err.message) == (
         "warning",
-        "Telemetry default/gw",
+        "WasmPlugin default/gw",
         "kind",
-        "kind Telemetry is not read by meshpilot; ignored",
+        "kind WasmPlugin is not read by meshpilot; ignored",
     )
 
 

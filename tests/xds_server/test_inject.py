@@ -99,7 +99,16 @@ def test_the_injected_pod_and_injecting_again_changes_nothing() -> None:
     assert proxy["readinessProbe"]["httpGet"]["port"] == inject.HEALTH_PORT
     assert "lifecycle" not in proxy
     assert out["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] == "app"
+    # Prometheus's pod discovery scrapes the proxy's stats listener, which the bootstrap opens.
+    assert {k: v for k, v in out["metadata"]["annotations"].items() if k.startswith("prometheus.io/")} == {
+        "prometheus.io/scrape": "true", "prometheus.io/port": "15090", "prometheus.io/path": "/stats/prometheus"}
+    assert args[args.index("--stats-port") + 1] == "15090"
+    assert {"name": "http-envoy-prom", "containerPort": 15090, "protocol": "TCP"} in proxy["ports"]
+    assert "15090" in inject.pod_iptables_script({})  # never captured inbound
     assert inject_pod(out, CONFIG) == out
+    # A pod that says how to scrape it keeps what it says.
+    own = inject_pod(pod(annotations={"prometheus.io/port": "9000"}), CONFIG)["metadata"]["annotations"]
+    assert own["prometheus.io/port"] == "9000" and "prometheus.io/path" not in own
 
 
 def test_annotations_set_resources_capture_and_holding_the_application() -> None:
@@ -282,10 +291,12 @@ def test_envoy_validates_the_injected_bootstrap(envoy_binary: str, tmp_path: Pat
     assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
     assert config["dynamic_resources"]["ads_config"]["grpc_services"][0]["initial_metadata"] == [
         {"key": "authorization", "value": "Bearer header.payload.sig"}]
+    stats = next(lst for lst in config["static_resources"]["listeners"] if lst["name"] == "meshpilot-stats")
+    assert stats["address"]["socket_address"] == {"address": "10.244.1.5", "port_value": 15090}
     result = validate_bootstrap(envoy_binary, tmp_path / "envoy.json")
     assert result.returncode == 0, result.stdout + result.stderr
     plain = build_bootstrap(xds_address="127.0.0.1:1", proxy_ip="127.0.0.9")
-    assert "listeners" not in plain["static_resources"]  # only with --health-port
+    assert "listeners" not in plain["static_resources"]  # only with --health-port / --stats-port
     assert "INTERCEPTION_MODE" not in plain["node"]["metadata"]  # file mode: no capture
     assert not proxy_from_node(json_format.ParseDict(plain["node"], Node(), ignore_unknown_fields=True)).capture
 

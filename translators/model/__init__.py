@@ -72,13 +72,15 @@ from translators.model.networking import (
 )
 from translators.model.security import AuthorizationPolicy, PeerAuthentication, RequestAuthentication
 from translators.model.sidecar import Sidecar
+from translators.model.telemetry import Telemetry
 from translators.model.types import Duration, Percent
 
 #: kind -> model class, for the loaders.
 KINDS: dict[str, type[Resource]] = {
     cls.KIND: cls
     for cls in (Service, EndpointSlice, Pod, ServiceEntry, WorkloadEntry, VirtualService, DestinationRule,
-                AuthorizationPolicy, RequestAuthentication, MeshConfig, PeerAuthentication, Gateway, Secret, Sidecar)
+                AuthorizationPolicy, RequestAuthentication, MeshConfig, PeerAuthentication, Gateway, Secret, Sidecar,
+                Telemetry)
 }
 
 
@@ -103,5 +105,5 @@ __all__ = [
     "VirtualService", "VirtualServiceSpec", "WorkloadEntry", "WorkloadEntrySpec", "WorkloadSelector",
     "parse_resource",
     "AuthorizationPolicy", "Gateway", "GatewayPort", "GatewaySpec", "MeshConfig", "Secret", "Server",
-    "ServerTLSSettings", "PeerAuthentication", "RequestAuthentication", "Sidecar",
+    "ServerTLSSettings", "PeerAuthentication", "RequestAuthentication", "Sidecar", "Telemetry",
 ]

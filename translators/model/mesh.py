@@ -7,8 +7,11 @@
       extensionProviders: [...]
 
 Only the parts meshpilot uses are modelled: the ext_authz ``extensionProviders`` that
-``AuthorizationPolicy`` ``action: CUSTOM`` names, and ``outboundTrafficPolicy.mode``
-(the default of sidecars whose Sidecar does not set it). Other fields (and other provider kinds)
+``AuthorizationPolicy`` ``action: CUSTOM`` names, ``outboundTrafficPolicy.mode``
+(the default of sidecars whose Sidecar does not set it), and telemetry: the
+``envoyFileAccessLog``, ``zipkin`` and ``opentelemetry`` providers a Telemetry names,
+``defaultProviders`` (used when no Telemetry names one) and ``accessLogFile`` /
+``accessLogEncoding`` / ``accessLogFormat`` (the built-in ``envoy`` provider). Other fields (and other provider kinds)
 are kept and reported as not supported. The checks are Istio's (ValidateMeshConfig's
 validateExtensionProvider): an invalid document is refused whole, as istiod keeps its
 previous mesh config then.
@@ -17,7 +20,7 @@ previous mesh config then.
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import model_validator
 
@@ -66,10 +69,48 @@ class EnvoyExtAuthzGrpc(IstioModel):
     includeRequestBodyInCheck: RequestBody | None = None
 
 
+class LogFormat(IstioModel):
+    """One of: a text line (Envoy's format operators), or JSON with these keys."""
+
+    text: str = ""
+    labels: dict[str, Any] | None = None
+
+
+class EnvoyFileAccessLog(IstioModel):
+    path: str = ""
+    logFormat: LogFormat | None = None
+
+
+class ZipkinTracing(IstioModel):
+    service: str = ""
+    port: int = 0
+    maxTagLength: UInt32 = 0
+    enable64bitTraceId: bool = False
+
+
+class OpenTelemetryTracing(IstioModel):
+    service: str = ""
+    port: int = 0
+    maxTagLength: UInt32 = 0
+
+
+#: The provider kinds: one per ExtensionProvider.
+PROVIDER_KINDS = ("envoyExtAuthzHttp", "envoyExtAuthzGrpc", "envoyFileAccessLog", "zipkin", "opentelemetry")
+
+
 class ExtensionProvider(IstioModel):
     name: str = ""
     envoyExtAuthzHttp: EnvoyExtAuthzHttp | None = None
     envoyExtAuthzGrpc: EnvoyExtAuthzGrpc | None = None
+    envoyFileAccessLog: EnvoyFileAccessLog | None = None
+    zipkin: ZipkinTracing | None = None
+    opentelemetry: OpenTelemetryTracing | None = None
+
+
+class DefaultProviders(IstioModel):
+    tracing: list[str] = []
+    metrics: list[str] = []
+    accessLogging: list[str] = []
 
 
 class MeshOutboundTrafficPolicy(IstioModel):
@@ -81,6 +122,11 @@ class MeshConfigSpec(IstioModel):
     extensionProviders: list[ExtensionProvider] = []
     #: Where sidecars send a destination the registry does not know, unless their Sidecar says.
     outboundTrafficPolicy: MeshOutboundTrafficPolicy = MeshOutboundTrafficPolicy()
+    defaultProviders: DefaultProviders = DefaultProviders()
+    #: The built-in "envoy" access log: where (empty: off unless a Telemetry asks), how, in what format.
+    accessLogFile: str = ""
+    accessLogEncoding: Literal["TEXT", "JSON"] = "TEXT"
+    accessLogFormat: str = ""
 
 
 def _service_problem(service: str) -> str | None:
@@ -118,8 +164,20 @@ class MeshConfig(Resource):
             elif provider.name in seen:
                 p.add((*at, "name"), f"duplicate extension provider name {provider.name}")
             seen.add(provider.name)
-            if provider.envoyExtAuthzHttp is not None and provider.envoyExtAuthzGrpc is not None:
-                p.add(at, "a provider is one kind: envoyExtAuthzHttp or envoyExtAuthzGrpc, not both")
+            kinds = [k for k in PROVIDER_KINDS if getattr(provider, k) is not None]
+            if len(kinds) > 1:
+                p.add(at, f"a provider is one kind, not {' and '.join(kinds)}")
+            for kind in ("zipkin", "opentelemetry"):
+                tracer = getattr(provider, kind)
+                if tracer is None:
+                    continue
+                if not 1 <= tracer.port <= 65535:
+                    p.add((*at, kind, "port"), f"port must be in the range [1, 65535], found: {tracer.port}")
+                if (m := _service_problem(tracer.service)) is not None:
+                    p.add((*at, kind, "service"), m)
+            log = provider.envoyFileAccessLog
+            if log is not None and log.logFormat is not None and log.logFormat.text and log.logFormat.labels:
+                p.add((*at, "envoyFileAccessLog", "logFormat"), "logFormat is one of text or labels, not both")
             for kind in ("envoyExtAuthzHttp", "envoyExtAuthzGrpc"):
                 config = getattr(provider, kind)
                 if config is None:

@@ -16,6 +16,9 @@ What an injected Pod gains (names as Istio's where tools look for them):
   listeners the iptables rules need;
 * container ``istio-proxy``: the official Envoy image, uid 1337, readiness on the
   bootstrap's health listener (``:15021/healthz/ready``, the admin's ``/ready``);
+* annotations ``prometheus.io/scrape``, ``/port`` (15090) and ``/path`` (``/stats/prometheus``):
+  Prometheus's Kubernetes pod discovery scrapes the proxy's stats listener, as under Istio
+  (a pod that already says ``prometheus.io/*`` keeps what it says);
 * annotation ``sidecar.istio.io/status``: what was added. A Pod carrying it is never
   injected again, so injecting twice changes nothing.
 """
@@ -69,8 +72,13 @@ INBOUND_CAPTURE_PORT = capture.INBOUND_PORT
 OUTBOUND_CAPTURE_PORT = capture.OUTBOUND_PORT
 ADMIN_PORT = 15000
 HEALTH_PORT = 15021
+STATS_PORT = 15090
+STATS_PATH = "/stats/prometheus"
 #: Never captured inbound: the proxy's own ports (Istio's list, less the agent's).
-PROXY_PORTS = (ADMIN_PORT, OUTBOUND_CAPTURE_PORT, INBOUND_CAPTURE_PORT, HEALTH_PORT)
+PROXY_PORTS = (ADMIN_PORT, OUTBOUND_CAPTURE_PORT, INBOUND_CAPTURE_PORT, HEALTH_PORT, STATS_PORT)
+#: What Prometheus's pod discovery (the usual relabelling) reads.
+PROMETHEUS_ANNOTATIONS = {"prometheus.io/scrape": "true", "prometheus.io/port": str(STATS_PORT),
+                          "prometheus.io/path": STATS_PATH}
 
 DEFAULT_PROXY_IMAGE = f"envoyproxy/envoy:v{ENVOY_VERSION}"
 DEFAULT_INIT_IMAGE = "ghcr.io/meshpilot/meshpilot:0.1.0"
@@ -304,6 +312,7 @@ def _bootstrap_container(config: InjectConfig) -> dict[str, Any]:
         # Admin on loopback only; the kubelet probes the health listener instead.
         "--admin-address", "127.0.0.1", "--admin-port", str(ADMIN_PORT),
         "--health-port", str(HEALTH_PORT),
+        "--stats-port", str(STATS_PORT),
         "--no-bind-source",
         # The istio-init rules send the pod's traffic to 15001/15006: Istio's virtual listeners.
         "--capture",
@@ -359,7 +368,8 @@ def _proxy_container(config: InjectConfig, annotations: Mapping[str, str], hold:
         "name": PROXY_CONTAINER,
         "image": config.proxy_image,
         "args": ["-c", BOOTSTRAP_FILE, "--log-level", "warning"],
-        "ports": [{"name": "http-health", "containerPort": HEALTH_PORT, "protocol": "TCP"}],
+        "ports": [{"name": "http-health", "containerPort": HEALTH_PORT, "protocol": "TCP"},
+                  {"name": "http-envoy-prom", "containerPort": STATS_PORT, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": HEALTH_PORT},
                            "periodSeconds": 2, "failureThreshold": 30},
         "resources": _resources(annotations, config.default_resources),
@@ -405,6 +415,8 @@ def inject_pod(pod: Mapping[str, Any], config: InjectConfig) -> dict[str, Any]:
         "initContainers": [IPTABLES_CONTAINER, BOOTSTRAP_CONTAINER], "containers": [PROXY_CONTAINER],
         "volumes": [v["name"] for v in volumes], "proxyImage": config.proxy_image,
     }, separators=(",", ":"))
+    if not any(k.startswith("prometheus.io/") for k in annotations):
+        annotations.update(PROMETHEUS_ANNOTATIONS)
     meta["annotations"] = annotations
     # As istiod: the app's "kubectl logs" and "exec" default to the app, not the proxy.
     if containers and "kubectl.kubernetes.io/default-container" not in annotations:

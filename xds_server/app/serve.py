@@ -228,7 +228,8 @@ class ControlPlane:
                 "/debug/describe": self.debug_describe,
                 "/debug/world": self.debug_world,
                 "/debug/ca": self.debug_ca,
-                "/debug/leader": self.debug_leader,
+                # Only where there is an election (Kubernetes mode): the index lists what answers.
+                **({"/debug/leader": self.debug_leader} if self.elector is not None else {}),
                 "/version": self.version,
             }
         )

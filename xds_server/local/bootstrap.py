@@ -48,6 +48,24 @@ Role = Literal["sidecar", "gateway"]
 
 XDS_CLUSTER = "xds-grpc"
 DEFAULT_ADMIN_PORT = 15000
+#: Istio's Prometheus port: ``/stats/prometheus`` served from the admin, nothing else of it.
+DEFAULT_STATS_PORT = 15090
+STATS_PATH = "/stats/prometheus"
+#: Prometheus labels as Istio's sidecars have them (its bootstrap: use_all_default_tags false, these
+#: names without Envoy's "envoy_" prefix), so dashboards and queries made for Istio work. Envoy's
+#: own cluster_name tag stops at the first dot of ``outbound|80||web.default.svc.cluster.local``:
+#: ours runs to the first dot followed by a stat word (stat words have an underscore or are one of
+#: a few; DNS labels have neither); other clusters (xds-grpc...) to their first dot. The first group
+#: is cut from the stat name, the second is the value.
+STATS_TAGS = (
+    ("cluster_name", r"^cluster(\.((?:outbound|inbound)\|[^|]*\|[^|]*\|[^_]*?|[^.|]+))"
+                     r"\.(?:[a-z0-9]*_|version$|canary\.|internal\.|external\.|zone\.|ssl\.|tls\.|retry\.|http[123]\.)"),
+    ("http_conn_manager_prefix", r"^http\.((.*?)\.)"),
+    ("listener_address", r"^listener\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"),
+    ("tcp_prefix", r"^tcp\.((.*?)\.)\w+?$"),
+    ("response_code", r"_rq(_(\d{3}))$"),
+    ("response_code_class", r"_rq(_(\dxx))$"),
+)
 
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _UPSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
@@ -168,21 +186,32 @@ def _admin_cluster(address: str, port: int) -> dict[str, Any]:
                 {"lb_endpoints": [{"endpoint": {"address": _socket_address(address, port)}}]}]}}
 
 
-def _health_listener(address: str, port: int) -> dict[str, Any]:
-    """``<proxy ip>:<port>/healthz/ready`` -> the admin's ``/ready``: a kubelet can probe the proxy
-    without the admin (which can stop Envoy) being reachable from the network, as Istio's 15021."""
-    route = {"match": {"path": "/healthz/ready"},
-             "route": {"cluster": _ADMIN_CLUSTER, "prefix_rewrite": "/ready", "timeout": "2s"}}
+def _admin_listener(name: str, address: str, port: int, route: dict[str, Any]) -> dict[str, Any]:
+    """``address:port`` -> one route to the admin: the admin (which can stop Envoy) is never
+    reachable from the network, only these paths of it."""
     return {
-        "name": "meshpilot-health",
+        "name": name,
         "address": _socket_address(address, port),
         "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
-            "@type": f"type.googleapis.com/{_HCM}", "stat_prefix": "health",
-            "route_config": {"virtual_hosts": [{"name": "health", "domains": ["*"], "routes": [route]}]},
+            "@type": f"type.googleapis.com/{_HCM}", "stat_prefix": name.removeprefix("meshpilot-"),
+            "route_config": {"virtual_hosts": [{"name": name, "domains": ["*"], "routes": [route]}]},
             "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
         }}]}],
     }
+
+
+def _health_listener(address: str, port: int) -> dict[str, Any]:
+    """``<proxy ip>:<port>/healthz/ready`` -> the admin's ``/ready``: a kubelet probes it, as Istio's 15021."""
+    return _admin_listener("meshpilot-health", address, port, {
+        "match": {"path": "/healthz/ready"},
+        "route": {"cluster": _ADMIN_CLUSTER, "prefix_rewrite": "/ready", "timeout": "2s"}})
+
+
+def _stats_listener(address: str, port: int) -> dict[str, Any]:
+    """``<proxy ip>:<port>/stats/prometheus``: Envoy's stats for Prometheus, as Istio's 15090."""
+    return _admin_listener("meshpilot-stats", address, port, {
+        "match": {"prefix": STATS_PATH}, "route": {"cluster": _ADMIN_CLUSTER, "timeout": "5s"}})
 
 
 def build_bootstrap(
@@ -203,6 +232,7 @@ def build_bootstrap(
     health_port: int | None = None,
     capture: bool = False,
     xds_replicas: Sequence[str] = (),
+    stats_port: int | None = None,
 ) -> dict[str, Any]:
     """The bootstrap as a JSON-ready dict. Raises ``ValueError`` on bad input.
 
@@ -210,6 +240,8 @@ def build_bootstrap(
 
     With ``xds_tls``, ``xds_address`` is meshpilot's TLS port: the connection verifies the
     server against ``xds_tls.root_pem`` and every stream carries ``xds_tls.token``.
+    ``health_port`` / ``stats_port``: listeners on the proxy IP for ``/healthz/ready`` and
+    ``/stats/prometheus`` (Istio's 15021 and 15090), each reaching only that path of the admin.
     ``xds_replicas``: more addresses of the same control plane (its other replicas), beside
     ``xds_address`` in the xDS cluster; with TLS, each must carry ``xds_tls.server_name``."""
     if role not in ("sidecar", "gateway"):
@@ -218,8 +250,11 @@ def build_bootstrap(
         raise ValueError(f"proxy IP {proxy_ip!r} is not an IP address")
     if not namespace:
         raise ValueError("namespace must not be empty")
-    if not 0 <= admin_port < 65536:
-        raise ValueError(f"admin port {admin_port} is out of range")
+    for what, port in (("admin", admin_port), ("health", health_port or 0), ("stats", stats_port or 0)):
+        if not 0 <= port < 65536:
+            raise ValueError(f"{what} port {port} is out of range")
+    static_listeners = [*([_health_listener(proxy_ip, health_port)] if health_port else []),
+                        *([_stats_listener(proxy_ip, stats_port)] if stats_port else [])]
     xds_host, xds_port = parse_host_port(xds_address)
     labels = dict(labels or {})
     pod = pod or default_pod_name(role, proxy_ip)
@@ -263,9 +298,12 @@ def build_bootstrap(
         "static_resources": {
             "clusters": [_xds_cluster(xds_host, xds_port, proxy_ip, bind_source, xds_tls,
                                       [parse_host_port(a) for a in xds_replicas]),
-                         *([_admin_cluster(admin_address or proxy_ip, admin_port)] if health_port else [])],
-            **({"listeners": [_health_listener(proxy_ip, health_port)]} if health_port else {}),
+                         *([_admin_cluster(admin_address or proxy_ip, admin_port)] if static_listeners else [])],
+            **({"listeners": static_listeners} if static_listeners else {}),
         },
+        # Prometheus labels with Istio's names (cluster_name="outbound|80||web.default.svc.cluster.local").
+        "stats_config": {"use_all_default_tags": False,
+                         "stats_tags": [{"tag_name": name, "regex": regex} for name, regex in STATS_TAGS]},
         # A connection limit, mostly so Envoy does not warn at start that there is none.
         "overload_manager": {
             "resource_monitors": [
@@ -345,6 +383,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--capture", action="store_true",
                         help="the pod's traffic is captured by iptables to 15001/15006 (as `meshpilot kube-inject` "
                         "sets up): node metadata INTERCEPTION_MODE=REDIRECT, the proxy gets Istio's virtual listeners")
+    parser.add_argument("--stats-port", type=int, default=DEFAULT_STATS_PORT, metavar="PORT",
+                        help=f"serve Envoy's Prometheus stats on PROXY_IP:PORT{STATS_PATH} (default "
+                        f"{DEFAULT_STATS_PORT}, Istio's; 0: no stats listener)")
     parser.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
     parser.add_argument("--format", choices=("envoy", "grpc"), default="envoy",
                         help="envoy: an Envoy bootstrap (default); grpc: the xDS bootstrap of a proxyless gRPC "
@@ -438,6 +479,7 @@ def run(args: argparse.Namespace) -> int:
             health_port=getattr(args, "health_port", None),
             capture=getattr(args, "capture", False),
             xds_replicas=getattr(args, "xds_replica_address", None) or (),
+            stats_port=getattr(args, "stats_port", None) or None,
         )
     except (ValueError, CAError, OSError) as e:
         print(f"meshpilot bootstrap: {e}", file=sys.stderr)

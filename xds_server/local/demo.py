@@ -31,7 +31,7 @@ from urllib.parse import quote
 
 import yaml
 
-from xds_server.local.bootstrap import build_bootstrap, node_id
+from xds_server.local.bootstrap import DEFAULT_STATS_PORT, STATS_PATH, build_bootstrap, node_id
 from xds_server.local.envoy_binary import EnvoyNotFound, find_envoy
 from xds_server.local.processes import (
     ChildProcess,
@@ -278,6 +278,7 @@ class DemoMesh:
             config = build_bootstrap(
                 xds_address=f"127.0.0.1:{self.xds_port}", proxy_ip=w.ip, namespace=w.namespace, pod=w.name,
                 service_account=w.service_account, labels=w.labels, delta=self.delta, admin_port=ADMIN_PORT,
+                stats_port=DEFAULT_STATS_PORT,
             )
             path = self.log_dir / f"envoy-{w.name}.json"
             path.write_text(json.dumps(config, indent=2), encoding="utf-8")
@@ -362,15 +363,27 @@ class DemoMesh:
             "Look inside meshpilot:",
             *(f"  {ctl}{path}" for path in self._server_pages()),
             f"or with the CLI: meshpilot proxy-status --http-address 127.0.0.1:{self.http_port}",
+            *(f"    {line}" for line in self._proxy_status().splitlines()),
             f"  meshpilot proxy-config route {c.name} --http-address 127.0.0.1:{self.http_port}",
             f"and {c.name}'s Envoy:",
             f"  http://{c.ip}:{ADMIN_PORT}/config_dump   http://{c.ip}:{ADMIN_PORT}/clusters",
-            f"  logs and bootstraps: {self.log_dir}",
+            f"  http://{c.ip}:{DEFAULT_STATS_PORT}{STATS_PATH}   (what Prometheus scrapes, on every sidecar)",
+            f"  logs and bootstraps (access logs too, with a Telemetry: docs/operate.md): {self.log_dir}",
             "",
             f"Edit {self.config_dir}/*.yaml (e.g. the weights in reviews-routing.yaml) and routing changes live.",
             "Ctrl-C stops everything.",
         ]
         return "\n".join(lines)
+
+    def _proxy_status(self) -> str:
+        """What ``meshpilot proxy-status`` prints now (every sidecar, per xDS type)."""
+        from xds_server.app.verbs import proxy_status  # the CLI verb's own rendering
+        from xds_server.app.verbs.common import ServerError
+
+        try:
+            return proxy_status.report(f"127.0.0.1:{self.http_port}")
+        except (ServerError, OSError) as e:  # the demo's description must not fail for it
+            return f"(proxy-status unavailable: {e})"
 
     def _server_pages(self) -> list[str]:
         """What meshpilot's HTTP index lists (one path per line), else the pages it is known to have."""

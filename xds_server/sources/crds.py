@@ -41,7 +41,7 @@ from pydantic_core import PydanticUndefined
 from translators.model import KINDS, Resource
 
 CHART_CRDS = Path(__file__).resolve().parents[2] / "charts" / "meshpilot" / "crds"
-ISTIO_GROUPS = ("networking.istio.io", "security.istio.io")
+ISTIO_GROUPS = ("networking.istio.io", "security.istio.io", "telemetry.istio.io")
 #: Short names as Istio's CRDs have them (``kubectl get vs``).
 SHORT_NAMES = {
     "VirtualService": ["vs"], "DestinationRule": ["dr"], "ServiceEntry": ["se"], "WorkloadEntry": ["we"],

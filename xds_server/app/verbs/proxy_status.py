@@ -81,13 +81,24 @@ def run(args: argparse.Namespace) -> int:
     if args.output == "yaml":
         print_yaml(result)
         return 0
-    if not result:
-        print(f"no proxies connected to meshpilot at {args.http_address}")
-        return 0
-    instance = f"meshpilot {server['version']} @ {args.http_address}"
-    rows = [[r["proxy"], *(r["types"][t]["status"] for t in TYPES), r["protocol"], instance] for r in result]
-    print(table(["NAME", "CDS", "LDS", "EDS", "RDS", "SDS", "XDS", "CONTROL PLANE"], rows))
-    nacks = [(r["proxy"], t, e["message"]) for r in result for t, e in r["types"].items() if e["status"] == "NACKED"]
-    for proxy, t, message in nacks:
-        print(f"\n{t.upper()} NACKED by {proxy}: {message}")
+    print(text(result, args.http_address, server["version"]))
     return 0
+
+
+def text(result: list[dict[str, Any]], http_address: str, version: str | None) -> str:
+    """The table people read (and the NACK messages under it)."""
+    if not result:
+        return f"no proxies connected to meshpilot at {http_address}"
+    instance = f"meshpilot {version} @ {http_address}"
+    rows = [[r["proxy"], *(r["types"][t]["status"] for t in TYPES), r["protocol"], instance] for r in result]
+    lines = [table(["NAME", "CDS", "LDS", "EDS", "RDS", "SDS", "XDS", "CONTROL PLANE"], rows)]
+    nacks = [(r["proxy"], t, e["message"]) for r in result for t, e in r["types"].items() if e["status"] == "NACKED"]
+    lines += [f"\n{t.upper()} NACKED by {proxy}: {message}" for proxy, t, message in nacks]
+    return "\n".join(lines)
+
+
+def report(http_address: str) -> str:
+    """What ``meshpilot proxy-status`` prints for the server at ``http_address``."""
+    syncz = get_json(http_address, "/debug/syncz")
+    return text(statuses(syncz, {"address": http_address}), http_address,
+                get_json(http_address, "/version").get("version"))
