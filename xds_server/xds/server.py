@@ -29,6 +29,7 @@ from xds_server.xds.convergence import ConvergenceTracker
 from xds_server.xds.protocol import DeltaStream, SharedResponses, SotwStream
 from xds_server.xds.secrets import CredentialStore, Grant, SecretStore
 from xds_server.xds.status import STREAMS, StreamStatus, TypeStatus
+from xds_server.xds.vhds import VhdsSplitter
 
 log = structlog.get_logger("xds")
 
@@ -99,8 +100,12 @@ class Inbox:
 
 class XdsServer:
     def __init__(self, cache: XdsCache, secrets: SecretStore | None = None,
-                 convergence: ConvergenceTracker | None = None, credentials: CredentialStore | None = None):
+                 convergence: ConvergenceTracker | None = None, credentials: CredentialStore | None = None,
+                 vhds: bool = True):
         self.cache = cache
+        #: delta Envoys get route configurations as stubs and their virtual hosts over VHDS
+        #: (a change sends the virtual hosts it touched); SotW streams always get whole tables
+        self.vhds = VhdsSplitter() if vhds else None
         self.convergence = convergence
         self.secrets = secrets
         self.credentials = credentials  # gateways' credentialName secrets, from the World
@@ -192,6 +197,8 @@ class XdsServer:
         tracker = None if secrets_only else self.convergence
         status = StreamStatus(proxy.id, protocol, convergence=tracker, stream_id=sid)
         stream = (SotwStream if protocol == "sotw" else DeltaStream)(status, self.shared)
+        # gRPC's xDS clients have no VHDS; Envoy has it on delta streams only.
+        splitter = self.vhds if protocol == "delta" and not secrets_only and proxy.generator != "grpc" else None
         inbox = Inbox()
         secret_view: TypeView | None = None  # set once the stream asked for secrets it may have
         refused_logged = tls  # on the TLS port the refusal was logged at open
@@ -201,6 +208,8 @@ class XdsServer:
 
         def view() -> ProxyView:
             config = ProxyView(self.cache.generation, {}) if secrets_only else self.cache.view(proxy)
+            if splitter is not None:
+                config = splitter.view(config)
             if secret_view is None:
                 return config
             assert self.secrets is not None and grant.identity is not None
@@ -246,7 +255,8 @@ class XdsServer:
                     current = view()
                     outgoing = stream.on_view(current)
                     if tracker is not None:
-                        tracker.sent(sid, current.generation, [o.nonce for o in outgoing], notified)
+                        tracker.sent(sid, current.generation, [o.nonce for o in outgoing], notified,
+                                     sum(len(o.payload) for o in outgoing))
                         notified.clear()
                 else:
                     if secrets_only and item.type_url != SECRET:

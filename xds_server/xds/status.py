@@ -56,6 +56,7 @@ class TypeStatus:
     sent_version: str = ""
     sent_nonce: str = ""
     sent_resources: int = 0
+    sent_bytes: int = 0  # of the latest response: what one change cost this proxy
     acked_version: str = ""
     acked_nonce: str = ""
     nack: dict[str, Any] | None = None
@@ -84,7 +85,7 @@ class StreamStatus:
 
     def sent(self, type_url: str, version: str, nonce: str, count: int, size: int) -> None:
         st = self.of(type_url)
-        st.sent_version, st.sent_nonce, st.sent_resources = version, nonce, count
+        st.sent_version, st.sent_nonce, st.sent_resources, st.sent_bytes = version, nonce, count, size
         PUSHES.labels(short(type_url), self.protocol).inc()
         PUSH_BYTES.labels(short(type_url)).inc(size)
 
