@@ -44,7 +44,7 @@ import structlog
 from bench_clients import client_ip, vm_status
 
 import xds_server.xds.server
-from translators.api import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT_NAMES
+from translators.api import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT_NAMES, VIRTUAL_HOST
 from translators.model import ResourceKey
 from translators.model.world import Proxy, World
 from xds_server.app.pipeline import Pipeline, settle_heap
@@ -115,7 +115,7 @@ class Bench:
         self.r: dict[str, Any] = {
             "args": {"services": args.services, "clients": args.clients, "changes": args.changes,
                      "scoped_proxies": args.scoped_proxies,
-                     "per_channel": args.per_channel, "ramp": args.ramp},
+                     "per_channel": args.per_channel, "ramp": args.ramp, "vhds": args.vhds},
             "machine": report.machine(),
             "rss": {"baseline_kb": vm_status()["VmRSS"]},
             "incremental": {},
@@ -400,7 +400,7 @@ async def push(bench: Bench, profiler: Profiler) -> None:
     r["push"] = p
     original_status = xds_server.xds.server.StreamStatus
     xds_server.xds.server.StreamStatus = TimedStreamStatus  # type: ignore[misc]
-    xds = XdsServer(bench.cache)
+    xds = XdsServer(bench.cache, vhds=args.vhds == "on")
     address = f"127.0.0.1:{free_port()}"
     server = await start_grpc(xds, address)
     stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
@@ -428,9 +428,10 @@ async def push(bench: Bench, profiler: Profiler) -> None:
         server_cpu: list[float] = []
         clients_cpu: list[float] = []
         gc_pauses: list[float] = []
-        check_vhost = f"{mesh.host(0)}:80"
+        # With VHDS the edit arrives as the one virtual host it changed, else as the port's table.
+        check_type, check_vhost = (VIRTUAL_HOST, f"80/{mesh.host(0)}") if xds.vhds else (ROUTE, f"{mesh.host(0)}:80")
         for rep in range(args.changes):
-            await clients.send(cmd="mark", rep=rep, type=ROUTE, check=check_vhost)
+            await clients.send(cmd="mark", rep=rep, type=check_type, check=check_vhost)
             marked = await clients.event("marked", 10)
             resources = bench.change_vs()  # parsed before the clock starts
             with profiler.phase(f"push-{rep}"), GcPauses() as pauses:
@@ -523,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-channel", type=int, default=100, help="client streams per gRPC channel (default 100)")
     p.add_argument("--ramp", type=int, default=200, metavar="N",
                    help="at most N clients connecting (not yet synced) at once; 0: all at once (default 200)")
+    p.add_argument("--vhds", choices=("on", "off"), default="on",
+                   help="serve the push test's delta clients virtual hosts over VHDS, as `serve --vhds` (default on)")
     p.add_argument("--json", action="store_true", help="also print the results as JSON (after the table)")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="cProfile each phase of the control plane into DIR/<phase>.pstats (slows it down)")
