@@ -9,7 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from harness import ConfigDir, EnvoyProcess, LoopbackAllocator, MeshpilotServer, UpstreamServer, eventually, request
+from harness import (
+    ConfigDir,
+    EnvoyProcess,
+    LoopbackAllocator,
+    MeshpilotServer,
+    UpstreamServer,
+    eventually,
+    request,
+)
 
 from tests.e2e.test_traffic import HOST, PORT, TARGET, reviews_service, routing
 from xds_server.local.bootstrap import build_bootstrap

@@ -14,7 +14,15 @@ from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryResponse
 from harness import free_port
 
 from tests.xds_server.adsclient import AdsClient
-from tests.xds_server.test_protocol import Mesh, acked, delta_subscribe, service, sotw_subscribe, split, subsets
+from tests.xds_server.test_protocol import (
+    Mesh,
+    acked,
+    delta_subscribe,
+    service,
+    sotw_subscribe,
+    split,
+    subsets,
+)
 from translators.api import ROUTE, VIRTUAL_HOST
 from xds_server.xds.cache import Resource
 from xds_server.xds.server import start_grpc

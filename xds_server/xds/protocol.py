@@ -470,11 +470,10 @@ class DeltaStream(_Stream):
             upserts, removed = _diff(st, tv, candidates, had)
         st.base = tv
         extra = self._aliases(type_url, st, tv, aliases, label)
-        if not upserts and not removed and not first:
-            # A new VHDS namespace with nothing in it still gets an answer: Envoy's route
-            # configuration waits for one before it is ready.
-            if extra or not (st.namespaced and newly):
-                return [self._sent(p) for p in extra]
+        # A new VHDS namespace with nothing in it still gets an answer: Envoy's route
+        # configuration waits for one before it is ready.
+        if not upserts and not removed and not first and (extra or not (st.namespaced and newly)):
+            return [self._sent(p) for p in extra]
         out = self._encode(type_url, upserts, removed, label)
         st.pending[out.nonce] = label
         warm = _warming(upserts) if type_url == CLUSTER else frozenset()

@@ -41,6 +41,7 @@ VIEW_CHANGED = object()
 #: sending faster than it is served waits instead of growing the server's memory.
 MAX_QUEUED_REQUESTS = 16
 
+_NO_VIEW = ProxyView(0, {})
 _PLAINTEXT = Grant(None, "plaintext", "the plaintext xDS port never serves secrets; use the TLS port")
 _NO_CA = Grant(None, "disabled", "this server has no certificate authority")
 
@@ -273,7 +274,11 @@ class XdsServer:
                         elif not refused_logged:
                             refused_logged = True
                             SecretStore.reject(grant, proxy.id, port="plaintext")
-                    outgoing = stream.on_request(item, view())
+                    # A plain delta ACK or NACK reads no view: skip making one (a change's
+                    # fan-out has one per proxy).
+                    plain = protocol == "delta" and item.response_nonce and item.type_url in stream.types \
+                        and not item.resource_names_subscribe and not item.resource_names_unsubscribe
+                    outgoing = stream.on_request(item, _NO_VIEW if plain else view())
                 for out in outgoing:
                     await context.write(out.payload)  # blocks while this client does not read
                 item = await inbox.get()

@@ -143,10 +143,10 @@ def split_route(rc: Resource, memo: dict[tuple[str, bytes], Resource]) -> RouteS
 
 @dataclass(eq=False)
 class VirtualHostSet(ResourceSet):
-    """The virtual hosts of one route layer; ``domains``: "<route config>/<domain>" -> resource
-    name, to answer on-demand requests."""
+    """The virtual hosts of one route layer, and the splits they came from (whose domains
+    answer on-demand requests)."""
 
-    domains: Mapping[str, str] = field(default_factory=dict, repr=False)
+    splits: Mapping[str, RouteSplit] = field(default_factory=dict, repr=False)
 
 
 @dataclass(eq=False)
@@ -167,6 +167,8 @@ class VhdsSplitter:
         self._splits: dict[tuple[str, str], RouteSplit] = {}  # (route config, version) -> split
         self._hosts: dict[tuple[str, bytes], Resource] = {}
         self._views: dict[tuple[int, ...], tuple[tuple[ResourceSet, ...], TypeView, TypeView]] = {}
+        #: id(ProxyView) -> (it, its VHDS form): a stream asks again for every response and ACK
+        self._proxy_views: dict[int, tuple[ProxyView, ProxyView]] = {}
         self._generation = -1
 
     def view(self, pv: ProxyView) -> ProxyView:
@@ -174,18 +176,24 @@ class VhdsSplitter:
         routes = pv.types.get(ROUTE)
         if routes is None:
             return pv
-        if pv.generation != self._generation:
+        if pv.generation > self._generation:  # (a proxy whose view did not change keeps its old one)
             self._generation = pv.generation
             self._views.clear()
+            self._proxy_views.clear()
             self._forget(pv.generation)
+        done = self._proxy_views.get(id(pv))
+        if done is not None and done[0] is pv:
+            return done[1]
         key = tuple(id(s) for s in routes.layers)
         hit = self._views.get(key)
         if hit is None:
-            derived = [self._layer(s, pv.generation) for s in routes.layers]
+            derived = [self._layer(s, self._generation) for s in routes.layers]
             hit = (routes.layers, TypeView(ROUTE, tuple(d.stubs for d in derived)),
                    TypeView(VIRTUAL_HOST, tuple(d.hosts for d in derived)))
             self._views[key] = hit
-        return ProxyView(pv.generation, {**pv.types, ROUTE: hit[1], VIRTUAL_HOST: hit[2]})
+        out = ProxyView(pv.generation, {**pv.types, ROUTE: hit[1], VIRTUAL_HOST: hit[2]})
+        self._proxy_views[id(pv)] = (pv, out)
+        return out
 
     def _layer(self, rs: ResourceSet, generation: int) -> _Layer:
         old = self._layers.get(rs.key)
@@ -208,7 +216,6 @@ class VhdsSplitter:
             splits[name] = found
         stubs = {n: s.stub for n, s in splits.items()}
         hosts = {h.name: h for s in splits.values() for h in s.hosts}
-        domains = {f"{n}/{d}": h for n, s in splits.items() for d, h in s.domains.items()}
         candidates: set[str] | None = None
         if since is not None and old is not None:
             candidates = {h.name for n in since for s in (old.splits.get(n), splits.get(n)) if s for h in s.hosts}
@@ -216,7 +223,7 @@ class VhdsSplitter:
                                   set(since) if since is not None else None)
         host_set = VirtualHostSet.of(("vhds", rs.key), VIRTUAL_HOST, hosts, old.hosts if old else None, candidates)
         assert isinstance(host_set, VirtualHostSet)
-        host_set.domains = domains
+        host_set.splits = splits
         layer = self._layers[rs.key] = _Layer(rs, stub_set, host_set, splits, generation)
         return layer
 
@@ -243,9 +250,11 @@ def resolve(view: TypeView, alias: str) -> Resource | None:
         parts = h.split(".")
         candidates += ["*." + ".".join(parts[i:]) for i in range(1, len(parts))]
     for layer in view.layers:
-        domains = layer.domains if isinstance(layer, VirtualHostSet) else {}
+        found = layer.splits.get(route) if isinstance(layer, VirtualHostSet) else None
+        if found is None:
+            continue
         for c in candidates:
-            name = domains.get(f"{route}/{c}")
+            name = found.domains.get(c)
             if name is not None:
                 return layer.resources.get(name)
     return None
