@@ -220,9 +220,19 @@ class XdsServer:
                 current = TypeView(SECRET, (*current.layers, self.credentials.layer(proxy.namespace)))
             return ProxyView(config.generation, {**config.types, SECRET: current})
 
+        def plain_ack(req: Any) -> bool:
+            """A delta ACK or NACK that changes no subscription: it reads no view and sends nothing."""
+            return protocol == "delta" and bool(req.response_nonce) and req.type_url in stream.types \
+                and not req.resource_names_subscribe and not req.resource_names_unsubscribe
+
         async def read() -> None:
             try:
                 async for req in requests:
+                    if not inbox.requests and plain_ack(req):
+                        # Nothing queued ahead of it: settled here, without waking the stream's
+                        # task (a change's fan-out brings one ACK per proxy).
+                        stream.on_request(req, _NO_VIEW)
+                        continue
                     await inbox.put(req)
             finally:
                 inbox.close()
@@ -274,11 +284,7 @@ class XdsServer:
                         elif not refused_logged:
                             refused_logged = True
                             SecretStore.reject(grant, proxy.id, port="plaintext")
-                    # A plain delta ACK or NACK reads no view: skip making one (a change's
-                    # fan-out has one per proxy).
-                    plain = protocol == "delta" and item.response_nonce and item.type_url in stream.types \
-                        and not item.resource_names_subscribe and not item.resource_names_unsubscribe
-                    outgoing = stream.on_request(item, _NO_VIEW if plain else view())
+                    outgoing = stream.on_request(item, _NO_VIEW if plain_ack(item) else view())
                 for out in outgoing:
                     await context.write(out.payload)  # blocks while this client does not read
                 item = await inbox.get()
