@@ -53,8 +53,10 @@ def hosts(resp: DeltaDiscoveryResponse) -> dict[str, VirtualHost]:
     return out
 
 
-async def subscribed(m: Mesh, channel: grpc.aio.Channel) -> tuple[AdsClient, dict[str, VirtualHost]]:
-    """A delta client that took the route stub of port 80 and then its virtual hosts, as Envoy does."""
+async def subscribed(m: Mesh, channel: grpc.aio.Channel, names: tuple[str, ...] = ("80",),
+                     ) -> tuple[AdsClient, dict[str, VirtualHost]]:
+    """A delta client that took the route stub of port 80 and then its virtual hosts; ``names``:
+    what its first VHDS request names (Envoy names nothing)."""
     client = AdsClient(channel, delta=True)
     resp = await delta_subscribe(m, client, ROUTE, ["80"])
     (res,) = resp.resources
@@ -63,7 +65,7 @@ async def subscribed(m: Mesh, channel: grpc.aio.Channel) -> tuple[AdsClient, dic
     assert rc.HasField("vhds") and rc.vhds.config_source.HasField("ads")
     assert [vh.name for vh in rc.virtual_hosts] == ["allow_any"]  # only the catch-all stays in the stub
     assert rc.ignore_port_in_host_matching and not rc.validate_clusters.value  # the rest of the config is kept
-    await client.send(type_url=VIRTUAL_HOST, resource_names_subscribe=["80"])
+    await client.send(type_url=VIRTUAL_HOST, resource_names_subscribe=list(names))
     resp = await client.recv()
     await client.send(type_url=VIRTUAL_HOST, response_nonce=resp.nonce)
     await acked(m, VIRTUAL_HOST, resp.nonce)
@@ -190,3 +192,46 @@ def test_split_route_puts_the_table_back_together():
     rebuilt.virtual_hosts.extend(stub.virtual_hosts)
     assert rebuilt == whole
     assert first.domains["a.default"] == f"80/{A}"
+
+
+async def test_a_new_port_brings_a_new_route_config_and_its_virtual_hosts(vmesh):
+    """Explicit VHDS names: the client subscribes to the new route configuration's namespace."""
+    m, channel = vmesh
+    client, _ = await subscribed(m, channel)
+    m.apply(service("a", "127.0.50.1"), subsets("a"), split("a", 80), service("b", "127.0.50.2"),
+            service("c", "127.0.50.3", port=7070))
+    assert await client.silent()  # nothing new on port 80 (and this client takes no listeners)
+    await client.send(type_url=ROUTE, resource_names_subscribe=["7070"])
+    resp = await client.recv()
+    assert resp.type_url == ROUTE and [r.name for r in resp.resources] == ["7070"]
+    await client.send(type_url=ROUTE, response_nonce=resp.nonce)
+    await client.send(type_url=VIRTUAL_HOST, resource_names_subscribe=["7070"])
+    resp = await client.recv()
+    assert resp.type_url == VIRTUAL_HOST
+    assert set(hosts(resp)) == {"7070/c.default.svc.cluster.local"}
+    client.cancel()
+
+
+async def test_envoy_style_vhds_follows_rds_and_virtual_hosts_come_after_their_stub(vmesh):
+    """Envoy's VHDS requests name nothing: the virtual hosts of the route configurations it
+    asked RDS for are sent, and a new route configuration's go right after its stub (sent
+    before it, Envoy would drop them: no subscription wants them yet)."""
+    m, channel = vmesh
+    client, got = await subscribed(m, channel, names=())
+    assert set(got) == {f"80/{A}", f"80/{B}"}
+    m.apply(service("a", "127.0.50.1"), subsets("a"), split("a", 80), service("b", "127.0.50.2"),
+            service("c", "127.0.50.3", port=7070))
+    assert await client.silent()  # port 7070 is not asked for yet: its virtual host is not sent
+    await client.send(type_url=ROUTE, resource_names_subscribe=["7070"])
+    stub = await client.recv()
+    assert stub.type_url == ROUTE and [r.name for r in stub.resources] == ["7070"]
+    resp = await client.recv()
+    assert resp.type_url == VIRTUAL_HOST and set(hosts(resp)) == {"7070/c.default.svc.cluster.local"}
+    await client.send(type_url=ROUTE, response_nonce=stub.nonce)
+    await client.send(type_url=VIRTUAL_HOST, response_nonce=resp.nonce)
+    await client.send(type_url=ROUTE, resource_names_unsubscribe=["7070"])
+    assert await client.silent()  # (and the server has read the unsubscribe before the change below)
+    m.apply(service("a", "127.0.50.1"), subsets("a"), split("a", 80), service("b", "127.0.50.2"),
+            service("c", "127.0.50.3", port=7070), subsets("c"), split("c", 10))
+    assert await client.silent()  # 7070 dropped from RDS: its virtual hosts are not wanted either
+    client.cancel()

@@ -460,7 +460,7 @@ class ControlPlane:
                 described = self.mesh_ca.secrets.describe()
                 secrets = [d for d in described if isinstance(d, dict) and d.get("identity") in proved]
                 roots = self.mesh_ca.ca.describe().get("roots") if secrets else None
-                dumped = proxy_config(wanted, self.cache.view(proxy), secrets, roots)
+                dumped = proxy_config(wanted, self.xds.config_view(proxy), secrets, roots)
                 if proxy.role == "gateway" and secrets:  # its credentials: names and versions only
                     add_credentials(dumped, self.pipeline.credentials.describe(proxy.namespace))
                 return json_reply(dumped)

@@ -139,6 +139,8 @@ class _TypeState:
     names: frozenset[str] = frozenset()
     #: names are namespaces too (NAMESPACED_TYPES)
     namespaced: bool = False
+    #: VHDS as Envoy asks for it: names never sent, they follow RDS's (see DeltaStream)
+    follows_routes: bool = False
     #: the view whose (interesting part) the client was last brought to
     base: TypeView | None = None
     nonce: str = ""
@@ -409,7 +411,13 @@ class DeltaStream(_Stream):
         unsubscribe = list(req.resource_names_unsubscribe)
         if not subscribe and not unsubscribe and not first:
             return []  # a plain ACK or NACK
-        if first and not subscribe:
+        if first and not subscribe and st.namespaced and ROUTE in self.types:
+            # Envoy's VHDS subscription names nothing (its route configurations' names are
+            # namespaces it matches itself): it wants the virtual hosts of the route
+            # configurations it has, so its names follow RDS's from now on.
+            st.follows_routes = True
+            subscribe = list(self.types[ROUTE].names)
+        elif first and not subscribe:
             st.wildcard = True  # legacy wildcard: the first request names nothing
         newly_wild = "*" in subscribe and not st.wildcard
         if "*" in subscribe:
@@ -470,6 +478,8 @@ class DeltaStream(_Stream):
             upserts, removed = _diff(st, tv, candidates, had)
         st.base = tv
         extra = self._aliases(type_url, st, tv, aliases, label)
+        if type_url == ROUTE:
+            extra += self._after_rds(view, [r.name for r in upserts])
         # A new VHDS namespace with nothing in it still gets an answer: Envoy's route
         # configuration waits for one before it is ready.
         if not upserts and not removed and not first and (extra or not (st.namespaced and newly)):
@@ -479,15 +489,45 @@ class DeltaStream(_Stream):
         warm = _warming(upserts) if type_url == CLUSTER else frozenset()
         return [self._sent(out)] + [self._sent(p) for p in extra] + self._after_cds(view, warm)
 
+    def _after_rds(self, view: ProxyView, stubs: list[str]) -> list[Outgoing]:
+        """VHDS after route configurations were (re)sent: Envoy drops virtual hosts that arrive
+        before their route configuration's stub (no subscription wants them yet), and a stub
+        that newly carries ``vhds`` starts a subscription that waits for them: so they go
+        (again) right after the stub."""
+        vst = self.types.get(VIRTUAL_HOST)
+        if vst is None or not vst.follows_routes:
+            return []
+        vst.names = self.types[ROUTE].names
+        if not stubs:
+            return []
+        parts = self._push(view, VIRTUAL_HOST, vst, self._hosts_of(view, frozenset(stubs)))
+        return [self._sent(p) for p in sorted(parts, key=lambda p: p.removal)]
+
+    def _hosts_of(self, view: ProxyView, routes: frozenset[str]) -> frozenset[str]:
+        """The names of the virtual hosts of these route configurations (VHDS)."""
+        if not routes:
+            return frozenset()
+        tv = view.of(VIRTUAL_HOST)
+        hosts = self.shared.get(view.generation, ("vhds-of", _layers_key(tv), routes),
+                                lambda: frozenset(n for n in tv.names() if n.rpartition("/")[0] in routes),
+                                refs=(tv, routes))
+        assert isinstance(hosts, frozenset)
+        return hosts
+
     def on_view(self, view: ProxyView) -> list[Outgoing]:
         cds = self.types.get(CLUSTER)
         warm = self._warm(view, cds) if cds is not None else frozenset()
         if ENDPOINT not in self.types:
             self._owe(warm)
+        vst, rst = self.types.get(VIRTUAL_HOST), self.types.get(ROUTE)
+        # Virtual hosts go again after a changed stub (see _after_rds).
+        hosts_warm = self._hosts_of(view, self._changed(view, rst)) \
+            if vst is not None and vst.follows_routes and rst is not None else frozenset()
         upserts: dict[str, Outgoing] = {}
         removals: dict[str, Outgoing] = {}
         for type_url, st in self.types.items():
-            for part in self._push(view, type_url, st, warm if type_url == ENDPOINT else frozenset()):
+            forced = warm if type_url == ENDPOINT else hosts_warm if type_url == VIRTUAL_HOST else frozenset()
+            for part in self._push(view, type_url, st, forced):
                 (removals if part.removal else upserts)[type_url] = part
         out = [upserts[t] for t in self._order(SEND_ORDER) if t in upserts]
         out += [removals[t] for t in self._order(REMOVE_ORDER) if t in removals]
@@ -514,6 +554,13 @@ class DeltaStream(_Stream):
                                   candidates, lambda n: _version(base, n), str(view.generation), force)
         st.base = tv
         return parts
+
+    def _changed(self, view: ProxyView, st: _TypeState) -> frozenset[str]:
+        """Wanted names of ``st``'s type whose resources differ from the client's base."""
+        tv = view.of(ROUTE)
+        if st.base is tv or (st.base is not None and _same_layers(st.base, tv)):
+            return frozenset()
+        return frozenset(_pending(st, tv))
 
     def _after_cds(self, view: ProxyView, warm: frozenset[str]) -> list[Outgoing]:
         """The assignments a CDS response just sent makes Envoy wait for: now if EDS is

@@ -311,6 +311,12 @@ class XdsServer:
             STREAMS.labels(protocol).dec()
             log.info("stream closed", proxy=proxy.id, protocol=protocol)
 
+    def config_view(self, proxy: Proxy) -> ProxyView:
+        """What ``proxy``'s ADS stream serves: for a delta Envoy with VHDS, route stubs and virtual hosts."""
+        view = self.cache.view(proxy)
+        delta = any(s.protocol == "delta" and s.proxy_id == proxy.id for s in self.streams.values())
+        return self.vhds.view(view) if self.vhds is not None and delta and proxy.generator != "grpc" else view
+
     def _secret_streams(self) -> Iterator[tuple[int, TypeStatus]]:
         """Streams that proved an identity and asked for secrets, with their SDS status."""
         for sid, status in list(self.streams.items()):

@@ -136,6 +136,8 @@ def split_route(rc: Resource, memo: dict[tuple[str, bytes], Resource]) -> RouteS
         sources.append(vh)
         for d in names:
             domains[d] = resource_name
+    if not hosts:  # nothing for VHDS: the route configuration goes whole, with no subscription to wait for
+        return RouteSplit(rc, (), (), {})
     stub.append(_VHDS_FIELD)
     return RouteSplit(WireResource(rc.name, ROUTE, b"".join(stub), RouteConfiguration), tuple(hosts),
                       tuple(sources), domains)
@@ -221,6 +223,8 @@ class VhdsSplitter:
             candidates = {h.name for n in since for s in (old.splits.get(n), splits.get(n)) if s for h in s.hosts}
         stub_set = ResourceSet.of(("vhds-routes", rs.key), ROUTE, stubs, old.stubs if old else None,
                                   set(since) if since is not None else None)
+        if old is not None and not stub_set.changed and stub_set.resources.keys() == old.stubs.resources.keys():
+            stub_set = old.stubs  # streams then see the very same set: nothing to diff for RDS
         host_set = VirtualHostSet.of(("vhds", rs.key), VIRTUAL_HOST, hosts, old.hosts if old else None, candidates)
         assert isinstance(host_set, VirtualHostSet)
         host_set.splits = splits
