@@ -13,7 +13,8 @@ testable exactly:
   response then carries every named resource that exists, changed or not, since for
   these types a resource left out is a resource deleted. EDS and RDS are named, and a
   name subscribed before it exists is sent when it appears.
-* make-before-break: clusters, endpoints, listeners, routes; removals afterwards.
+* make-before-break: clusters, endpoints, listeners, routes (then virtual hosts: VHDS, see
+  ``vhds``); removals afterwards.
 * cluster warming: Envoy keeps an EDS cluster it adds *or updates* warming until that
   cluster's ClusterLoadAssignment arrives, even one it already has (else it waits out
   initial_fetch_timeout, 15 s). So a response that adds or changes EDS clusters is
@@ -521,7 +522,7 @@ class DeltaStream(_Stream):
             self._owe(warm)
         vst, rst = self.types.get(VIRTUAL_HOST), self.types.get(ROUTE)
         # Virtual hosts go again after a changed stub (see _after_rds).
-        hosts_warm = self._hosts_of(view, self._changed(view, rst)) \
+        hosts_warm = self._hosts_of(view, self._changed_routes(view, rst)) \
             if vst is not None and vst.follows_routes and rst is not None else frozenset()
         upserts: dict[str, Outgoing] = {}
         removals: dict[str, Outgoing] = {}
@@ -555,8 +556,8 @@ class DeltaStream(_Stream):
         st.base = tv
         return parts
 
-    def _changed(self, view: ProxyView, st: _TypeState) -> frozenset[str]:
-        """Wanted names of ``st``'s type whose resources differ from the client's base."""
+    def _changed_routes(self, view: ProxyView, st: _TypeState) -> frozenset[str]:
+        """Route configurations (``st``: RDS's state) that differ from the client's base."""
         tv = view.of(ROUTE)
         if st.base is tv or (st.base is not None and _same_layers(st.base, tv)):
             return frozenset()

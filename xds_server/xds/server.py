@@ -21,7 +21,7 @@ import structlog
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
 from grpc._cython.cygrpc import ExecuteBatchError  # what a write to a closed stream raises
 
-from translators.api import SECRET
+from translators.api import SECRET, VIRTUAL_HOST
 from translators.model.world import Proxy
 from xds_server.app.node import NodeError, proxy_from_node
 from xds_server.xds.cache import ProxyView, TypeView, XdsCache
@@ -312,10 +312,14 @@ class XdsServer:
             log.info("stream closed", proxy=proxy.id, protocol=protocol)
 
     def config_view(self, proxy: Proxy) -> ProxyView:
-        """What ``proxy``'s ADS stream serves: for a delta Envoy with VHDS, route stubs and virtual hosts."""
+        """What ``proxy`` should have: route configurations whole (as Envoy assembles them), and
+        for a delta Envoy with VHDS, the virtual hosts it is sent too."""
         view = self.cache.view(proxy)
         delta = any(s.protocol == "delta" and s.proxy_id == proxy.id for s in self.streams.values())
-        return self.vhds.view(view) if self.vhds is not None and delta and proxy.generator != "grpc" else view
+        if self.vhds is None or not delta or proxy.generator == "grpc":
+            return view
+        hosts = self.vhds.view(view).types.get(VIRTUAL_HOST)
+        return view if hosts is None else ProxyView(view.generation, {**view.types, VIRTUAL_HOST: hosts})
 
     def _secret_streams(self) -> Iterator[tuple[int, TypeStatus]]:
         """Streams that proved an identity and asked for secrets, with their SDS status."""

@@ -49,7 +49,7 @@ TRANSLATE_SECONDS = Histogram(
 
 
 def short(type_url: str) -> str:
-    return SHORT_NAMES.get(type_url, type_url.rsplit(".", 1)[-1])
+    return SHORT_NAMES.get(type_url) or type_url.rsplit(".", 1)[-1]
 
 
 @functools.cache
