@@ -114,8 +114,8 @@ class Bench:
         self.args = args
         self.r: dict[str, Any] = {
             "args": {"services": args.services, "clients": args.clients, "changes": args.changes,
-                     "scoped_proxies": args.scoped_proxies,
-                     "per_channel": args.per_channel, "ramp": args.ramp, "vhds": args.vhds},
+                     "scoped_proxies": getattr(args, "scoped_proxies", 0),
+                     "per_channel": args.per_channel, "ramp": args.ramp, "vhds": getattr(args, "vhds", "on")},
             "machine": report.machine(),
             "rss": {"baseline_kb": vm_status()["VmRSS"]},
             "incremental": {},
@@ -393,6 +393,12 @@ class ClientProcess:
             await proc.wait()
 
 
+def vs_change_mark(vhds: bool) -> tuple[str, str]:
+    """The type and virtual host name svc-0's VirtualService change arrives as: with VHDS the
+    one virtual host it changed, else the port's route table."""
+    return (VIRTUAL_HOST, f"80/{mesh.host(0)}") if vhds else (ROUTE, f"{mesh.host(0)}:80")
+
+
 async def push(bench: Bench, profiler: Profiler) -> None:
     args, r = bench.args, bench.r
     k = args.clients
@@ -428,8 +434,7 @@ async def push(bench: Bench, profiler: Profiler) -> None:
         server_cpu: list[float] = []
         clients_cpu: list[float] = []
         gc_pauses: list[float] = []
-        # With VHDS the edit arrives as the one virtual host it changed, else as the port's table.
-        check_type, check_vhost = (VIRTUAL_HOST, f"80/{mesh.host(0)}") if xds.vhds else (ROUTE, f"{mesh.host(0)}:80")
+        check_type, check_vhost = vs_change_mark(xds.vhds is not None)
         for rep in range(args.changes):
             await clients.send(cmd="mark", rep=rep, type=check_type, check=check_vhost)
             marked = await clients.event("marked", 10)
