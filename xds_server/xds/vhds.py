@@ -228,6 +228,8 @@ class VhdsSplitter:
         host_set = VirtualHostSet.of(("vhds", rs.key), VIRTUAL_HOST, hosts, old.hosts if old else None, candidates)
         assert isinstance(host_set, VirtualHostSet)
         host_set.splits = splits
+        if old is not None and not host_set.changed and host_set.resources.keys() == old.hosts.resources.keys():
+            host_set = old.hosts  # likewise for VHDS (its splits have the same virtual hosts)
         layer = self._layers[rs.key] = _Layer(rs, stub_set, host_set, splits, generation)
         return layer
 
