@@ -4,7 +4,8 @@ Run by ``benchmarks/run.py`` as a separate process so the clients' CPU is not th
 server's. Each client is one DeltaAggregatedResources stream with its own Istio node
 (``sidecar~127.3.x.y~client-<i>.default~default.svc.cluster.local``) and behaves like
 Envoy: wildcard CDS, EDS for every cluster received, wildcard LDS, RDS for the route
-names the listeners' HTTP connection managers use; every response is ACKed.
+names the listeners' HTTP connection managers use, VHDS for the route configurations that
+carry ``vhds`` (subscribed by route configuration name); every response is ACKed.
 
 Protocol (one JSON object per line). The parent writes commands on stdin:
 
@@ -40,6 +41,7 @@ import grpc
 from envoy.config.core.v3.base_pb2 import Node
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.config.route.v3.route_components_pb2 import VirtualHost
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (
     HttpConnectionManager,
@@ -51,6 +53,7 @@ CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+VIRTUAL_HOST = "type.googleapis.com/envoy.config.route.v3.VirtualHost"
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 DELTA_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
 NAMESPACE = "default"
@@ -145,13 +148,49 @@ def route_names(resp: DeltaDiscoveryResponse) -> set[str]:
     return names
 
 
+def _submessages(raw: bytes, number: int) -> list[bytes]:
+    """The length-delimited top-level fields ``number`` of an encoded message."""
+    out, i, n = [], 0, len(raw)
+    while i < n:
+        key, i = _varint(raw, i)
+        wire = key & 7
+        if wire == 2:
+            size, i = _varint(raw, i)
+            if key >> 3 == number:
+                out.append(raw[i : i + size])
+            i += size
+        elif wire == 0:
+            _, i = _varint(raw, i)
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"unexpected wire type {wire}")
+    return out
+
+
+def vhds_names(raw: bytes) -> set[str]:
+    """The route configurations of an encoded RDS response whose virtual hosts come over VHDS
+    (field 9 set), read without parsing their (possibly large) tables."""
+    out = set()
+    for res in _submessages(raw, 2):  # DeltaDiscoveryResponse.resources
+        (name,) = _submessages(res, 3)
+        for any_ in _submessages(res, 2):
+            for rc in _submessages(any_, 2):
+                if _submessages(rc, 9):
+                    out.add(name.decode())
+    return out
+
+
 def weights_of(resp: DeltaDiscoveryResponse, vhost: str) -> dict[str, int]:
-    """cluster -> weight of the weighted route of one virtual host (to check a change arrived)."""
+    """cluster -> weight of the weighted route of one virtual host (to check a change arrived),
+    in route configurations (RDS) or virtual hosts (VHDS)."""
     out: dict[str, int] = {}
     for res in resp.resources:
-        rc = RouteConfiguration()
-        res.resource.Unpack(rc)
-        for vh in rc.virtual_hosts:
+        if resp.type_url == VIRTUAL_HOST:
+            vhosts = [VirtualHost.FromString(res.resource.value)]
+        else:
+            vhosts = list(RouteConfiguration.FromString(res.resource.value).virtual_hosts)
+        for vh in vhosts:
             if vh.name != vhost:
                 continue
             for route in vh.routes:
@@ -237,6 +276,7 @@ class Fleet:
         )()
         clusters: set[str] = set()
         routes: set[str] = set()
+        vhosts_of: set[str] = set()  # route configurations subscribed to over VHDS
         started: set[str] = set()
         acked: set[str] = set()
         ready: set[str] = set()  # clusters whose last EDS response had endpoints (expect mode)
@@ -298,6 +338,11 @@ class Fleet:
                 wanted = route_names(resp)
                 await subscribe(ROUTE, wanted - routes, set())
                 routes |= wanted
+            elif type_url == ROUTE and not synced:
+                found = vhds_names(raw) - vhosts_of
+                if found:  # (a first VHDS request naming nothing would be a wildcard)
+                    await subscribe(VIRTUAL_HOST, found, set())
+                    vhosts_of |= found
             await call.write(DeltaDiscoveryRequest(type_url=type_url, response_nonce=nonce))
             if type_url == CLUSTER:
                 await subscribe(LISTENER, set(), set())  # after clusters, as Envoy does
@@ -328,7 +373,7 @@ class Fleet:
                 self.expected += 1
                 if self.expected == self.k:
                     emit(event="expected", t=time.monotonic(), cpu=cpu_seconds(), **vm_status())
-            if not synced and len(acked) == 4:
+            if not synced and len(acked) == 4 + (VIRTUAL_HOST in started):
                 synced = True
                 if self.ramp is not None:
                     self.ramp.release()

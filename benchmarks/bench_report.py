@@ -165,8 +165,10 @@ def table(r: dict[str, Any]) -> str:
         if p.get("error"):
             row("Push", f"**failed**: {p['error']}")
         ramp = f"at most {a['ramp']} connecting at once" if a["ramp"] else "all at once"
-        row(f"{k} delta ADS clients ({a['per_channel']} streams per channel, {ramp}): time to sync all "
-            "(CDS+EDS+LDS+RDS ACKed)",
+        vhds = a.get("vhds", "off") == "on"
+        row(f"{k} delta ADS clients ({a['per_channel']} streams per channel, {ramp}"
+            f"{', routes over VHDS' if vhds else ''}): time to sync all "
+            f"(CDS+EDS+LDS+RDS{'+VHDS' if vhds else ''} ACKed)",
             f"{ms(p.get('sync_s'))} ({p.get('sync_responses', 0):,} responses, {size(p.get('sync_bytes', 0))}; "
             f"CPU: control plane {ms(p.get('sync_server_cpu_s'))}, clients {ms(p.get('sync_clients_cpu_s'))})")
         row(f"RSS: control plane with {k} clients (peak)",

@@ -35,9 +35,8 @@ from typing import Any
 
 import bench_report as report
 from bench_clients import cpu_seconds, emit
-from run import Bench, ClientProcess, free_port, note
+from run import Bench, ClientProcess, free_port, note, vs_change_mark
 
-from translators.api import ROUTE
 from xds_server.app.mesh_ca import MeshCA
 from xds_server.app.serve import configure_logging
 from xds_server.xds.server import XdsServer, start_grpc
@@ -168,11 +167,11 @@ class SdsProcess(ClientProcess):
 # ------------------------------------------------------------------ the control plane side
 
 
-async def change(bench: Bench, watchers: ClientProcess, rep: int, k: int) -> list[float]:
-    """One VirtualService change; the latency until each of the ``k`` watchers received it."""
-    from bench_manifests import host
-
-    await watchers.send(cmd="mark", rep=rep, type=ROUTE, check=f"{host(0)}:80")
+async def change(bench: Bench, watchers: ClientProcess, rep: int, k: int, vhds: bool = True) -> list[float]:
+    """One VirtualService change; the latency until each of the ``k`` watchers received it
+    (``vhds``: the server sends them virtual hosts over VHDS, its default)."""
+    type_url, check = vs_change_mark(vhds)
+    await watchers.send(cmd="mark", rep=rep, type=type_url, check=check)
     await watchers.event("marked", 10)
     resources = bench.change_vs()
     started = time.monotonic()

@@ -47,7 +47,7 @@ import structlog
 from bench_clients import client_ip, vm_status
 
 import xds_server.xds.server
-from translators.api import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT_NAMES
+from translators.api import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT_NAMES, VIRTUAL_HOST
 from translators.model import ResourceKey
 from translators.model.world import Proxy, World
 from xds_server.app.pipeline import Pipeline, settle_heap
@@ -117,8 +117,8 @@ class Bench:
         self.args = args
         self.r: dict[str, Any] = {
             "args": {"services": args.services, "clients": args.clients, "changes": args.changes,
-                     "scoped_proxies": args.scoped_proxies,
-                     "per_channel": args.per_channel, "ramp": args.ramp},
+                     "scoped_proxies": getattr(args, "scoped_proxies", 0),
+                     "per_channel": args.per_channel, "ramp": args.ramp, "vhds": getattr(args, "vhds", "on")},
             "machine": report.machine(),
             "rss": {"baseline_kb": vm_status()["VmRSS"]},
             "incremental": {},
@@ -396,6 +396,12 @@ class ClientProcess:
             await proc.wait()
 
 
+def vs_change_mark(vhds: bool) -> tuple[str, str]:
+    """The type and virtual host name svc-0's VirtualService change arrives as: with VHDS the
+    one virtual host it changed, else the port's route table."""
+    return (VIRTUAL_HOST, f"80/{mesh.host(0)}") if vhds else (ROUTE, f"{mesh.host(0)}:80")
+
+
 async def push(bench: Bench, profiler: Profiler) -> None:
     args, r = bench.args, bench.r
     k = args.clients
@@ -403,7 +409,7 @@ async def push(bench: Bench, profiler: Profiler) -> None:
     r["push"] = p
     original_status = xds_server.xds.server.StreamStatus
     xds_server.xds.server.StreamStatus = TimedStreamStatus  # type: ignore[misc]
-    xds = XdsServer(bench.cache)
+    xds = XdsServer(bench.cache, vhds=args.vhds == "on")
     address = f"127.0.0.1:{free_port()}"
     server = await start_grpc(xds, address)
     stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
@@ -431,9 +437,9 @@ async def push(bench: Bench, profiler: Profiler) -> None:
         server_cpu: list[float] = []
         clients_cpu: list[float] = []
         gc_pauses: list[float] = []
-        check_vhost = f"{mesh.host(0)}:80"
+        check_type, check_vhost = vs_change_mark(xds.vhds is not None)
         for rep in range(args.changes):
-            await clients.send(cmd="mark", rep=rep, type=ROUTE, check=check_vhost)
+            await clients.send(cmd="mark", rep=rep, type=check_type, check=check_vhost)
             marked = await clients.event("marked", 10)
             resources = bench.change_vs()  # parsed before the clock starts
             with profiler.phase(f"push-{rep}"), GcPauses() as pauses:
@@ -534,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kube-inject-pods", type=int, default=0, metavar="N",
                    help="also create N Pods through the real API server with meshpilot's injection webhook "
                    "(bench_kube.py --inject-pods; as root, starts the test cluster of tests/kube); default 0: skip")
+    p.add_argument("--vhds", choices=("on", "off"), default="on",
+                   help="serve the push test's delta clients virtual hosts over VHDS, as `serve --vhds` (default on)")
     p.add_argument("--json", action="store_true", help="also print the results as JSON (after the table)")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="cProfile each phase of the control plane into DIR/<phase>.pstats (slows it down)")

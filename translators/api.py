@@ -29,12 +29,15 @@ ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+#: Virtual hosts on their own (VHDS): the server splits route configurations into these for
+#: delta clients; translation never produces them.
+VIRTUAL_HOST = "type.googleapis.com/envoy.config.route.v3.VirtualHost"
 
 #: Make-before-break: a proxy learns clusters, then their endpoints, then the listeners
 #: and routes that use them. Removals go the other way round.
 PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
 
-SHORT_NAMES = {CLUSTER: "cds", ENDPOINT: "eds", LISTENER: "lds", ROUTE: "rds", SECRET: "sds"}
+SHORT_NAMES = {CLUSTER: "cds", ENDPOINT: "eds", LISTENER: "lds", ROUTE: "rds", SECRET: "sds", VIRTUAL_HOST: "vhds"}
 
 
 @dataclass(frozen=True, eq=False)

@@ -216,9 +216,12 @@ def test_a_delta_envoy_and_a_sotw_envoy_both_converge(mesh: Mesh) -> None:
     # Delta versions each resource: Envoy holds exactly the versions the server says it should.
     (proxy_id,) = [s["proxy"] for s in mesh.server.get("/debug/syncz")[1] if s["protocol"] == "delta"]
     should = mesh.server.get(f"/debug/config?proxy={proxy_id}")[1]["types"]
-    routes = {c["route_config"]["name"]: c["version_info"]
-              for c in delta.config_dump("dynamic_route_configs")["configs"]}
-    assert routes == should["rds"]["resources"]
+    routes = {c["route_config"]["name"]: c for c in delta.config_dump("dynamic_route_configs")["configs"]}
+    assert routes.keys() == should["rds"]["resources"].keys()
+    # Its virtual hosts came over VHDS (a route configuration's version_info is then its last
+    # VHDS update's): it holds exactly the virtual hosts the server says it should.
+    held = {vh["name"] for c in routes.values() for vh in c["route_config"]["virtual_hosts"] if "/" in vh["name"]}
+    assert held and held == set(should["vhds"]["resources"])
     clusters = {c["cluster"]["name"]: c["version_info"]
                 for c in delta.config_dump("dynamic_active_clusters")["configs"]}
     assert clusters == should["cds"]["resources"]

@@ -102,6 +102,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debounce-quiet", type=float, default=0.1, metavar="SECONDS", help="push after this much quiet")
     p.add_argument("--debounce-max", type=float, default=10.0, metavar="SECONDS", help="push at the latest after this")
     p.add_argument("--poll", action="store_true", help="poll the directory instead of using inotify")
+    p.add_argument("--vhds", choices=("on", "off"), default="on",
+                   help="delta xDS Envoys get each route configuration as a stub plus its virtual hosts over VHDS, "
+                   "so a VirtualService edit sends only the virtual hosts it changed (SotW clients always get "
+                   "whole route tables); off: whole tables for every client (default on)")
     p.add_argument(
         "--rescan-interval",
         type=float,
@@ -198,7 +202,8 @@ class ControlPlane:
             # Pods prove who they are with their service-account token, checked by the API server.
             self.mesh_ca.secrets.reviewer = TokenReviewer(kube_review_call(_api_client(args.kubeconfig, None)),
                                                           ttl=args.token_review_ttl)
-        self.xds = XdsServer(self.cache, self.mesh_ca.secrets, self.pipeline.convergence, self.pipeline.credentials)
+        self.xds = XdsServer(self.cache, self.mesh_ca.secrets, self.pipeline.convergence, self.pipeline.credentials,
+                             vhds=getattr(args, "vhds", "on") == "on")
         self.ready = False
         self._loaded = asyncio.Event()  # set once the first config is applied
         self.serving = False  # the xDS ports are open (after the first config)
@@ -510,7 +515,7 @@ class ControlPlane:
                 described = self.mesh_ca.secrets.describe()
                 secrets = [d for d in described if isinstance(d, dict) and d.get("identity") in proved]
                 roots = self.mesh_ca.ca.describe().get("roots") if secrets else None
-                dumped = proxy_config(wanted, self.cache.view(proxy), secrets, roots)
+                dumped = proxy_config(wanted, self.xds.config_view(proxy), secrets, roots)
                 if proxy.role == "gateway" and secrets:  # its credentials: names and versions only
                     add_credentials(dumped, self.pipeline.credentials.describe(proxy.namespace))
                 return json_reply(dumped)

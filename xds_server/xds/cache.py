@@ -16,6 +16,7 @@ import hashlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from types import MappingProxyType
 from typing import Protocol
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
@@ -81,6 +82,13 @@ class Resource:
 
 
 _HISTORY = 8
+_NO_SOURCE: Mapping[str, Message] = MappingProxyType({})
+
+
+def _differs(a: Resource | None, b: Resource | None) -> bool:
+    if a is None or b is None:
+        return a is not b
+    return a is not b and a.version != b.version
 
 
 @dataclass(eq=False)
@@ -121,16 +129,29 @@ class ResourceSet:
                 changed.add(name)
             resources[name] = res
         changed.update(n for n in old if n not in resources)
-        built = cls(layer.key, type_url, layer.resources, resources, previous, frozenset(changed))
+        return cls(layer.key, type_url, layer.resources, resources, previous, frozenset(changed))._cut_history()
+
+    @classmethod
+    def of(cls, key: object, type_url: str, resources: dict[str, Resource], previous: ResourceSet | None,
+           candidates: set[str] | None = None) -> ResourceSet:
+        """A set of resources made elsewhere (not translated: VHDS splits route configurations).
+        ``candidates``: the only names that may differ from ``previous`` (None: any)."""
+        old = previous.resources if previous is not None else {}
+        names = candidates if candidates is not None and previous is not None else resources.keys() | old.keys()
+        changed = frozenset(n for n in names if _differs(old.get(n), resources.get(n)))
+        # No source layer: nothing compares one against a translation's mapping.
+        return cls(key, type_url, _NO_SOURCE, resources, previous, changed)._cut_history()
+
+    def _cut_history(self) -> ResourceSet:
         # A short history lets a stream that fell a few pushes behind still diff cheaply;
         # cutting it lets old sets be freed.
-        older = built
+        older = self
         for _ in range(_HISTORY):
             if older.previous is None:
                 break
             older = older.previous
         older.previous = None
-        return built
+        return self
 
     def changes_since(self, older: ResourceSet) -> frozenset[str] | None:
         """Names that differ from ``older``; None when the history does not reach it."""

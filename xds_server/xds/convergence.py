@@ -38,6 +38,9 @@ class Change:
     resources: tuple[tuple[str, str], ...] = ()
     acked: list[float] = field(default_factory=list)  # seconds to ACK, one per converged proxy
     nacked: int = 0
+    #: bytes of the responses sent for this change, in all, and to the proxy that got the most
+    bytes: int = 0
+    max_bytes: int = 0
     #: stream id -> responses of this change it has not had answered yet
     outstanding: dict[int, int] = field(default_factory=dict)
 
@@ -57,6 +60,7 @@ class Change:
             "nacked": self.nacked,
             "pending": max(0, self.proxies - len(times) - self.nacked),
             "ack_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0)},
+            "bytes": {"total": self.bytes, "max_per_proxy": self.max_bytes},
         }
 
 
@@ -80,12 +84,15 @@ class ConvergenceTracker:
         while len(self.changes) > self.keep:
             self._by_generation.pop(self.changes.popleft().generation, None)
 
-    def sent(self, stream: int, generation: int, nonces: list[str], notified: Iterable[int] = ()) -> None:
-        """``stream`` sent responses built from ``generation`` (none: it had nothing to send);
-        ``notified``: the generations it was told of since it last sent, settled by these too."""
+    def sent(self, stream: int, generation: int, nonces: list[str], notified: Iterable[int] = (),
+             size: int = 0) -> None:
+        """``stream`` sent responses built from ``generation`` (none: it had nothing to send), of
+        ``size`` bytes; ``notified``: the generations it was told of since it last sent, settled by these too."""
         change = self._by_generation.get(generation)
         if change is None or stream in change.outstanding:
             return
+        change.bytes += size
+        change.max_bytes = max(change.max_bytes, size)
         older = [c for g in notified if g != generation and (c := self._by_generation.get(g)) is not None
                  and stream not in c.outstanding]
         for c in older:

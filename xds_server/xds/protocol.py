@@ -13,7 +13,8 @@ testable exactly:
   response then carries every named resource that exists, changed or not, since for
   these types a resource left out is a resource deleted. EDS and RDS are named, and a
   name subscribed before it exists is sent when it appears.
-* make-before-break: clusters, endpoints, listeners, routes; removals afterwards.
+* make-before-break: clusters, endpoints, listeners, routes (then virtual hosts: VHDS, see
+  ``vhds``); removals afterwards.
 * cluster warming: Envoy keeps an EDS cluster it adds *or updates* warming until that
   cluster's ClusterLoadAssignment arrives, even one it already has (else it waits out
   initial_fetch_timeout, 15 s). So a response that adds or changes EDS clusters is
@@ -41,16 +42,19 @@ from envoy.service.discovery.v3.discovery_pb2 import (
     DiscoveryResponse,
 )
 
-from translators.api import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SECRET
+from translators.api import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SECRET, VIRTUAL_HOST
 from xds_server.xds.cache import ProxyView, Resource, TypeView
 from xds_server.xds.status import StreamStatus
+from xds_server.xds.vhds import alias_entry, resolve
 
 WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
-KNOWN_TYPES = frozenset({CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET})
+KNOWN_TYPES = frozenset({CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, VIRTUAL_HOST})
+#: Names of these types are namespaces too: a subscription to "80" asks for every "80/..." (VHDS).
+NAMESPACED_TYPES = frozenset({VIRTUAL_HOST})
 #: Secrets first: a certificate is never newer in the config that uses it than in the proxy.
-SEND_ORDER: tuple[str, ...] = (SECRET, *PUSH_ORDER)
+SEND_ORDER: tuple[str, ...] = (SECRET, *PUSH_ORDER, VIRTUAL_HOST)
 #: Removals go the other way round: drop what refers before what is referred to.
-REMOVE_ORDER: tuple[str, ...] = (LISTENER, ROUTE, CLUSTER, ENDPOINT)
+REMOVE_ORDER: tuple[str, ...] = (LISTENER, ROUTE, VIRTUAL_HOST, CLUSTER, ENDPOINT)
 CONTROL_PLANE = ControlPlane(identifier="meshpilot")
 
 _nonces = itertools.count(1)
@@ -134,6 +138,10 @@ def _layers_key(view: TypeView | None) -> tuple[int, ...]:
 class _TypeState:
     wildcard: bool = False
     names: frozenset[str] = frozenset()
+    #: names are namespaces too (NAMESPACED_TYPES)
+    namespaced: bool = False
+    #: VHDS as Envoy asks for it: names never sent, they follow RDS's (see DeltaStream)
+    follows_routes: bool = False
     #: the view whose (interesting part) the client was last brought to
     base: TypeView | None = None
     nonce: str = ""
@@ -141,11 +149,13 @@ class _TypeState:
     pending: dict[str, str] = field(default_factory=dict)
 
     def wants(self, name: str) -> bool:
-        return self.wildcard or name in self.names
+        return self.wildcard or name in self.names or (self.namespaced and name.rpartition("/")[0] in self.names)
 
     def interesting(self, view: TypeView) -> Iterator[str]:
         if self.wildcard:
             yield from view.names()
+        elif self.namespaced:
+            yield from filter(self.wants, view.names())
         else:
             yield from (n for n in self.names if view.get(n) is not None)
 
@@ -388,7 +398,7 @@ class DeltaStream(_Stream):
         st = self.types.get(type_url)
         first = st is None
         if st is None:
-            st = self.types[type_url] = _TypeState()
+            st = self.types[type_url] = _TypeState(namespaced=type_url in NAMESPACED_TYPES)
         if req.response_nonce:
             version = st.pending.pop(req.response_nonce, None)
             if version is None and not first:
@@ -402,7 +412,13 @@ class DeltaStream(_Stream):
         unsubscribe = list(req.resource_names_unsubscribe)
         if not subscribe and not unsubscribe and not first:
             return []  # a plain ACK or NACK
-        if first and not subscribe:
+        if first and not subscribe and st.namespaced and ROUTE in self.types:
+            # Envoy's VHDS subscription names nothing (its route configurations' names are
+            # namespaces it matches itself): it wants the virtual hosts of the route
+            # configurations it has, so its names follow RDS's from now on.
+            st.follows_routes = True
+            subscribe = list(self.types[ROUTE].names)
+        elif first and not subscribe:
             st.wildcard = True  # legacy wildcard: the first request names nothing
         newly_wild = "*" in subscribe and not st.wildcard
         if "*" in subscribe:
@@ -420,6 +436,8 @@ class DeltaStream(_Stream):
         force: frozenset[str] = frozenset()
         if first and type_url == ENDPOINT:
             force, self._warm_later = self._warm_later, frozenset()
+        # VHDS on demand: "<route config>/<Host>" names no resource; it is answered with an alias.
+        aliases = sorted(n for n in newly if st.namespaced and "/" in n and tv.get(n) is None)
         if first:
             known = dict(req.initial_resource_versions)
             if not known:
@@ -428,9 +446,10 @@ class DeltaStream(_Stream):
                 parts = self._shared_diff(view.generation, st.key("delta-first", type_url, tv), type_url, st, tv,
                                           lambda: set(st.interesting(tv)), lambda n: None, label)
                 st.base = tv
-                if not parts:  # nothing to send yet, but Envoy waits for an answer to finish warming
+                if not parts and not aliases:  # nothing to send yet, but Envoy waits for an answer to finish warming
                     parts = [self._encode(type_url, [], [], label)]
                     st.pending[parts[0].nonce] = label
+                parts += self._aliases(type_url, st, tv, aliases, label)
                 return [self._sent(p) for p in parts] + self._after_cds(view, warm)
             # A reconnect: Envoy says what it has. For EDS, ``force`` holds the assignments of
             # clusters this stream updated before EDS was asked for: those clusters are warming
@@ -447,30 +466,69 @@ class DeltaStream(_Stream):
             candidates |= diff if diff is not None else set(tv.names()) | set(base.names() if base else ())
             if newly_wild:
                 candidates |= set(tv.names())
+            # A namespace just subscribed to: what is in it is new to the client.
+            fresh = {n for n in tv.names() if n.rpartition("/")[0] in newly and n not in before} \
+                if st.namespaced and newly else set()
+            candidates |= fresh
 
             def had(n: str) -> str | None:
-                if n in newly or (newly_wild and n not in before):
+                if n in newly or n in fresh or (newly_wild and n not in before):
                     return None
                 return _version(base, n)
 
             upserts, removed = _diff(st, tv, candidates, had)
         st.base = tv
-        if not upserts and not removed and not first:
-            return []
+        extra = self._aliases(type_url, st, tv, aliases, label)
+        if type_url == ROUTE:
+            extra += self._after_rds(view, [r.name for r in upserts])
+        # A new VHDS namespace with nothing in it still gets an answer: Envoy's route
+        # configuration waits for one before it is ready.
+        if not upserts and not removed and not first and (extra or not (st.namespaced and newly)):
+            return [self._sent(p) for p in extra]
         out = self._encode(type_url, upserts, removed, label)
         st.pending[out.nonce] = label
         warm = _warming(upserts) if type_url == CLUSTER else frozenset()
-        return [self._sent(out)] + self._after_cds(view, warm)
+        return [self._sent(out)] + [self._sent(p) for p in extra] + self._after_cds(view, warm)
+
+    def _after_rds(self, view: ProxyView, stubs: list[str]) -> list[Outgoing]:
+        """VHDS after route configurations were (re)sent: Envoy drops virtual hosts that arrive
+        before their route configuration's stub (no subscription wants them yet), and a stub
+        that newly carries ``vhds`` starts a subscription that waits for them: so they go
+        (again) right after the stub."""
+        vst = self.types.get(VIRTUAL_HOST)
+        if vst is None or not vst.follows_routes:
+            return []
+        vst.names = self.types[ROUTE].names
+        if not stubs:
+            return []
+        parts = self._push(view, VIRTUAL_HOST, vst, self._hosts_of(view, frozenset(stubs)))
+        return [self._sent(p) for p in sorted(parts, key=lambda p: p.removal)]
+
+    def _hosts_of(self, view: ProxyView, routes: frozenset[str]) -> frozenset[str]:
+        """The names of the virtual hosts of these route configurations (VHDS)."""
+        if not routes:
+            return frozenset()
+        tv = view.of(VIRTUAL_HOST)
+        hosts = self.shared.get(view.generation, ("vhds-of", _layers_key(tv), routes),
+                                lambda: frozenset(n for n in tv.names() if n.rpartition("/")[0] in routes),
+                                refs=(tv, routes))
+        assert isinstance(hosts, frozenset)
+        return hosts
 
     def on_view(self, view: ProxyView) -> list[Outgoing]:
         cds = self.types.get(CLUSTER)
         warm = self._warm(view, cds) if cds is not None else frozenset()
         if ENDPOINT not in self.types:
             self._owe(warm)
+        vst, rst = self.types.get(VIRTUAL_HOST), self.types.get(ROUTE)
+        # Virtual hosts go again after a changed stub (see _after_rds).
+        hosts_warm = self._hosts_of(view, self._changed_routes(view, rst)) \
+            if vst is not None and vst.follows_routes and rst is not None else frozenset()
         upserts: dict[str, Outgoing] = {}
         removals: dict[str, Outgoing] = {}
         for type_url, st in self.types.items():
-            for part in self._push(view, type_url, st, warm if type_url == ENDPOINT else frozenset()):
+            forced = warm if type_url == ENDPOINT else hosts_warm if type_url == VIRTUAL_HOST else frozenset()
+            for part in self._push(view, type_url, st, forced):
                 (removals if part.removal else upserts)[type_url] = part
         out = [upserts[t] for t in self._order(SEND_ORDER) if t in upserts]
         out += [removals[t] for t in self._order(REMOVE_ORDER) if t in removals]
@@ -497,6 +555,13 @@ class DeltaStream(_Stream):
                                   candidates, lambda n: _version(base, n), str(view.generation), force)
         st.base = tv
         return parts
+
+    def _changed_routes(self, view: ProxyView, st: _TypeState) -> frozenset[str]:
+        """Route configurations (``st``: RDS's state) that differ from the client's base."""
+        tv = view.of(ROUTE)
+        if st.base is tv or (st.base is not None and _same_layers(st.base, tv)):
+            return frozenset()
+        return frozenset(_pending(st, tv))
 
     def _after_cds(self, view: ProxyView, warm: frozenset[str]) -> list[Outgoing]:
         """The assignments a CDS response just sent makes Envoy wait for: now if EDS is
@@ -544,8 +609,18 @@ class DeltaStream(_Stream):
             st.pending[part.nonce] = label
         return parts
 
+    def _aliases(self, type_url: str, st: _TypeState, tv: TypeView, aliases: list[str], label: str) -> list[Outgoing]:
+        """The answer to on-demand VHDS names: each with the virtual host it stands for, if any."""
+        if not aliases:
+            return []
+        out = self._encode(type_url, [], [], label, [alias_entry(a, resolve(tv, a)) for a in aliases])
+        st.pending[out.nonce] = label
+        return [out]
+
     @staticmethod
-    def _encode(type_url: str, upserts: list[Resource], removed: list[str], label: str) -> Outgoing:
+    def _encode(type_url: str, upserts: list[Resource], removed: list[str], label: str,
+                entries: list[bytes] | None = None) -> Outgoing:
+        """``entries``: resources entries encoded elsewhere (VHDS aliases), after ``upserts``."""
         nonce = next_nonce()
         head = DeltaDiscoveryResponse(
             system_version_info=label,
@@ -554,8 +629,9 @@ class DeltaStream(_Stream):
             removed_resources=removed,
             control_plane=CONTROL_PLANE,
         ).SerializeToString()
-        payload = b"".join([head, *(r.delta_entry for r in upserts)])
-        return Outgoing(type_url, nonce, label, payload, len(upserts) + len(removed), removal=not upserts and bool(removed))
+        payload = b"".join([head, *(r.delta_entry for r in upserts), *(entries or ())])
+        count = len(upserts) + len(removed) + len(entries or ())
+        return Outgoing(type_url, nonce, label, payload, count, removal=not upserts and bool(removed) and not entries)
 
 
 def _diff(

@@ -21,7 +21,7 @@ import structlog
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
 from grpc._cython.cygrpc import ExecuteBatchError  # what a write to a closed stream raises
 
-from translators.api import SECRET
+from translators.api import SECRET, VIRTUAL_HOST
 from translators.model.world import Proxy
 from xds_server.app.node import NodeError, proxy_from_node
 from xds_server.xds.cache import ProxyView, TypeView, XdsCache
@@ -29,6 +29,7 @@ from xds_server.xds.convergence import ConvergenceTracker
 from xds_server.xds.protocol import DeltaStream, SharedResponses, SotwStream
 from xds_server.xds.secrets import CredentialStore, Grant, SecretStore
 from xds_server.xds.status import STREAMS, StreamStatus, TypeStatus
+from xds_server.xds.vhds import VhdsSplitter
 
 log = structlog.get_logger("xds")
 
@@ -40,6 +41,7 @@ VIEW_CHANGED = object()
 #: sending faster than it is served waits instead of growing the server's memory.
 MAX_QUEUED_REQUESTS = 16
 
+_NO_VIEW = ProxyView(0, {})
 _PLAINTEXT = Grant(None, "plaintext", "the plaintext xDS port never serves secrets; use the TLS port")
 _NO_CA = Grant(None, "disabled", "this server has no certificate authority")
 
@@ -99,8 +101,12 @@ class Inbox:
 
 class XdsServer:
     def __init__(self, cache: XdsCache, secrets: SecretStore | None = None,
-                 convergence: ConvergenceTracker | None = None, credentials: CredentialStore | None = None):
+                 convergence: ConvergenceTracker | None = None, credentials: CredentialStore | None = None,
+                 vhds: bool = True):
         self.cache = cache
+        #: delta Envoys get route configurations as stubs and their virtual hosts over VHDS
+        #: (a change sends the virtual hosts it touched); SotW streams always get whole tables
+        self.vhds = VhdsSplitter() if vhds else None
         self.convergence = convergence
         self.secrets = secrets
         self.credentials = credentials  # gateways' credentialName secrets, from the World
@@ -192,6 +198,8 @@ class XdsServer:
         tracker = None if secrets_only else self.convergence
         status = StreamStatus(proxy.id, protocol, convergence=tracker, stream_id=sid)
         stream = (SotwStream if protocol == "sotw" else DeltaStream)(status, self.shared)
+        # gRPC's xDS clients have no VHDS; Envoy has it on delta streams only.
+        splitter = self.vhds if protocol == "delta" and not secrets_only and proxy.generator != "grpc" else None
         inbox = Inbox()
         secret_view: TypeView | None = None  # set once the stream asked for secrets it may have
         refused_logged = tls  # on the TLS port the refusal was logged at open
@@ -201,6 +209,8 @@ class XdsServer:
 
         def view() -> ProxyView:
             config = ProxyView(self.cache.generation, {}) if secrets_only else self.cache.view(proxy)
+            if splitter is not None:
+                config = splitter.view(config)
             if secret_view is None:
                 return config
             assert self.secrets is not None and grant.identity is not None
@@ -210,9 +220,19 @@ class XdsServer:
                 current = TypeView(SECRET, (*current.layers, self.credentials.layer(proxy.namespace)))
             return ProxyView(config.generation, {**config.types, SECRET: current})
 
+        def plain_ack(req: Any) -> bool:
+            """A delta ACK or NACK that changes no subscription: it reads no view and sends nothing."""
+            return protocol == "delta" and bool(req.response_nonce) and req.type_url in stream.types \
+                and not req.resource_names_subscribe and not req.resource_names_unsubscribe
+
         async def read() -> None:
             try:
                 async for req in requests:
+                    if not inbox.requests and plain_ack(req):
+                        # Nothing queued ahead of it: settled here, without waking the stream's
+                        # task (a change's fan-out brings one ACK per proxy).
+                        stream.on_request(req, _NO_VIEW)
+                        continue
                     await inbox.put(req)
             finally:
                 inbox.close()
@@ -246,7 +266,8 @@ class XdsServer:
                     current = view()
                     outgoing = stream.on_view(current)
                     if tracker is not None:
-                        tracker.sent(sid, current.generation, [o.nonce for o in outgoing], notified)
+                        tracker.sent(sid, current.generation, [o.nonce for o in outgoing], notified,
+                                     sum(len(o.payload) for o in outgoing))
                         notified.clear()
                 else:
                     if secrets_only and item.type_url != SECRET:
@@ -263,7 +284,7 @@ class XdsServer:
                         elif not refused_logged:
                             refused_logged = True
                             SecretStore.reject(grant, proxy.id, port="plaintext")
-                    outgoing = stream.on_request(item, view())
+                    outgoing = stream.on_request(item, _NO_VIEW if plain_ack(item) else view())
                 for out in outgoing:
                     await context.write(out.payload)  # blocks while this client does not read
                 item = await inbox.get()
@@ -289,6 +310,16 @@ class XdsServer:
             del self.inboxes[sid]
             STREAMS.labels(protocol).dec()
             log.info("stream closed", proxy=proxy.id, protocol=protocol)
+
+    def config_view(self, proxy: Proxy) -> ProxyView:
+        """What ``proxy`` should have: route configurations whole (as Envoy assembles them), and
+        for a delta Envoy with VHDS, the virtual hosts it is sent too."""
+        view = self.cache.view(proxy)
+        delta = any(s.protocol == "delta" and s.proxy_id == proxy.id for s in self.streams.values())
+        if self.vhds is None or not delta or proxy.generator == "grpc":
+            return view
+        hosts = self.vhds.view(view).types.get(VIRTUAL_HOST)
+        return view if hosts is None else ProxyView(view.generation, {**view.types, VIRTUAL_HOST: hosts})
 
     def _secret_streams(self) -> Iterator[tuple[int, TypeStatus]]:
         """Streams that proved an identity and asked for secrets, with their SDS status."""
