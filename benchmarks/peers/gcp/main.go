@@ -1,0 +1,194 @@
+// A minimal ADS server on go-control-plane's snapshot cache: the benchmark's reference peer.
+//
+// It serves N EDS clusters (svc-<i>, one endpoint each), one listener with one RDS route
+// configuration holding one virtual host per cluster, the way meshpilot's benchmark mesh
+// looks to one sidecar. POST /change on -http bumps svc-0: its endpoint's port alternates
+// and its virtual host's response header "x-peer-version" carries the new version, then a
+// new snapshot is set. Nothing else: the Go reference.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	router "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+const routeName = "http.80"
+
+func clusterName(i int) string { return fmt.Sprintf("svc-%d", i) }
+
+func adsSource() *core.ConfigSource {
+	return &core.ConfigSource{
+		ResourceApiVersion:    core.ApiVersion_V3,
+		ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}},
+	}
+}
+
+// An EDS cluster, like the sidecar clusters meshpilot serves.
+func makeCluster(i int) *cluster.Cluster {
+	return &cluster.Cluster{
+		Name:                 clusterName(i),
+		ConnectTimeout:       durationpb.New(time.Second),
+		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_EDS},
+		EdsClusterConfig:     &cluster.Cluster_EdsClusterConfig{EdsConfig: adsSource()},
+	}
+}
+
+func makeEndpoints(i int, upstream string, port uint32) *endpoint.ClusterLoadAssignment {
+	return &endpoint.ClusterLoadAssignment{
+		ClusterName: clusterName(i),
+		Endpoints: []*endpoint.LocalityLbEndpoints{{
+			LbEndpoints: []*endpoint.LbEndpoint{{
+				HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{
+					Address: &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
+						Address: upstream, PortSpecifier: &core.SocketAddress_PortValue{PortValue: port},
+					}}},
+				}},
+			}},
+		}},
+	}
+}
+
+func makeVirtualHost(i int, version string) *route.VirtualHost {
+	name := clusterName(i)
+	return &route.VirtualHost{
+		Name:    name,
+		Domains: []string{name, name + ".default.svc.cluster.local"},
+		Routes: []*route.Route{{
+			Match:  &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
+			Action: &route.Route_Route{Route: &route.RouteAction{ClusterSpecifier: &route.RouteAction_Cluster{Cluster: name}}},
+		}},
+		ResponseHeadersToAdd: []*core.HeaderValueOption{{
+			Header: &core.HeaderValue{Key: "x-peer-version", Value: version},
+		}},
+	}
+}
+
+func makeListener(address string, port uint32) *listener.Listener {
+	routerAny, err := anypb.New(&router.Router{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	manager := &hcm.HttpConnectionManager{
+		StatPrefix: "peer",
+		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{
+			RouteConfigName: routeName,
+			ConfigSource:    adsSource(),
+		}},
+		HttpFilters: []*hcm.HttpFilter{{Name: "envoy.filters.http.router", ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: routerAny}}},
+	}
+	managerAny, err := anypb.New(manager)
+	if err != nil {
+		log.Fatal(err)
+	}
+	return &listener.Listener{
+		Name: "http",
+		Address: &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
+			Address: address, PortSpecifier: &core.SocketAddress_PortValue{PortValue: port},
+		}}},
+		FilterChains: []*listener.FilterChain{{Filters: []*listener.Filter{{
+			Name: "envoy.filters.network.http_connection_manager", ConfigType: &listener.Filter_TypedConfig{TypedConfig: managerAny},
+		}}}},
+	}
+}
+
+type mesh struct {
+	mu        sync.Mutex
+	cache     cachev3.SnapshotCache
+	clusters  []types.Resource
+	endpoints []types.Resource
+	hosts     []*route.VirtualHost
+	listeners []types.Resource
+	version   int
+	upstream  string
+	ports     [2]uint32
+}
+
+func (m *mesh) publish() error {
+	version := strconv.Itoa(m.version)
+	snap, err := cachev3.NewSnapshot(version, map[resourcev3.Type][]types.Resource{
+		resourcev3.ClusterType:  m.clusters,
+		resourcev3.EndpointType: m.endpoints,
+		resourcev3.RouteType:    {&route.RouteConfiguration{Name: routeName, VirtualHosts: m.hosts}},
+		resourcev3.ListenerType: m.listeners,
+	})
+	if err != nil {
+		return err
+	}
+	// One Envoy, any node id: set the snapshot for the id the benchmark passes.
+	return m.cache.SetSnapshot(context.Background(), nodeID, snap)
+}
+
+var nodeID string
+
+func main() {
+	n := flag.Int("services", 1000, "clusters and virtual hosts")
+	xdsAddr := flag.String("xds", "127.0.0.1:18000", "gRPC ADS address")
+	httpAddr := flag.String("http", "127.0.0.1:18001", "control address: POST /change")
+	listenerAddr := flag.String("listener-address", "127.0.0.1", "the Envoy listener's address")
+	listenerPort := flag.Uint("listener-port", 80, "the Envoy listener's port")
+	upstream := flag.String("upstream", "127.0.0.1", "endpoint address of every cluster")
+	upstreamPort := flag.Uint("upstream-port", 8080, "endpoint port (svc-0 alternates with upstream-port2)")
+	upstreamPort2 := flag.Uint("upstream-port2", 8081, "svc-0's endpoint port after an odd number of changes")
+	flag.StringVar(&nodeID, "node", "peer", "the Envoy node id")
+	flag.Parse()
+
+	m := &mesh{cache: cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil), version: 1, upstream: *upstream,
+		ports: [2]uint32{uint32(*upstreamPort), uint32(*upstreamPort2)}}
+	for i := 0; i < *n; i++ {
+		m.clusters = append(m.clusters, makeCluster(i))
+		m.endpoints = append(m.endpoints, makeEndpoints(i, *upstream, m.ports[0]))
+		m.hosts = append(m.hosts, makeVirtualHost(i, "1"))
+	}
+	m.listeners = []types.Resource{makeListener(*listenerAddr, uint32(*listenerPort))}
+	if err := m.publish(); err != nil {
+		log.Fatal(err)
+	}
+
+	http.HandleFunc("/change", func(w http.ResponseWriter, r *http.Request) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.version++
+		version := strconv.Itoa(m.version)
+		m.endpoints[0] = makeEndpoints(0, m.upstream, m.ports[m.version%2])
+		m.hosts[0] = makeVirtualHost(0, version)
+		if err := m.publish(); err != nil {
+			http.Error(w, err.Error(), 500)
+			return
+		}
+		fmt.Fprintln(w, version)
+	})
+	go func() { log.Fatal(http.ListenAndServe(*httpAddr, nil)) }()
+
+	lis, err := net.Listen("tcp", *xdsAddr)
+	if err != nil {
+		log.Fatal(err)
+	}
+	grpcServer := grpc.NewServer(grpc.MaxConcurrentStreams(1000))
+	discovery.RegisterAggregatedDiscoveryServiceServer(grpcServer, serverv3.NewServer(context.Background(), m.cache, nil))
+	fmt.Fprintln(os.Stderr, "ready")
+	log.Fatal(grpcServer.Serve(lis))
+}
