@@ -33,7 +33,7 @@ proto in it) is replaced only when one of its parts is, so the cache can share b
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
@@ -87,6 +87,15 @@ PROXY_MEMO_UPDATES = 8
 
 def _same(a: tuple, b: tuple) -> bool:
     return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
+def _same_hosts(old: Sequence[routes.VirtualHostPart] | None, new: Sequence[routes.VirtualHostPart]) -> bool:
+    """Whether two rows of a port have the same hosts in the same order, Kubernetes or not:
+    all that ``routes.colliding_domains`` reads (a Kubernetes host spells its name and
+    namespace), so one service's changed routes keep the row's collisions."""
+    return old is not None and len(old) == len(new) and all(
+        a.shape is b.shape or (a.shape.host == b.shape.host and a.shape.kubernetes == b.shape.kubernetes)
+        for a, b in zip(old, new, strict=True))
 
 
 def _layer(key: object, parts: Iterable[tuple[str, Message]]) -> api.Layer:
@@ -200,7 +209,7 @@ class Translator:
         registry_ns = sorted({k.namespace for k in changed if k.kind in REGISTRY_KINDS})
         for ns in registry_ns:
             self._ns_epoch[ns] = self._ns_epoch.get(ns, 0) + 1
-        services = self._registry.rebuild(self._index, registry_ns)
+        services = self._registry.rebuild(self._index, registry_ns, changed)
         shapes = services and self._registry.shapes_changed  # else only endpoints moved
         if shapes:
             self._shapes_epoch += 1
@@ -216,7 +225,7 @@ class Translator:
         if VirtualService.KIND in kinds:
             touched = self._rebuild_virtual_services({k for k in changed if k.kind == VirtualService.KIND})
         if shapes or rule_hosts or touched:
-            self._rebuild_route_table(shapes, touched, rule_hosts)
+            self._rebuild_route_table(self._registry.changed_hosts if shapes else frozenset(), touched, rule_hosts)
         if shapes or touched:  # (tcp and tls routes of VirtualServices)
             self._rebuild_port_table()
         if shapes or not kinds.isdisjoint(security.KINDS):
@@ -574,10 +583,12 @@ class Translator:
         self._vs_restricted = restricted
         return touched
 
-    def _rebuild_route_table(self, everything: bool, touched: set[str], rule_hosts: set[str]) -> None:
-        """Virtual host parts per host and HTTP port. Unless ``everything`` may have changed
-        (service shapes), only hosts a changed VirtualService names, and hosts whose routes
-        send to a host in ``rule_hosts`` (its DestinationRule changed), are looked at again."""
+    def _rebuild_route_table(self, shaped: frozenset[str], touched: set[str], rule_hosts: set[str]) -> None:
+        """Virtual host parts per host and HTTP port. Only hosts a changed VirtualService
+        names, hosts whose shape changed (in ``shaped``: changed, added or removed) or whose
+        routes send to one, and hosts whose routes send to a host in ``rule_hosts`` (its
+        DestinationRule changed), are looked at again: a part reads nothing else that a
+        service or rule change can move (the others keep their memoized parts)."""
         services = self._registry.services
         exact = {h for h in touched if not h.startswith("*")}
         wild = [h for h in touched if h.startswith("*")]
@@ -585,7 +596,8 @@ class Translator:
         table: dict[int, list[routes.VirtualHostPart]] = {}
         for host, svc in services.items():
             old = self._host_parts.get(host)
-            if (old is None or everything or host in exact or (rule_hosts and not rule_hosts.isdisjoint(old[2]))
+            if (old is None or host in exact or (shaped and not shaped.isdisjoint(old[2]))
+                    or (rule_hosts and not rule_hosts.isdisjoint(old[2]))
                     or any(host_matches(w, host) for w in wild)):
                 old = self._host_part(svc, old)
             host_parts[host] = old
@@ -601,7 +613,8 @@ class Translator:
             new_table[n] is not self._route_table[n] for n in new_table
         ):
             self._route_collisions = {
-                n: (self._route_collisions.get(n, frozenset()) if self._route_table.get(n) is row else routes.colliding_domains(row))
+                n: (self._route_collisions.get(n, frozenset())
+                    if _same_hosts(self._route_table.get(n), row) else routes.colliding_domains(row))
                 for n, row in new_table.items()
             }
             self._route_table = new_table
