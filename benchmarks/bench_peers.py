@@ -275,6 +275,10 @@ def run_one(system: str, n: int, changes: int, envoy_binary: str, root: Path) ->
                          binary=envoy_binary, workdir=workdir, name="envoy", log_level="warning")
     try:
         def cold_ready() -> bool:
+            if not envoy.alive:
+                raise RuntimeError(f"{system}: Envoy exited\n{envoy.log_tail()}")
+            if not cp.child.alive:
+                raise RuntimeError(f"{system}: the control plane exited (log in {workdir})")
             stats = dict(line.split(": ", 1) for line in envoy.admin_get(
                 "/stats?filter=^cluster_manager\\.(active|warming)_clusters$").splitlines())
             return (int(stats.get("cluster_manager.active_clusters", 0)) >= n

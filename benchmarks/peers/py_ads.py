@@ -90,6 +90,8 @@ class Mesh:
         self.args = args
         n = args.services
         self.version = 1
+        # Per type, like the go-control-plane peer: a change resends endpoints and routes only.
+        self.versions = {CLUSTER: 1, ENDPOINT: 1, LISTENER: 1, ROUTE: 1}
         self.hosts = [virtual_host(i, "1") for i in range(n)]
         self.resources: dict[str, list[any_pb2.Any]] = {
             CLUSTER: [cluster(i) for i in range(n)],
@@ -108,6 +110,7 @@ class Mesh:
         self.resources[ENDPOINT][0] = endpoints(0, self.args.upstream, port)
         self.hosts[0] = virtual_host(0, str(self.version))
         self.resources[ROUTE] = [self.route()]
+        self.versions[ENDPOINT] = self.versions[ROUTE] = self.version
         for queue in self.streams:
             queue.put_nowait(None)
         return self.version
@@ -125,18 +128,19 @@ class Ads(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         subscribed: set[str] = set()
 
         def response(type_url: str) -> discovery_pb2.DiscoveryResponse:
-            sent[type_url] = mesh.version
-            return discovery_pb2.DiscoveryResponse(version_info=str(mesh.version), type_url=type_url,
-                                                   nonce=f"{type_url[-8:]}-{mesh.version}",
+            version = sent[type_url] = mesh.versions.get(type_url, 1)
+            return discovery_pb2.DiscoveryResponse(version_info=str(version), type_url=type_url,
+                                                   nonce=f"{type_url[-8:]}-{version}",
                                                    resources=mesh.resources.get(type_url, []))
 
         async def read() -> None:
             async for request in requests:
                 type_url = request.type_url
                 subscribed.add(type_url)
-                if request.error_detail.code or request.version_info == str(mesh.version):
+                current = mesh.versions.get(type_url, 1)
+                if request.error_detail.code or request.version_info == str(current):
                     continue  # a NACK or an ACK of what it has
-                if sent.get(type_url) == mesh.version and request.response_nonce:
+                if sent.get(type_url) == current and request.response_nonce:
                     continue  # an ACK of an older response whose newer one is on its way
                 out.put_nowait(response(type_url))
             out.put_nowait(None)
@@ -145,7 +149,7 @@ class Ads(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             while True:
                 await wake.get()
                 for type_url in sorted(subscribed):
-                    if sent.get(type_url) != mesh.version:
+                    if sent.get(type_url) != mesh.versions.get(type_url, 1):
                         out.put_nowait(response(type_url))
 
         mesh.streams.add(wake)

@@ -29,7 +29,6 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -127,18 +126,20 @@ type mesh struct {
 	ports     [2]uint32
 }
 
+// publish sets a snapshot in which only the changed types carry a new version (clusters and
+// listeners never change here), so a change resends endpoints and routes, not all clusters.
 func (m *mesh) publish() error {
 	version := strconv.Itoa(m.version)
-	snap, err := cachev3.NewSnapshot(version, map[resourcev3.Type][]types.Resource{
-		resourcev3.ClusterType:  m.clusters,
-		resourcev3.EndpointType: m.endpoints,
-		resourcev3.RouteType:    {&route.RouteConfiguration{Name: routeName, VirtualHosts: m.hosts}},
-		resourcev3.ListenerType: m.listeners,
-	})
-	if err != nil {
+	snap := &cachev3.Snapshot{}
+	snap.Resources[types.Cluster] = cachev3.NewResources("1", m.clusters)
+	snap.Resources[types.Endpoint] = cachev3.NewResources(version, m.endpoints)
+	snap.Resources[types.Route] = cachev3.NewResources(version,
+		[]types.Resource{&route.RouteConfiguration{Name: routeName, VirtualHosts: m.hosts}})
+	snap.Resources[types.Listener] = cachev3.NewResources("1", m.listeners)
+	if err := snap.Consistent(); err != nil {
 		return err
 	}
-	// One Envoy, any node id: set the snapshot for the id the benchmark passes.
+	// One Envoy: the snapshot is set for the node id the benchmark gives it.
 	return m.cache.SetSnapshot(context.Background(), nodeID, snap)
 }
 
