@@ -61,6 +61,7 @@ from translators.model import (
 from translators.model.index import ResourceIndex
 from translators.model.mesh import MeshConfig
 from translators.model.names import (
+    AUTO,
     BLACKHOLE,
     PASSTHROUGH,
     carries_http,
@@ -226,7 +227,7 @@ class Translator:
             touched = self._rebuild_virtual_services({k for k in changed if k.kind == VirtualService.KIND})
         if shapes or rule_hosts or touched:
             self._rebuild_route_table(self._registry.changed_hosts if shapes else frozenset(), touched, rule_hosts)
-        if shapes or touched:  # (tcp and tls routes of VirtualServices)
+        if shapes or self._l4_touched(touched):  # (tcp and tls routes of VirtualServices)
             self._rebuild_port_table()
         if shapes or not kinds.isdisjoint(security.KINDS):
             self._rebuild_security(kinds, bool(shapes))
@@ -827,6 +828,19 @@ class Translator:
                                                                         list[ConfigError]]:
         """The outbound port table of ``services``: of the registry, or of a Sidecar scope."""
         return listeners.outbound_ports(services, self._vs_index.lookup)
+
+    def _l4_touched(self, touched: set[str]) -> bool:
+        """Whether a VirtualService change naming ``touched`` can change the port table: it
+        reads VirtualServices only for the tcp/tls routes of services with a port that is
+        not declared HTTP (TCP, TLS, or auto)."""
+        services = self._registry.services
+        for host in touched:
+            if host.startswith("*"):
+                return True
+            svc = services.get(host)
+            if svc is not None and any(p.protocol == AUTO or not carries_http(p.protocol) for p in svc.shape.ports):
+                return True
+        return False
 
     def _rebuild_port_table(self) -> None:
         table, errors = self._outbound_ports(self._registry.services.values())

@@ -58,6 +58,17 @@ def virtual_service(host: str, to: str) -> dict[str, Any]:
             "spec": {"hosts": [host], "http": [{"route": [{"destination": {"host": to}}]}]}}
 
 
+def tcp_service() -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db", "namespace": "default"},
+            "spec": {"ports": [{"name": "tcp-db", "port": 5432, "targetPort": 5432}], "selector": {"app": "db"}}}
+
+
+def tcp_virtual_service(to: str) -> dict[str, Any]:
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "db", "namespace": "default"},
+            "spec": {"hosts": ["db"], "tcp": [{"route": [{"destination": {"host": to, "port": {"number": 5432}}}]}]}}
+
+
 def base() -> list[dict[str, Any]]:
     docs = [service(f"s{i}", selector={"app": f"s{i}"}) for i in range(6)]
     docs += [pod(f"s{i}-a", f"10.1.0.{i + 1}", {"app": f"s{i}", "tier": "a"}) for i in range(6)]
@@ -65,6 +76,7 @@ def base() -> list[dict[str, Any]]:
     docs += [service("sl", "sliced"), endpoint_slice("sl-1", "sl", ["10.2.0.1"]),
              pod("p-10-2-0-1", "10.2.0.1", {"x": "y"}, "sliced")]
     docs += [service_entry("ext", {"vm": "yes"}), workload_entry("vm1", "10.3.0.1", {"vm": "yes"})]
+    docs += [tcp_service(), tcp_virtual_service("s1")]
     return docs
 
 
@@ -85,6 +97,7 @@ EDITS: list[tuple[str, list[dict[str, Any]], list[tuple[str, str, str]]]] = [
     ("a WorkloadEntry's address", [workload_entry("vm1", "10.3.0.2", {"vm": "yes"})], []),
     ("a ServiceEntry's selector", [service_entry("ext", {"tier": "a"})], []),
     ("a VirtualService's destination", [virtual_service("s0", "s2")], []),
+    ("a TCP VirtualService's destination (the port table)", [tcp_virtual_service("s3")], []),
 ]
 
 

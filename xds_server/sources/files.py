@@ -83,6 +83,8 @@ class DirectorySource:
         self._dir_errors: tuple[ConfigError, ...] = ()  # the directory itself, from the last scan
         self._links: dict[str, str] = {}  # directory symlinks met by the last scan: rel -> real path
         self._last = LoadResult(MappingProxyType({}))
+        self._sorted: list[str] = []  # self._files' keys in load order
+        self._sorted_keys: set[str] = set()
 
     # ------------------------------------------------------------ one-shot loading
 
@@ -420,7 +422,10 @@ class DirectorySource:
         resources: dict[ResourceKey, Resource] = {}
         origin: dict[ResourceKey, str] = {}
         errors: list[ConfigError] = list(self._dir_errors)
-        for rel in sorted(self._files, key=_order):
+        if self._files.keys() != self._sorted_keys:  # re-sorted when files came or went, not per edit
+            self._sorted = sorted(self._files, key=_order)
+            self._sorted_keys = set(self._files)
+        for rel in self._sorted:
             state = self._files[rel]
             errors.extend(state.errors)
             for key, resource in state.provided.items():
