@@ -6,9 +6,9 @@
 N EDS clusters ``svc-<i>`` (one endpoint each), one listener with one RDS route
 configuration of N virtual hosts: the same shapes as the go-control-plane peer
 (benchmarks/peers/gcp/main.go). Every resource is serialized once, packed in an ``Any``
-ahead of time; a response only assembles them. ``POST /change`` bumps svc-0 (its
-endpoint's port alternates, its virtual host's ``x-peer-version`` header) and pushes the
-new version to every open stream. grpc.aio and the protobuf messages, nothing else.
+ahead of time; a response only assembles them. ``POST /change?what=endpoint`` alternates
+svc-0's endpoint port, ``?what=route`` puts the new version in svc-0's virtual host's
+``x-peer-version`` header; the changed type is pushed to every open stream. grpc.aio and the protobuf messages, nothing else.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ class Mesh:
         self.args = args
         n = args.services
         self.version = 1
-        # Per type, like the go-control-plane peer: a change resends endpoints and routes only.
+        self.second = False
+        # Per type, like the go-control-plane peer: a change resends the type it changed only.
         self.versions = {CLUSTER: 1, ENDPOINT: 1, LISTENER: 1, ROUTE: 1}
         self.hosts = [virtual_host(i, "1") for i in range(n)]
         self.resources: dict[str, list[any_pb2.Any]] = {
@@ -104,13 +105,17 @@ class Mesh:
     def route(self) -> any_pb2.Any:
         return packed(route_pb2.RouteConfiguration(name=ROUTE_NAME, virtual_hosts=self.hosts))
 
-    def change(self) -> int:
+    def change(self, what: str) -> int:
         self.version += 1
-        port = self.args.upstream_port if self.version % 2 == 0 else self.args.upstream_port2
-        self.resources[ENDPOINT][0] = endpoints(0, self.args.upstream, port)
-        self.hosts[0] = virtual_host(0, str(self.version))
-        self.resources[ROUTE] = [self.route()]
-        self.versions[ENDPOINT] = self.versions[ROUTE] = self.version
+        if what == "endpoint":
+            self.second = not self.second  # svc-0's endpoint alternates between the two ports
+            port = self.args.upstream_port2 if self.second else self.args.upstream_port
+            self.resources[ENDPOINT][0] = endpoints(0, self.args.upstream, port)
+            self.versions[ENDPOINT] = self.version
+        else:
+            self.hosts[0] = virtual_host(0, str(self.version))
+            self.resources[ROUTE] = [self.route()]
+            self.versions[ROUTE] = self.version
         for queue in self.streams:
             queue.put_nowait(None)
         return self.version
@@ -164,10 +169,12 @@ class Ads(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
 
 async def control(mesh: Mesh, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Just enough HTTP/1.0 for ``POST /change``: reads the request head, answers the version."""
+    """Just enough HTTP/1.0 for ``POST /change?what=endpoint|route``: answers the new version."""
     head = await reader.readuntil(b"\r\n\r\n")
-    if head.split(b" ", 2)[1] == b"/change":
-        body, status = f"{mesh.change()}\n".encode(), b"200 OK"
+    path, _, query = head.split(b" ", 2)[1].partition(b"?")
+    what = query.removeprefix(b"what=").decode()
+    if path == b"/change" and what in ("endpoint", "route"):
+        body, status = f"{mesh.change(what)}\n".encode(), b"200 OK"
     else:
         body, status = b"not found\n", b"404 Not Found"
     writer.write(b"HTTP/1.0 " + status + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)

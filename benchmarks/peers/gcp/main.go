@@ -2,9 +2,9 @@
 //
 // It serves N EDS clusters (svc-<i>, one endpoint each), one listener with one RDS route
 // configuration holding one virtual host per cluster, the way meshpilot's benchmark mesh
-// looks to one sidecar. POST /change on -http bumps svc-0: its endpoint's port alternates
-// and its virtual host's response header "x-peer-version" carries the new version, then a
-// new snapshot is set. Nothing else: the Go reference.
+// looks to one sidecar. POST /change?what=endpoint on -http alternates svc-0's endpoint port,
+// POST /change?what=route puts the new version in svc-0's virtual host's response header
+// "x-peer-version"; either sets a new snapshot. Nothing else: the Go reference.
 package main
 
 import (
@@ -122,18 +122,20 @@ type mesh struct {
 	hosts     []*route.VirtualHost
 	listeners []types.Resource
 	version   int
-	upstream  string
-	ports     [2]uint32
+	// Per type: a change resends only the type it changed.
+	endpointsVersion, routesVersion string
+	second                          bool // svc-0's endpoint is on the second port
+	upstream                        string
+	ports                           [2]uint32
 }
 
-// publish sets a snapshot in which only the changed types carry a new version (clusters and
-// listeners never change here), so a change resends endpoints and routes, not all clusters.
+// publish sets a snapshot in which only the changed type carries a new version (clusters and
+// listeners never change here), so a change resends that type, not all of them.
 func (m *mesh) publish() error {
-	version := strconv.Itoa(m.version)
 	snap := &cachev3.Snapshot{}
 	snap.Resources[types.Cluster] = cachev3.NewResources("1", m.clusters)
-	snap.Resources[types.Endpoint] = cachev3.NewResources(version, m.endpoints)
-	snap.Resources[types.Route] = cachev3.NewResources(version,
+	snap.Resources[types.Endpoint] = cachev3.NewResources(m.endpointsVersion, m.endpoints)
+	snap.Resources[types.Route] = cachev3.NewResources(m.routesVersion,
 		[]types.Resource{&route.RouteConfiguration{Name: routeName, VirtualHosts: m.hosts}})
 	snap.Resources[types.Listener] = cachev3.NewResources("1", m.listeners)
 	if err := snap.Consistent(); err != nil {
@@ -152,12 +154,13 @@ func main() {
 	listenerAddr := flag.String("listener-address", "127.0.0.1", "the Envoy listener's address")
 	listenerPort := flag.Uint("listener-port", 80, "the Envoy listener's port")
 	upstream := flag.String("upstream", "127.0.0.1", "endpoint address of every cluster")
-	upstreamPort := flag.Uint("upstream-port", 8080, "endpoint port (svc-0 alternates with upstream-port2)")
-	upstreamPort2 := flag.Uint("upstream-port2", 8081, "svc-0's endpoint port after an odd number of changes")
+	upstreamPort := flag.Uint("upstream-port", 8080, "endpoint port (svc-0's alternates with upstream-port2)")
+	upstreamPort2 := flag.Uint("upstream-port2", 8081, "svc-0's endpoint port after an odd number of endpoint changes")
 	flag.StringVar(&nodeID, "node", "peer", "the Envoy node id")
 	flag.Parse()
 
 	m := &mesh{cache: cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil), version: 1, upstream: *upstream,
+		endpointsVersion: "1", routesVersion: "1",
 		ports: [2]uint32{uint32(*upstreamPort), uint32(*upstreamPort2)}}
 	for i := 0; i < *n; i++ {
 		m.clusters = append(m.clusters, makeCluster(i))
@@ -169,13 +172,29 @@ func main() {
 		log.Fatal(err)
 	}
 
+	// POST /change?what=endpoint: svc-0's endpoint port alternates (EDS);
+	// POST /change?what=route: svc-0's virtual host's x-peer-version header (RDS).
 	http.HandleFunc("/change", func(w http.ResponseWriter, r *http.Request) {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		m.version++
 		version := strconv.Itoa(m.version)
-		m.endpoints[0] = makeEndpoints(0, m.upstream, m.ports[m.version%2])
-		m.hosts[0] = makeVirtualHost(0, version)
+		switch r.URL.Query().Get("what") {
+		case "endpoint":
+			m.second = !m.second
+			port := m.ports[0]
+			if m.second {
+				port = m.ports[1]
+			}
+			m.endpoints[0] = makeEndpoints(0, m.upstream, port)
+			m.endpointsVersion = version
+		case "route":
+			m.hosts[0] = makeVirtualHost(0, version)
+			m.routesVersion = version
+		default:
+			http.Error(w, "what=endpoint or what=route", 400)
+			return
+		}
 		if err := m.publish(); err != nil {
 			http.Error(w, err.Error(), 500)
 			return
