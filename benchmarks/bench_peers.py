@@ -70,10 +70,16 @@ def note(message: str) -> None:
     print(f"# {message}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (held together while chosen, so no two are the same)."""
+    held = [socket.socket() for _ in range(n)]
+    try:
+        for s in held:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in held]
+    finally:
+        for s in held:
+            s.close()
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = TIMEOUT, every: float = 0.002) -> float:
@@ -147,7 +153,7 @@ class Peer:
     """A peer control plane (Python or Go): POST /change bumps svc-0."""
 
     def __init__(self, system: str, n: int, workdir: Path) -> None:
-        self.xds, self.http = free_port(), free_port()
+        self.xds, self.http = free_ports(2)
         flags = [f"--services={n}", f"--xds=127.0.0.1:{self.xds}", f"--http=127.0.0.1:{self.http}",
                  f"--listener-address={PROXY_IP}", "--listener-port=80", f"--upstream={UPSTREAM_A}",
                  f"--upstream-port={UPSTREAM_PORT}", f"--upstream-port2={UPSTREAM_PORT_B}"]
