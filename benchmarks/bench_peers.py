@@ -113,6 +113,9 @@ def gcp_binary() -> Path:
         subprocess.run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(binary) + ".tmp", "."],
                        cwd=GCP_DIR, env=env, check=True)
         os.replace(str(binary) + ".tmp", binary)
+        for old in CACHE.glob("gcp-ads-*"):  # builds of earlier sources
+            if old != binary:
+                old.unlink()
     return binary
 
 
