@@ -2,6 +2,7 @@
 
     python benchmarks/run.py [--services 1000] [--clients 1000] [--changes 5] [--scoped-proxies 1000]
                              [--kube-inject-pods 1000] [--json]
+    python benchmarks/run.py peers [--services 1000 5000] [--changes 5] [--json]   (bench_peers.py)
 
 1. N services written as a user would (Service, 2 Pods, VirtualService, DestinationRule),
    parsed by ``xds_server.sources.parse.parse_text`` into a World.
@@ -528,6 +529,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["peers"]:  # ./dev bench peers ...: the side-by-side run with real Envoy
+        import bench_peers
+        return bench_peers.main(argv[1:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--services", type=int, default=1000, help="services in the mesh (default 1000)")
     p.add_argument("--clients", type=int, default=1000, help="delta ADS clients for the push test; 0 skips it")

@@ -33,7 +33,7 @@ proto in it) is replaced only when one of its parts is, so the cache can share b
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
@@ -61,6 +61,7 @@ from translators.model import (
 from translators.model.index import ResourceIndex
 from translators.model.mesh import MeshConfig
 from translators.model.names import (
+    AUTO,
     BLACKHOLE,
     PASSTHROUGH,
     carries_http,
@@ -88,6 +89,15 @@ PROXY_MEMO_UPDATES = 8
 
 def _same(a: tuple, b: tuple) -> bool:
     return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
+def _same_hosts(old: Sequence[routes.VirtualHostPart] | None, new: Sequence[routes.VirtualHostPart]) -> bool:
+    """Whether two rows of a port have the same hosts in the same order, Kubernetes or not:
+    all that ``routes.colliding_domains`` reads (a Kubernetes host spells its name and
+    namespace), so one service's changed routes keep the row's collisions."""
+    return old is not None and len(old) == len(new) and all(
+        a.shape is b.shape or (a.shape.host == b.shape.host and a.shape.kubernetes == b.shape.kubernetes)
+        for a, b in zip(old, new, strict=True))
 
 
 def _layer(key: object, parts: Iterable[tuple[str, Message]]) -> api.Layer:
@@ -218,7 +228,7 @@ class Translator:
         registry_ns = sorted({k.namespace for k in changed if k.kind in REGISTRY_KINDS})
         for ns in registry_ns:
             self._ns_epoch[ns] = self._ns_epoch.get(ns, 0) + 1
-        services = self._registry.rebuild(self._index, registry_ns)
+        services = self._registry.rebuild(self._index, registry_ns, changed)
         shapes = services and self._registry.shapes_changed  # else only endpoints moved
         if shapes:
             self._shapes_epoch += 1
@@ -234,8 +244,8 @@ class Translator:
         if VirtualService.KIND in kinds:
             touched = self._rebuild_virtual_services({k for k in changed if k.kind == VirtualService.KIND})
         if shapes or rule_hosts or touched:
-            self._rebuild_route_table(shapes, touched, rule_hosts)
-        if shapes or touched:  # (tcp and tls routes of VirtualServices)
+            self._rebuild_route_table(self._registry.changed_hosts if shapes else frozenset(), touched, rule_hosts)
+        if shapes or self._l4_touched(touched):  # (tcp and tls routes of VirtualServices)
             self._rebuild_port_table()
         if shapes or not kinds.isdisjoint(security.KINDS):
             self._rebuild_security(kinds, bool(shapes))
@@ -613,10 +623,12 @@ class Translator:
         self._vs_restricted = restricted
         return touched
 
-    def _rebuild_route_table(self, everything: bool, touched: set[str], rule_hosts: set[str]) -> None:
-        """Virtual host parts per host and HTTP port. Unless ``everything`` may have changed
-        (service shapes), only hosts a changed VirtualService names, and hosts whose routes
-        send to a host in ``rule_hosts`` (its DestinationRule changed), are looked at again."""
+    def _rebuild_route_table(self, shaped: frozenset[str], touched: set[str], rule_hosts: set[str]) -> None:
+        """Virtual host parts per host and HTTP port. Only hosts a changed VirtualService
+        names, hosts whose shape changed (in ``shaped``: changed, added or removed) or whose
+        routes send to one, and hosts whose routes send to a host in ``rule_hosts`` (its
+        DestinationRule changed), are looked at again: a part reads nothing else that a
+        service or rule change can move (the others keep their memoized parts)."""
         services = self._registry.services
         exact = {h for h in touched if not h.startswith("*")}
         wild = [h for h in touched if h.startswith("*")]
@@ -624,7 +636,8 @@ class Translator:
         table: dict[int, list[routes.VirtualHostPart]] = {}
         for host, svc in services.items():
             old = self._host_parts.get(host)
-            if (old is None or everything or host in exact or (rule_hosts and not rule_hosts.isdisjoint(old[2]))
+            if (old is None or host in exact or (shaped and not shaped.isdisjoint(old[2]))
+                    or (rule_hosts and not rule_hosts.isdisjoint(old[2]))
                     or any(host_matches(w, host) for w in wild)):
                 old = self._host_part(svc, old)
             host_parts[host] = old
@@ -640,7 +653,8 @@ class Translator:
             new_table[n] is not self._route_table[n] for n in new_table
         ):
             self._route_collisions = {
-                n: (self._route_collisions.get(n, frozenset()) if self._route_table.get(n) is row else routes.colliding_domains(row))
+                n: (self._route_collisions.get(n, frozenset())
+                    if _same_hosts(self._route_table.get(n), row) else routes.colliding_domains(row))
                 for n, row in new_table.items()
             }
             self._route_table = new_table
@@ -868,6 +882,19 @@ class Translator:
                                                                         list[ConfigError]]:
         """The outbound port table of ``services``: of the registry, or of a Sidecar scope."""
         return listeners.outbound_ports(services, self._vs_index.lookup)
+
+    def _l4_touched(self, touched: set[str]) -> bool:
+        """Whether a VirtualService change naming ``touched`` can change the port table: it
+        reads VirtualServices only for the tcp/tls routes of services with a port that is
+        not declared HTTP (TCP, TLS, or auto)."""
+        services = self._registry.services
+        for host in touched:
+            if host.startswith("*"):
+                return True
+            svc = services.get(host)
+            if svc is not None and any(p.protocol == AUTO or not carries_http(p.protocol) for p in svc.shape.ports):
+                return True
+        return False
 
     def _rebuild_port_table(self) -> None:
         table, errors = self._outbound_ports(self._registry.services.values())

@@ -50,32 +50,57 @@ async def harness():
     task.cancel()
 
 
+async def test_a_lone_change_is_pushed_at_once(harness):
+    deb, clock, pushes, _ = harness
+    deb.submit("a")
+    await clock.advance(0)
+    assert pushes == [("a", 1, 0.0)]
+    await clock.advance(0.1)  # a quiet period after the push: idle again
+    deb.submit("b")
+    await clock.advance(0)
+    assert pushes[1:] == [("b", 1, pytest.approx(0.1))]
+
+
+async def test_a_change_soon_after_a_push_waits_for_quiet(harness):
+    deb, clock, pushes, _ = harness
+    deb.submit("a")
+    await clock.advance(0.05)
+    deb.submit("b")  # within quiet of the push of "a": the start of a burst
+    await clock.advance(0.05)
+    assert [p[0] for p in pushes] == ["a"]
+    await clock.advance(0.05)
+    assert pushes[1:] == [("b", 1, pytest.approx(0.15))]
+
+
 async def test_burst_is_merged_after_quiet_period(harness):
     deb, clock, pushes, _ = harness
     for i in range(5):
         deb.submit(i)
+        await clock.advance(0)  # the debouncer sees it before time moves on
         await clock.advance(0.05)
-    assert pushes == []
+    assert pushes == [(0, 1, 0.0)]  # the first went at once, the rest are merged
     await clock.advance(0.05)  # 0.1 s after the last submission
-    assert pushes == [(4, 5, pytest.approx(0.30))]
+    assert pushes[1:] == [(4, 4, pytest.approx(0.30))]
 
 
 async def test_max_delay_caps_a_change_storm(harness):
     deb, clock, pushes, _ = harness
     for i in range(30):  # never quiet for 0.1 s
         deb.submit(i)
+        await clock.advance(0)  # the debouncer sees it before time moves on
         await clock.advance(0.05)
-    assert len(pushes) >= 1
-    value, merged, at = pushes[0]
-    assert at == pytest.approx(1.0)  # max_delay after the first submission
-    assert merged == 20 and value == 19
+    assert len(pushes) >= 2
+    assert pushes[0] == (0, 1, 0.0)
+    value, merged, at = pushes[1]
+    assert at == pytest.approx(1.05)  # max_delay after the first merged submission (at 0.05)
+    assert merged == 20 and value == 20
 
 
 async def test_one_push_in_flight_and_changes_during_it_are_merged(harness):
     deb, clock, pushes, gate = harness
     gate.clear()  # the push blocks
     deb.submit("a")
-    await clock.advance(0.1)
+    await clock.advance(0)
     assert [p[0] for p in pushes] == ["a"]
     deb.submit("b")
     deb.submit("c")

@@ -29,6 +29,8 @@ from translators.model.names import is_ip, kube_host, locality_of_labels, port_p
 
 #: Kinds whose change can change the registry.
 KINDS = frozenset({Service.KIND, EndpointSlice.KIND, Pod.KIND, ServiceEntry.KIND, WorkloadEntry.KIND})
+#: A change touching at most this many services re-reads just them, not their namespace.
+TARGETED_MAX = 64
 
 Labels = tuple[tuple[str, str], ...]
 #: How a cluster finds its endpoints: EDS (Kubernetes, STATIC), DNS (the two DNS
@@ -310,15 +312,90 @@ class Registry:
         self._by_selector: dict[str, dict[tuple[str, str], list[tuple[int, MeshService]]]] = {}
         self._order: dict[ResourceKey, None] = {}  # memo keys in precedence order
         self.shapes_changed = False  # by the last rebuild: routes and listeners only read shapes
+        self.changed_hosts: frozenset[str] = frozenset()  # whose shape the last rebuild changed, added or removed
         self.errors: list[ConfigError] = []
+        # Pod and EndpointSlice key -> the Services whose memoized inputs hold it, so a
+        # changed Pod or slice re-reads those Services only.
+        self._users: dict[ResourceKey, set[ResourceKey]] = {}
+        self._uses: dict[ResourceKey, tuple[ResourceKey, ...]] = {}
 
-    def rebuild(self, index: ResourceIndex, namespaces: Iterable[str]) -> bool:
-        """Re-read the given namespaces; True when any service shape or endpoints changed."""
+    def rebuild(self, index: ResourceIndex, namespaces: Iterable[str],
+                changed: Iterable[ResourceKey] | None = None) -> bool:
+        """Re-read the given namespaces; True when any service shape or endpoints changed.
+
+        With ``changed`` (the keys that changed), only the Services and ServiceEntries those
+        keys can touch are re-read, when that is few of them; else the whole namespace."""
+        by_ns: dict[str, list[ResourceKey]] = {}
+        for key in changed if changed is not None else ():
+            by_ns.setdefault(key.namespace, []).append(key)
         touched = False
         for ns in namespaces:
-            touched |= self._rebuild_namespace(index, ns)
+            targets = self._affected(index, ns, by_ns.get(ns, [])) if changed is not None else None
+            if targets is not None and len(targets) <= TARGETED_MAX:
+                touched |= self._rebuild_some(index, ns, targets)
+            else:
+                touched |= self._rebuild_namespace(index, ns)
         if touched:
             self._assemble()
+        return touched
+
+    def _affected(self, index: ResourceIndex, ns: str, keys: list[ResourceKey]) -> set[ResourceKey] | None:
+        """The Services and ServiceEntries of ``ns`` whose inputs ``keys`` may change; None
+        when that takes reading the namespace (a Pod that an EndpointSlice may name)."""
+        out: set[ResourceKey] = set()
+        entries = index.in_namespace(ServiceEntry.KIND, ns)
+        for key in keys:
+            if key.kind in (Service.KIND, ServiceEntry.KIND):
+                out.add(key)
+            elif key.kind == Pod.KIND:
+                if index.in_namespace(EndpointSlice.KIND, ns):
+                    return None  # slices name Pods by targetRef: not indexed here
+                out.update(self._users.get(key, ()))
+                pod = index.in_namespace(Pod.KIND, ns).get(key.name)
+                if pod is not None:  # the Services that select it now
+                    out.update(s.resource.key for s in self.selecting(ns, pod.metadata.labels)
+                               if s.resource.kind == Service.KIND)
+                out.update(ResourceKey(ServiceEntry.KIND, ns, n) for n, se in entries.items()
+                           if se.spec.workloadSelector is not None)  # type: ignore[attr-defined]
+            elif key.kind == EndpointSlice.KIND:
+                out.update(self._users.get(key, ()))
+                new = index.in_namespace(EndpointSlice.KIND, ns).get(key.name)
+                if isinstance(new, EndpointSlice) and new.service_name:
+                    out.add(ResourceKey(Service.KIND, ns, new.service_name))
+            elif key.kind == WorkloadEntry.KIND:
+                out.update(ResourceKey(ServiceEntry.KIND, ns, n) for n in entries)
+            else:
+                return None
+        return out
+
+    def _rebuild_some(self, index: ResourceIndex, ns: str, targets: set[ResourceKey]) -> bool:
+        """``_rebuild_namespace`` for ``targets`` only: the same inputs, found without
+        indexing every Pod and slice of the namespace."""
+        pods = index.in_namespace(Pod.KIND, ns)
+        slices = index.in_namespace(EndpointSlice.KIND, ns)
+        touched = False
+        for key in sorted(targets, key=lambda k: (k.kind, k.name)):
+            if key.kind == Service.KIND:
+                svc = index.in_namespace(Service.KIND, ns).get(key.name)
+                if isinstance(svc, Service):
+                    mine = sorted((s for s in slices.values() if isinstance(s, EndpointSlice)
+                                   and s.service_name == key.name), key=lambda s: s.metadata.name)
+                    sel = svc.spec.selector or {}
+                    # Just the lists _kube_inputs reads: the Pods carrying each selector label.
+                    by_label = {kv: [p for p in pods.values() if p.metadata.labels.get(kv[0]) == kv[1]]
+                                for kv in sel.items()} if not mine else {}
+                    inputs = _kube_inputs(svc, mine, pods, by_label)
+                    touched |= self._update(key, inputs, lambda i: ([_kube_service(i)], []))
+                    continue
+            else:
+                se = index.in_namespace(ServiceEntry.KIND, ns).get(key.name)
+                if isinstance(se, ServiceEntry):
+                    inputs = _se_inputs(se, index.in_namespace(WorkloadEntry.KIND, ns), pods)
+                    touched |= self._update(key, inputs, _service_entry)
+                    continue
+            if key in self._memo:  # deleted
+                self._forget(key)
+                touched = True
         return touched
 
     def _rebuild_namespace(self, index: ResourceIndex, ns: str) -> bool:
@@ -348,9 +425,13 @@ class Registry:
             seen.add(se.key)
             touched |= self._update(se.key, _se_inputs(se, wles, pods), _service_entry)
         for key in [k for k in self._memo if k.namespace == ns and k not in seen]:
-            del self._memo[key]
+            self._forget(key)
             touched = True
         return touched
+
+    def _forget(self, key: ResourceKey) -> None:
+        del self._memo[key]
+        self._index_uses(key, ())
 
     def _update(self, key: ResourceKey, inputs: tuple, build) -> bool:  # type: ignore[no-untyped-def]
         old = self._memo.get(key)
@@ -360,7 +441,21 @@ class Registry:
         if old is not None:
             services = [_keep_unchanged(s, old[1]) for s in services]
         self._memo[key] = (inputs, services, errors)
+        if key.kind == Service.KIND:  # (svc, slices, pods)
+            self._index_uses(key, (*(s.key for s in inputs[1]), *(p.key for p in inputs[2] if p is not None)))
         return True
+
+    def _index_uses(self, key: ResourceKey, uses: tuple[ResourceKey, ...]) -> None:
+        for used in self._uses.pop(key, ()):
+            users = self._users.get(used)
+            if users is not None:
+                users.discard(key)
+                if not users:
+                    del self._users[used]
+        if uses:
+            self._uses[key] = uses
+            for used in uses:
+                self._users.setdefault(used, set()).add(key)
 
     def _assemble(self) -> None:
         # A host defined twice: the Kubernetes Service wins, then the first by namespace/name.
@@ -381,12 +476,14 @@ class Registry:
                         _error(s.resource, "spec.hosts", f"host {s.host} is already defined by {first.resource.key}; ignored", "warning")
                     )
         old = self.services
+        changed = {h for h, s in services.items() if h not in old or old[h].shape is not s.shape}
         if old.keys() != services.keys():
             services = dict(sorted(services.items()))
-            self.shapes_changed = True
+            changed.update(h for h in old if h not in services)
         else:
             services = {h: services[h] for h in old}  # same hosts: keep the sorted order
-            self.shapes_changed = any(old[h].shape is not s.shape for h, s in services.items())
+        self.changed_hosts = frozenset(changed)
+        self.shapes_changed = bool(changed)
         self.services = services
         self.by_namespace = {}
         for s in self.services.values():

@@ -1,9 +1,12 @@
-"""Push pacing: merge bursts of config changes into one push.
+"""Push pacing: a lone change goes at once, bursts of changes are merged into one push.
 
-A push starts once changes have been quiet for ``quiet`` seconds, or ``max_delay``
-after the first unpushed change if they never go quiet. One push runs at a time;
-changes that arrive meanwhile are merged into the next. Sources hand over their whole
-current state, so merging keeps only the latest value.
+A change that finds the pipeline idle (no push running, none ended in the last ``quiet``
+seconds) is pushed at once: the leading edge, so one edit reaches the proxies without
+waiting. Changes that follow a push closely (a burst) are merged: their push starts once
+they have been quiet for ``quiet`` seconds, or ``max_delay`` after the first of them if
+they never go quiet (istiod's PILOT_DEBOUNCE_MAX). One push runs at a time; changes that
+arrive meanwhile are merged into the next. Sources hand over their whole current state,
+so merging keeps only the latest value.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class Debouncer(Generic[T]):
         self._merged = 0
         self._first_at = 0.0
         self._last_at = 0.0
+        self._pushed_at = float("-inf")  # when the last push ended
         self._wake = asyncio.Event()
 
     def submit(self, value: T) -> None:
@@ -62,7 +66,9 @@ class Debouncer(Generic[T]):
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while True:
+            # A burst (its first change came within ``quiet`` of the last push) waits to be
+            # quiet; a change that found the pipeline idle skips this and goes at once.
+            while self._first_at < self._pushed_at + self.quiet:
                 deadline = min(self._last_at + self.quiet, self._first_at + self.max_delay)
                 remaining = deadline - self._clock.now()
                 if remaining < 0.0005:  # rounding, not time worth waiting for
@@ -71,4 +77,7 @@ class Debouncer(Generic[T]):
             value, merged = self._latest, self._merged
             self._latest, self._merged = None, 0
             self._wake.clear()
-            await self._push(value, merged)  # type: ignore[arg-type]
+            try:
+                await self._push(value, merged)  # type: ignore[arg-type]
+            finally:
+                self._pushed_at = self._clock.now()

@@ -99,7 +99,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Kubernetes mode: how long a TokenReview's answer is reused for the same token (a deleted "
                    "pod's token keeps working for new streams at most this long)")
     p.add_argument("--namespace", default="default", help="namespace of manifests that name none")
-    p.add_argument("--debounce-quiet", type=float, default=0.1, metavar="SECONDS", help="push after this much quiet")
+    p.add_argument("--debounce-quiet", type=float, default=0.1, metavar="SECONDS", help="a burst of changes is pushed after this much quiet (a lone change goes at once)")
     p.add_argument("--debounce-max", type=float, default=10.0, metavar="SECONDS", help="push at the latest after this")
     p.add_argument("--poll", action="store_true", help="poll the directory instead of using inotify")
     p.add_argument("--vhds", choices=("on", "off"), default="on",
