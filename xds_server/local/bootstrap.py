@@ -63,9 +63,11 @@ STATS_TAGS = (
     ("http_conn_manager_prefix", r"^http\.((.*?)\.)"),
     ("listener_address", r"^listener\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"),
     ("tcp_prefix", r"^tcp\.((.*?)\.)\w+?$"),
-    ("response_code", r"_rq(_(\d{3}))$"),
-    ("response_code_class", r"_rq(_(\dxx))$"),
 )
+# Each tag's regex runs on every stat name its literal prefix lets through, and Envoy makes
+# about a hundred stats per cluster: these cost Envoy ~1.5 ms per cluster at start (2000
+# clusters: 2.0 s without, 4-5 s with, measured with --mode init_only). Istio's response_code
+# tags, unanchored, ran on every stat and tripled that: Envoy's names (upstream_rq_200) stay.
 
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _UPSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
@@ -301,9 +303,10 @@ def build_bootstrap(
                          *([_admin_cluster(admin_address or proxy_ip, admin_port)] if static_listeners else [])],
             **({"listeners": static_listeners} if static_listeners else {}),
         },
-        # Prometheus labels with Istio's names (cluster_name="outbound|80||web.default.svc.cluster.local").
-        "stats_config": {"use_all_default_tags": False,
-                         "stats_tags": [{"tag_name": name, "regex": regex} for name, regex in STATS_TAGS]},
+        # Scraped sidecars only (their cost is above): Prometheus labels with Istio's names
+        # (cluster_name="outbound|80||web.default.svc.cluster.local").
+        **({"stats_config": {"use_all_default_tags": False,
+                             "stats_tags": [{"tag_name": n, "regex": r} for n, r in STATS_TAGS]}} if stats_port else {}),
         # A connection limit, mostly so Envoy does not warn at start that there is none.
         "overload_manager": {
             "resource_monitors": [
