@@ -39,18 +39,24 @@ prometheus() {
   mv "$tmp/x" "$CACHE/prometheus-$ver"
 }
 
+# apt-get install as root, with one `apt-get update` first if the lists are missing or stale.
+apt_install() {
+  [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1 || return 1
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 \
+         && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null; }
+}
+
 zipkin() {
   local jar="$CACHE/zipkin/zipkin-server-$ZIPKIN_VERSION-exec.jar"
   [[ -s "$jar" ]] && return 0
-  command -v java >/dev/null 2>&1 || { warn "no java (Debian: openjdk-17-jre-headless): no Zipkin"; return 1; }
+  if ! command -v java >/dev/null 2>&1; then
+    say "installing a Java runtime (apt-get) for Zipkin"
+    apt_install default-jre-headless || { warn "no java (Debian: default-jre-headless): no Zipkin"; return 1; }
+  fi
   if ! command -v mvn >/dev/null 2>&1; then
-    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
-      say "installing maven (apt-get) to fetch Zipkin from Maven Central"
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends maven >/dev/null \
-        || { warn "apt-get install maven failed"; return 1; }
-    else
-      warn "no mvn: cannot fetch Zipkin"; return 1
-    fi
+    say "installing maven (apt-get) to fetch Zipkin from Maven Central"
+    apt_install maven || { warn "no mvn, and apt-get install maven failed: cannot fetch Zipkin"; return 1; }
   fi
   say "fetching io.zipkin:zipkin-server:$ZIPKIN_VERSION:exec from Maven Central into $CACHE/zipkin"
   mkdir -p "$CACHE/zipkin"
