@@ -2,7 +2,8 @@
 
     ./dev bench peers [--services 1000 5000] [--changes 5] [--json]
 
-For each N, three control planes serve the same shapes to one Envoy (SotW ADS): N EDS
+For each N, three control planes serve the same shapes to one Envoy (SotW ADS, and for
+meshpilot also delta ADS with VHDS: ``meshpilot-delta``): N EDS
 clusters ``svc-<i>`` and one virtual host each.
 
 - ``python-minimal``: benchmarks/peers/py_ads.py, prebuilt serialized resources served
@@ -56,7 +57,9 @@ from harness.upstream import UpstreamServer  # noqa: E402
 
 GCP_DIR = HERE / "peers" / "gcp"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "meshpilot" / "peers"
-SYSTEMS = ("python-minimal", "go-control-plane", "meshpilot")
+SYSTEMS = ("python-minimal", "go-control-plane", "meshpilot", "meshpilot-delta")
+#: meshpilot-delta: the same meshpilot, its Envoy on delta ADS (routes over VHDS, the default
+#: for delta Envoys); the peers and plain ``meshpilot`` speak SotW.
 # One /24 of loopback for this benchmark: the proxy, and two upstreams "a" and "b".
 PROXY_IP, UPSTREAM_A, UPSTREAM_B = "127.0.77.1", "127.0.77.2", "127.0.77.3"
 UPSTREAM_PORT = 8080
@@ -278,14 +281,15 @@ def run_one(system: str, n: int, changes: int, envoy_binary: str, root: Path) ->
     workdir.mkdir()
     result = Result(system, n)
     cp: Peer | Meshpilot
-    if system == "meshpilot":
+    if system.startswith("meshpilot"):
         cp = Meshpilot(n, workdir)
         result.parse_s, result.translate_s = cp.parse_translate()
         note(f"{system} N={n}: parse {result.parse_s:.2f} s, translate {result.translate_s:.2f} s")
     else:
         cp = Peer(system, n, workdir)
     cp.start()
-    envoy = EnvoyProcess(build_bootstrap(xds_address=f"127.0.0.1:{cp.xds}", proxy_ip=PROXY_IP, pod="bench"),
+    envoy = EnvoyProcess(build_bootstrap(xds_address=f"127.0.0.1:{cp.xds}", proxy_ip=PROXY_IP, pod="bench",
+                                         delta=system == "meshpilot-delta"),
                          binary=envoy_binary, workdir=workdir, name="envoy", log_level="warning")
     try:
         def cold_ready() -> bool:
@@ -303,7 +307,7 @@ def run_one(system: str, n: int, changes: int, envoy_binary: str, root: Path) ->
         envoy.start(wait="none")
         result.cold_s = wait_for(f"{system}: Envoy cold", cold_ready, every=0.01) - t0
         wait_for(f"{system}: svc-0 serves", serves("svc-0"))
-        kinds = ("endpoint", "route", "port") if system == "meshpilot" else ("endpoint", "route")
+        kinds = ("endpoint", "route", "port") if system.startswith("meshpilot") else ("endpoint", "route")
         for kind in kinds:
             for _ in range(changes):
                 time.sleep(0.3)  # apart: each change is a lone edit, not a burst
@@ -331,7 +335,7 @@ PEER_CHANGE = {"endpoint": "endpoint", "route": "route", "port": "route"}
 MEASURES: list[tuple[str, Callable[[Result], float | None], str]] = [
     ("cold delivery to Envoy", lambda r: r.cold_s, "{:.2f} s"),
     *((f"one change accepted: {what}",
-       (lambda r, k=kind: r.change_ms(k if r.system == "meshpilot" else PEER_CHANGE[k])), "{:.0f} ms")
+       (lambda r, k=kind: r.change_ms(k if r.system.startswith("meshpilot") else PEER_CHANGE[k])), "{:.0f} ms")
       for kind, what in (("endpoint", "endpoint (Pod IP) edit"), ("route", "VirtualService edit"),
                          ("port", "Service port edit"))),
     ("control-plane peak RSS", lambda r: r.peak_rss_mb, "{:.0f} MB"),
@@ -343,14 +347,15 @@ MEASURES: list[tuple[str, Callable[[Result], float | None], str]] = [
 def table(results: list[Result]) -> str:
     """The peers' endpoint change faces meshpilot's Pod IP edit, their route change its
     VirtualService and Service port edits."""
-    out = ["| N | measure | minimal Python ADS | go-control-plane | meshpilot | meshpilot / go-control-plane |",
-           "|---|---|---|---|---|---|"]
+    out = ["| N | measure | minimal Python ADS | go-control-plane | meshpilot | meshpilot / go-control-plane "
+           "| meshpilot, delta + VHDS | that / go-control-plane |", "|---|---|---|---|---|---|---|---|"]
     for n in sorted({r.services for r in results}):
         by = {r.system: r for r in results if r.services == n}
         for measure, get, fmt in MEASURES:
             vals = [get(by[s]) if s in by else None for s in SYSTEMS]
             cells = [fmt.format(v) if v is not None else "-" for v in vals]
-            out.append(f"| {n} | {measure} | {' | '.join(cells)} | {ratio(vals[2], vals[1])} |")
+            out.append(f"| {n} | {measure} | {' | '.join(cells[:3])} | {ratio(vals[2], vals[1])} "
+                       f"| {cells[3]} | {ratio(vals[3], vals[1])} |")
     return "\n".join(out)
 
 

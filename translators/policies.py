@@ -37,6 +37,17 @@ class HostIndex(Generic[T]):
                 self._exact.setdefault(host, []).append((ns, item))
         self._wild.sort(key=lambda w: -len(w[0]))  # stable: keeps namespace/name order within a length
 
+    def replace(self, hosts: Iterable[str], old: T, new: T) -> None:
+        """Put ``new`` where ``old`` is, under ``hosts`` (both name them), keeping the order."""
+        for host in hosts:
+            if host.startswith("*"):
+                self._wild = [(h, ns, new if item is old else item) for h, ns, item in self._wild]
+                continue
+            rules = self._exact.get(host, [])
+            for i, (ns, item) in enumerate(rules):
+                if item is old:
+                    rules[i] = (ns, new)
+
     def lookup(self, host: str, namespace: str) -> T | None:
         exact = self._exact.get(host, ())
         for ns, item in exact:

@@ -588,6 +588,9 @@ class Translator:
 
     def _rebuild_virtual_services(self, changed: set[ResourceKey]) -> set[str]:
         """Patch the mesh VirtualServices; the hosts (patterns) the changed ones named before or now."""
+        patched = self._patch_virtual_services(changed)
+        if patched is not None:
+            return patched
         touched: set[str] = set()
         for key in changed:
             old = self._mesh_vs.pop(key, None)
@@ -621,6 +624,37 @@ class Translator:
         for ns, entries in restricted.items():
             entries.sort(key=lambda e: e[0].metadata.namespace != ns)  # stable: then namespace/name
         self._vs_restricted = restricted
+        return touched
+
+    def _patch_virtual_services(self, changed: set[ResourceKey]) -> set[str] | None:
+        """The common edit (routes changed; hosts, exportTo and the mesh binding kept; no
+        delegation either side) swaps the objects in place, instead of re-sorting and
+        re-indexing every VirtualService (tens of ms at 5000). None: rebuild everything."""
+        world = self._world
+        swaps = []
+        for key in changed:
+            old = self._mesh_vs.get(key)
+            vs = world.resources.get(key) if world is not None else None
+            if (old is None or not isinstance(vs, VirtualService) or key in self._delegating
+                    or (vs.spec.gateways and "mesh" not in vs.spec.gateways)
+                    or vs.spec.hosts != old[0].spec.hosts or vs.spec.exportTo != old[0].spec.exportTo
+                    or any(h.delegate is not None for h in vs.spec.http)):
+                return None
+            swaps.append((key, old, vs))
+        touched: set[str] = set()
+        for key, (was, hosts), vs in swaps:
+            self._mesh_vs[key] = (vs, hosts)  # (an existing key: the sorted order holds)
+            touched.update(hosts)
+            if _public(vs.spec.exportTo):
+                self._vs_index.replace(hosts, was, vs)
+            else:
+                for entries in self._vs_restricted.values():
+                    entries[:] = [(vs, h) if v is was else (v, h) for v, h in entries]
+        for key, hosts in self._delegating.items():  # roots delegating to a changed one
+            root = self._mesh_vs[key][0]
+            names = {(h.delegate.namespace or key.namespace, h.delegate.name) for h in root.spec.http if h.delegate}
+            if any((k.namespace, k.name) in names for k in changed):
+                touched.update(hosts)
         return touched
 
     def _rebuild_route_table(self, shaped: frozenset[str], touched: set[str], rule_hosts: set[str]) -> None:

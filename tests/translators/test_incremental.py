@@ -52,10 +52,16 @@ def workload_entry(name: str, ip: str, labels: dict[str, str]) -> dict[str, Any]
             "metadata": {"name": name, "namespace": "default"}, "spec": {"address": ip, "labels": labels}}
 
 
-def virtual_service(host: str, to: str) -> dict[str, Any]:
+def virtual_service(host: str, to: str, name: str = "", **spec: Any) -> dict[str, Any]:
     return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-            "metadata": {"name": f"to-{to}", "namespace": "default"},
-            "spec": {"hosts": [host], "http": [{"route": [{"destination": {"host": to}}]}]}}
+            "metadata": {"name": name or f"to-{to}", "namespace": "default"},
+            "spec": {"hosts": [host] if host else [], "http": [{"route": [{"destination": {"host": to}}]}], **spec}}
+
+
+def delegating(host: str, child: str) -> dict[str, Any]:
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": f"root-{child}", "namespace": "default"},
+            "spec": {"hosts": [host], "http": [{"match": [{"uri": {"prefix": "/"}}], "delegate": {"name": child}}]}}
 
 
 def tcp_service() -> dict[str, Any]:
@@ -77,6 +83,10 @@ def base() -> list[dict[str, Any]]:
              pod("p-10-2-0-1", "10.2.0.1", {"x": "y"}, "sliced")]
     docs += [service_entry("ext", {"vm": "yes"}), workload_entry("vm1", "10.3.0.1", {"vm": "yes"})]
     docs += [tcp_service(), tcp_virtual_service("s1")]
+    # Edited in place below (same names and hosts): the translator's swap-in-place path.
+    docs += [virtual_service("s2", "s3", name="edited"), virtual_service("s4", "s5", name="local", exportTo=["."]),
+             virtual_service("*.example.com", "s2", name="wild"), delegating("s5", "child"),
+             virtual_service("", "s2", name="child")]
     return docs
 
 
@@ -98,6 +108,12 @@ EDITS: list[tuple[str, list[dict[str, Any]], list[tuple[str, str, str]]]] = [
     ("a ServiceEntry's selector", [service_entry("ext", {"tier": "a"})], []),
     ("a VirtualService's destination", [virtual_service("s0", "s2")], []),
     ("a TCP VirtualService's destination (the port table)", [tcp_virtual_service("s3")], []),
+    ("a VirtualService edited in place", [virtual_service("s2", "s4", name="edited")], []),
+    ("an exportTo '.' VirtualService edited in place", [virtual_service("s4", "s2", name="local", exportTo=["."])], []),
+    ("a wildcard VirtualService edited in place", [virtual_service("*.example.com", "s3", name="wild")], []),
+    ("a delegate edited in place", [virtual_service("", "s4", name="child")], []),
+    ("a VirtualService's hosts", [virtual_service("s3", "s4", name="edited")], []),
+    ("a VirtualService's exportTo", [virtual_service("s4", "s2", name="local", exportTo=["other"])], []),
 ]
 
 
