@@ -49,6 +49,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3.http_connection
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DeltaDiscoveryResponse
 from google.protobuf.struct_pb2 import Struct
 
+from xds_server.xds import vhds
+
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -100,33 +102,12 @@ def peek(raw: bytes) -> tuple[str, str]:
     fields: the simulated clients stay cheap, so the numbers are the server's. Real Envoys
     parse everything, on their own machines."""
     type_url = nonce = ""
-    i, n = 0, len(raw)
-    while i < n:
-        key, i = _varint(raw, i)
-        field, wire = key >> 3, key & 7
-        if wire == 2:
-            size, i = _varint(raw, i)
-            if field == 4:
-                type_url = raw[i : i + size].decode()
-            elif field == 5:
-                nonce = raw[i : i + size].decode()
-            i += size
-        elif wire == 0:
-            _, i = _varint(raw, i)
-        else:
-            raise ValueError(f"unexpected wire type {wire}")
+    for number, _, value, end in vhds.fields(raw):
+        if number == 4:
+            type_url = raw[value:end].decode()
+        elif number == 5:
+            nonce = raw[value:end].decode()
     return type_url, nonce
-
-
-def _varint(raw: bytes, i: int) -> tuple[int, int]:
-    out = shift = 0
-    while True:
-        b = raw[i]
-        i += 1
-        out |= (b & 0x7F) << shift
-        if b < 0x80:
-            return out, i
-        shift += 7
 
 
 def route_names(resp: DeltaDiscoveryResponse) -> set[str]:
@@ -149,23 +130,8 @@ def route_names(resp: DeltaDiscoveryResponse) -> set[str]:
 
 
 def _submessages(raw: bytes, number: int) -> list[bytes]:
-    """The length-delimited top-level fields ``number`` of an encoded message."""
-    out, i, n = [], 0, len(raw)
-    while i < n:
-        key, i = _varint(raw, i)
-        wire = key & 7
-        if wire == 2:
-            size, i = _varint(raw, i)
-            if key >> 3 == number:
-                out.append(raw[i : i + size])
-            i += size
-        elif wire == 0:
-            _, i = _varint(raw, i)
-        elif wire in (1, 5):
-            i += 8 if wire == 1 else 4
-        else:
-            raise ValueError(f"unexpected wire type {wire}")
-    return out
+    """The top-level fields ``number`` of an encoded message (all length-delimited here)."""
+    return [raw[value:end] for n, _, value, end in vhds.fields(raw) if n == number]
 
 
 def vhds_names(raw: bytes) -> set[str]:

@@ -69,7 +69,7 @@ def _varint(data: bytes, i: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(data: bytes) -> Iterator[tuple[int, int, int, int]]:
+def fields(data: bytes) -> Iterator[tuple[int, int, int, int]]:
     """(field number, start of the field, start of its value, end) of each top-level field."""
     i, n = 0, len(data)
     while i < n:
@@ -88,7 +88,7 @@ def _fields(data: bytes) -> Iterator[tuple[int, int, int, int]]:
         elif wire == 5:
             i += 4
         else:
-            raise ValueError(f"unexpected wire type {wire} in a route configuration")
+            raise ValueError(f"unexpected wire type {wire}")
         yield key >> 3, start, i, i
 
 
@@ -112,14 +112,14 @@ def split_route(rc: Resource, memo: dict[tuple[str, bytes], Resource]) -> RouteS
     hosts: list[Resource] = []
     sources: list[bytes] = []
     domains: dict[str, str] = {}
-    for number, start, value, end in _fields(data):
+    for number, start, value, end in fields(data):
         if number != 2:  # not a virtual host
             stub.append(data[start:end])
             continue
         vh = data[value:end]
         names: list[str] = []
         name_span = (0, 0)
-        for f, s, v, e in _fields(vh):
+        for f, s, v, e in fields(vh):
             if f == 1:
                 name_span = (s, e)
             elif f == 2:
