@@ -130,6 +130,8 @@ class _ProxyState:
     #: what it was built from (the port listeners, the passthrough's mTLS mode, the identity).
     capture_epoch: int = field(default=0)
     virtual_inbound: tuple[tuple, listener_pb2.Listener] | None = None
+    #: listener name -> (the listener, the telemetry side, the listener with that telemetry)
+    applied: dict[str, tuple[Message, object, Message]] = field(default_factory=dict)
 
 
 class Translator:
@@ -1033,9 +1035,20 @@ class Translator:
         else:
             outbound = self._bound_outbound(proxy, old, port_table, labels, inbound, errors)
         # Telemetry (access logs, tracing) goes onto the finished listeners: the client side's
-        # on outbound ones and 15001, the server side's on inbound ones and 15006.
+        # on outbound ones and 15001, the server side's on inbound ones and 15006. A listener
+        # and side both unchanged keep the last result (apply copies and re-encodes).
         service_name = f"{labels.get('app') or proxy.pod_name or proxy.ip}.{proxy.namespace}"
-        named = [(lst.name, telemetry.apply(lst, observed.client, service_name)) for _, lst in outbound.values()]
+        applied = old.applied if old is not None else {}
+        kept: dict[str, tuple[Message, object, Message]] = {}
+
+        def observe(name: str, lst: listener_pb2.Listener, side: telemetry.Side) -> tuple[str, Message]:
+            hit = applied.get(name)
+            if hit is None or hit[0] is not lst or hit[1] is not side:
+                hit = (lst, side, telemetry.apply(lst, side, service_name))
+            kept[name] = hit
+            return name, hit[2]
+
+        named = [observe(lst.name, lst, observed.client) for _, lst in outbound.values()]
         peer = peer or peer_auth.PERMISSIVE
         ip = capture.WILDCARD if proxy.capture else proxy.ip  # (captured: chains of 15006)
         inbound_built: dict[int, tuple[tuple, listener_pb2.Listener]] = {}
@@ -1048,16 +1061,15 @@ class Translator:
         virtual_inbound = None
         if proxy.capture:
             ports = tuple((t, lst) for t, (_, lst) in inbound_built.items())
-            vkey = ((*(lst for _, lst in ports), observed.server), (tuple(inbound_built), peer.mode, bool(proxy.identity)))
+            vkey = (tuple(lst for _, lst in ports), (tuple(inbound_built), peer.mode, bool(proxy.identity)))
             virtual_inbound = old.virtual_inbound if old is not None else None
             if virtual_inbound is None or not _same(virtual_inbound[0][0], vkey[0]) or virtual_inbound[0][1] != vkey[1]:
                 passthrough = capture.passthrough_inbound(peer.mode, bool(proxy.identity))
-                virtual_inbound = (vkey, telemetry.apply(capture.virtual_inbound(ports, passthrough), observed.server,
-                                                         service_name))
-            named += [(capture.VIRTUAL_OUTBOUND, telemetry.apply(_VIRTUAL_OUTBOUND[mode], observed.client, service_name)),
-                      (capture.VIRTUAL_INBOUND, virtual_inbound[1])]
+                virtual_inbound = (vkey, capture.virtual_inbound(ports, passthrough))
+            named += [observe(capture.VIRTUAL_OUTBOUND, _VIRTUAL_OUTBOUND[mode], observed.client),
+                      observe(capture.VIRTUAL_INBOUND, virtual_inbound[1], observed.server)]
         else:
-            named += [(lst.name, telemetry.apply(lst, observed.server, service_name)) for _, lst in inbound_built.values()]
+            named += [observe(lst.name, lst, observed.server) for _, lst in inbound_built.values()]
         address = listeners.app_address(workload)
         inbound_clusters = []
         for p in inbound:
@@ -1076,6 +1088,7 @@ class Translator:
             inbound_clusters=_layer(("clusters-inbound", proxy.key), inbound_clusters),
             errors=tuple(errors),
             virtual_inbound=virtual_inbound,
+            applied=kept,
         )
 
     def _bound_outbound(self, proxy: Proxy, old: _ProxyState | None, port_table: dict[int, listeners.OutboundPort],

@@ -209,3 +209,26 @@ def test_telemetry_checks_name_their_fields() -> None:
     assert {e["loc"] for e in info.value.errors()} == {
         ("spec", "selector", "matchLabels", "app"), ("spec", "tracing", 0, "randomSamplingPercentage"),
         ("spec", "tracing", 0, "customTags", "x")}
+
+
+def test_a_rebuilt_proxy_keeps_the_listeners_whose_telemetry_did_not_change() -> None:
+    docs = [*_base(), mesh(), telemetry("mesh", "istio-system", accessLogging=[{"providers": [{"name": "envoy"}]}])]
+    t = Translator()
+    world = world_of([parse_resource(d, "t.yaml") for d in docs])
+    t.update(world)
+    web = Proxy(id=f"sidecar~{WEB_IP}~web-1.default~default.svc.cluster.local", ip=WEB_IP, namespace="default",
+                labels={"app": "web"})
+
+    def listeners() -> dict[str, Any]:
+        return {n: m for layer in t.for_proxy(web)[api.LISTENER] for n, m in layer.resources.items()}
+
+    before = listeners()
+    # STRICT for web: its inbound listener changes, its outbound ones (and their telemetry) do not.
+    strict = parse_resource({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+                             "metadata": {"name": "web", "namespace": "default"},
+                             "spec": {"selector": {"matchLabels": {"app": "web"}}, "mtls": {"mode": "STRICT"}}}, "t.yaml")
+    t.update(world.evolve({**world.resources, strict.key: strict}))
+    after = listeners()
+    assert after["inbound|10.0.0.2_8080"] is not before["inbound|10.0.0.2_8080"]
+    assert after["10.0.0.2_5432"] is before["10.0.0.2_5432"]
+    assert hcm(json_format.MessageToDict(after["inbound|10.0.0.2_8080"], preserving_proto_field_name=True))["access_log"]
