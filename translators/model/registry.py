@@ -142,6 +142,28 @@ def _kube_inputs(
     return (svc, (), ())
 
 
+def _service_inputs(index: ResourceIndex, ns: str, services: Sequence[Service] | None,
+                    ) -> tuple[dict[str, list[EndpointSlice]], dict[tuple[str, str], list[Resource]]]:
+    """What _kube_inputs reads of ``ns`` besides its Pods: each Service's slices (by name) and the
+    Pods carrying each label, in one pass each; ``services``: only what those read (None: all)."""
+    names = None if services is None else {svc.metadata.name for svc in services}
+    labels = None if services is None else {kv for svc in services for kv in (svc.spec.selector or {}).items()}
+    slices: dict[str, list[EndpointSlice]] = {}
+    for s in index.in_namespace(EndpointSlice.KIND, ns).values():
+        assert isinstance(s, EndpointSlice)
+        if s.service_name and (names is None or s.service_name in names):
+            slices.setdefault(s.service_name, []).append(s)
+    for group in slices.values():
+        group.sort(key=lambda s: s.metadata.name)
+    by_label: dict[tuple[str, str], list[Resource]] = {}
+    if labels is None or labels:
+        for pod in index.in_namespace(Pod.KIND, ns).values():
+            for kv in pod.metadata.labels.items():
+                if labels is None or kv in labels:
+                    by_label.setdefault(kv, []).append(pod)
+    return slices, by_label
+
+
 def _pod_ready(pod: Pod) -> bool:
     return bool(pod.ips) and pod.status.phase not in ("Succeeded", "Failed")
 
@@ -369,22 +391,17 @@ class Registry:
         return out
 
     def _rebuild_some(self, index: ResourceIndex, ns: str, targets: set[ResourceKey]) -> bool:
-        """``_rebuild_namespace`` for ``targets`` only: the same inputs, found without
-        indexing every Pod and slice of the namespace."""
+        """``_rebuild_namespace`` for ``targets`` only: the same inputs, gathered for them alone."""
         pods = index.in_namespace(Pod.KIND, ns)
-        slices = index.in_namespace(EndpointSlice.KIND, ns)
+        services = index.in_namespace(Service.KIND, ns)
+        slices, by_label = _service_inputs(index, ns, [s for k in targets if k.kind == Service.KIND
+                                                       and isinstance(s := services.get(k.name), Service)])
         touched = False
         for key in sorted(targets, key=lambda k: (k.kind, k.name)):
             if key.kind == Service.KIND:
-                svc = index.in_namespace(Service.KIND, ns).get(key.name)
+                svc = services.get(key.name)
                 if isinstance(svc, Service):
-                    mine = sorted((s for s in slices.values() if isinstance(s, EndpointSlice)
-                                   and s.service_name == key.name), key=lambda s: s.metadata.name)
-                    sel = svc.spec.selector or {}
-                    # Just the lists _kube_inputs reads: the Pods carrying each selector label.
-                    by_label = {kv: [p for p in pods.values() if p.metadata.labels.get(kv[0]) == kv[1]]
-                                for kv in sel.items()} if not mine else {}
-                    inputs = _kube_inputs(svc, mine, pods, by_label)
+                    inputs = _kube_inputs(svc, slices.get(key.name, []), pods, by_label)
                     touched |= self._update(key, inputs, lambda i: ([_kube_service(i)], []))
                     continue
             else:
@@ -400,18 +417,8 @@ class Registry:
 
     def _rebuild_namespace(self, index: ResourceIndex, ns: str) -> bool:
         pods = index.in_namespace(Pod.KIND, ns)
-        slices: dict[str, list[EndpointSlice]] = {}
-        for s in index.in_namespace(EndpointSlice.KIND, ns).values():
-            assert isinstance(s, EndpointSlice)
-            if s.service_name:
-                slices.setdefault(s.service_name, []).append(s)
-        for group in slices.values():
-            group.sort(key=lambda s: s.metadata.name)
+        slices, by_label = _service_inputs(index, ns, None)
         wles = index.in_namespace(WorkloadEntry.KIND, ns)
-        by_label: dict[tuple[str, str], list[Resource]] = {}
-        for pod in pods.values():
-            for kv in pod.metadata.labels.items():
-                by_label.setdefault(kv, []).append(pod)
 
         touched = False
         seen: set[ResourceKey] = set()
