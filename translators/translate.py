@@ -608,11 +608,7 @@ class Translator:
         # A delegate (no hosts) routes for the hosts of the roots that name it.
         self._delegating = {k: hosts for k, (vs, hosts) in self._mesh_vs.items()
                             if any(h.delegate is not None for h in vs.spec.http)}
-        for key, hosts in self._delegating.items():
-            vs = self._mesh_vs[key][0]
-            names = {(h.delegate.namespace or key.namespace, h.delegate.name) for h in vs.spec.http if h.delegate}
-            if any((k.namespace, k.name) in names for k in changed):
-                touched.update(hosts)
+        touched |= self._delegating_to(changed)
         # Visible everywhere: the generic choice. Restricted by exportTo: per client namespace,
         # ahead of the public ones, its own namespace's first (istiod's order).
         public = [(key, vs, hosts) for key, (vs, hosts) in self._mesh_vs.items() if _public(vs.spec.exportTo)]
@@ -652,12 +648,17 @@ class Translator:
             else:
                 for entries in self._vs_restricted.values():
                     entries[:] = [(vs, h) if v is was else (v, h) for v, h in entries]
-        for key, hosts in self._delegating.items():  # roots delegating to a changed one
+        return touched | self._delegating_to(changed)
+
+    def _delegating_to(self, changed: set[ResourceKey]) -> set[str]:
+        """The hosts of the roots that delegate to one of ``changed``."""
+        out: set[str] = set()
+        for key, hosts in self._delegating.items():
             root = self._mesh_vs[key][0]
             names = {(h.delegate.namespace or key.namespace, h.delegate.name) for h in root.spec.http if h.delegate}
             if any((k.namespace, k.name) in names for k in changed):
-                touched.update(hosts)
-        return touched
+                out.update(hosts)
+        return out
 
     def _rebuild_route_table(self, shaped: frozenset[str], touched: set[str], rule_hosts: set[str]) -> None:
         """Virtual host parts per host and HTTP port. Only hosts a changed VirtualService
