@@ -17,7 +17,7 @@ Resource names in one type never collide across the layers of one proxy.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
@@ -38,6 +38,27 @@ VIRTUAL_HOST = "type.googleapis.com/envoy.config.route.v3.VirtualHost"
 PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
 
 SHORT_NAMES = {CLUSTER: "cds", ENDPOINT: "eds", LISTENER: "lds", ROUTE: "rds", SECRET: "sds", VIRTUAL_HOST: "vhds"}
+
+
+class EncodedResources(Mapping[str, Message]):
+    """A layer's resources that translation already holds serialized (deterministic bytes,
+    e.g. route configurations assembled from encoded virtual hosts): the cache takes
+    ``data`` as it is; a message is parsed only when someone reads one (tests, debug pages)."""
+
+    __slots__ = ("data", "message_type")
+
+    def __init__(self, data: Mapping[str, bytes], message_type: type[Message]):
+        self.data = data
+        self.message_type = message_type
+
+    def __getitem__(self, name: str) -> Message:
+        return self.message_type.FromString(self.data[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
 
 
 @dataclass(frozen=True, eq=False)

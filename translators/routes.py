@@ -410,11 +410,18 @@ _CATCH_ALL_ENCODED = {mode: route_pb2.RouteConfiguration(virtual_hosts=[vh]).Ser
                       for mode, vh in CATCH_ALL.items()}
 
 
-def route_configuration(port: int, encoded: Sequence[bytes], mode: str = "ALLOW_ANY") -> route_pb2.RouteConfiguration:
-    """``mode``: the proxy's outboundTrafficPolicy, which picks the catch-all virtual host."""
-    out = _config(port)
-    out.MergeFromString(b"".join(encoded) + _CATCH_ALL_ENCODED[mode])
-    return out
+#: CONFIG_DEFAULTS' fields all come after virtual_hosts (2): a config's bytes are its name,
+#: its virtual hosts, then these (the order deterministic serialization writes).
+_DEFAULTS_ENCODED = CONFIG_DEFAULTS.SerializeToString(deterministic=True)
+assert min(f.number for f, _ in CONFIG_DEFAULTS.ListFields()) > 2
+
+
+def route_configuration(port: int, encoded: Sequence[bytes], mode: str = "ALLOW_ANY") -> bytes:
+    """The serialized RouteConfiguration of ``port`` from its encoded virtual hosts, without
+    parsing or re-serializing them (at 5000 hosts that was 20 ms per change); ``mode``: the
+    proxy's outboundTrafficPolicy, which picks the catch-all virtual host."""
+    name = route_pb2.RouteConfiguration(name=str(port)).SerializeToString(deterministic=True)
+    return b"".join((name, *encoded, _CATCH_ALL_ENCODED[mode], _DEFAULTS_ENCODED))
 
 
 def route_configuration_deduplicated(

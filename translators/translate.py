@@ -39,6 +39,7 @@ from types import MappingProxyType
 
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
 from google.protobuf.message import Message
 
 from translators import api, capture, clusters, endpoints, listeners, peer_auth, routes, scope, security
@@ -108,7 +109,7 @@ def _layer(key: object, parts: Iterable[tuple[str, Message]]) -> api.Layer:
 class _NamespaceRoutes:
     epoch: int  # Translator._routes_epoch it was built at
     scope: scope.Scope
-    configs: dict[int, tuple[tuple[bytes, ...], Message]]  # port -> (encoded virtual hosts, RouteConfiguration)
+    configs: dict[int, tuple[tuple[bytes, ...], bytes]]  # port -> (encoded virtual hosts, RouteConfiguration's bytes)
     layer: api.Layer
 
 
@@ -790,7 +791,7 @@ class Translator:
         state = self._ns_routes.get(view)
         if state is not None and state.epoch == self._routes_epoch and state.scope is seen:
             return state.layer
-        configs: dict[int, tuple[tuple[bytes, ...], Message]] = {}
+        configs: dict[int, tuple[tuple[bytes, ...], bytes]] = {}
         overrides = self._overrides_by_ns.get(namespace)
         table = self._scoped_rows(seen) if scoped else self._route_table
         for number, row in table.items():
@@ -805,7 +806,8 @@ class Translator:
             if colliding and scoped:
                 colliding = routes.colliding_domains(row)
             if colliding:
-                config = routes.route_configuration_deduplicated(number, row, namespace, colliding, satisfied, seen.mode)
+                config = routes.route_configuration_deduplicated(
+                    number, row, namespace, colliding, satisfied, seen.mode).SerializeToString(deterministic=True)
             else:
                 config = routes.route_configuration(number, encoded, seen.mode)
             configs[number] = (encoded, config)
@@ -817,7 +819,8 @@ class Translator:
             key: tuple = ("routes", namespace) if not satisfied else ("routes", namespace, satisfied)
             if seen is not scope.UNSCOPED["ALLOW_ANY"]:  # a Sidecar's scope, or another catch-all
                 key = (*key, seen.key)
-            layer = _layer(key, ((str(n), rc) for n, (_, rc) in configs.items()))
+            layer = api.Layer(key, api.EncodedResources({str(n): rc for n, (_, rc) in configs.items()},
+                                                        route_pb2.RouteConfiguration))
         self._ns_routes[view] = _NamespaceRoutes(self._routes_epoch, seen, configs, layer)
         return layer
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
@@ -36,12 +36,18 @@ class World:
     def get(self, cls: type[R], namespace: str, name: str) -> R | None:
         return self.resources.get(ResourceKey(cls.KIND, namespace, name))  # type: ignore[return-value]
 
-    def evolve(self, resources: Mapping[ResourceKey, Resource]) -> World:
-        """The next World: ``resources`` is the complete new set."""
+    def evolve(self, resources: Mapping[ResourceKey, Resource], candidates: Iterable[ResourceKey] | None = None) -> World:
+        """The next World: ``resources`` is the complete new set. ``candidates``, when the
+        source knows them: every key that may differ from this World (the rest is not diffed)."""
         old = self.resources
-        changed = {k for k, v in resources.items() if old.get(k) is not v}
-        changed.update(k for k in old if k not in resources)
-        return World(self.version + 1, MappingProxyType(dict(resources)), frozenset(changed))
+        if candidates is not None:
+            changed = {k for k in candidates if old.get(k) is not resources.get(k)}
+        else:
+            changed = {k for k, v in resources.items() if old.get(k) is not v}
+            changed.update(k for k in old if k not in resources)
+        # (a mappingproxy's copy() is the dict's C copy; dict(proxy) goes key by key: 30x slower)
+        own = resources.copy() if isinstance(resources, dict | MappingProxyType) else dict(resources)
+        return World(self.version + 1, MappingProxyType(own), frozenset(changed))
 
 
 Role = Literal["sidecar", "gateway"]

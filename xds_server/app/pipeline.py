@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from translators.checks import Checks
@@ -36,16 +36,22 @@ class Pipeline:
         self.credentials = CredentialStore()  # gateways' Secrets for SDS: kept out of translation
         self.source_errors: tuple[ConfigError, ...] = ()
         self.checks = Checks()
+        self._applied_from: Mapping[ResourceKey, Resource] | None = None
 
-    def apply(self, resources: Mapping[ResourceKey, Resource], source_errors: tuple[ConfigError, ...] = ()) -> Applied:
-        """Make ``resources`` the mesh: translate what changed and tell the streams."""
+    def apply(self, resources: Mapping[ResourceKey, Resource], source_errors: tuple[ConfigError, ...] = (),
+              changed: tuple[Mapping[ResourceKey, Resource], Iterable[ResourceKey] | None] | None = None) -> Applied:
+        """Make ``resources`` the mesh: translate what changed and tell the streams.
+        ``changed``: (an earlier ``resources``, every key that may differ from it), when the
+        source knows; used only if that mapping is the one applied last."""
         started = time.perf_counter()
-        world = self.world.evolve(resources)
+        candidates = changed[1] if changed is not None and changed[0] is self._applied_from else None
+        world = self.world.evolve(resources, candidates)
         notified = self.cache.update(world)
         self.credentials.update(world)
         # Before any stream runs: the notified streams answer this generation later.
         self.convergence.begin(world.version, notified, _changed_resources(world))
         self.world = world
+        self._applied_from = resources
         self.source_errors = source_errors
         elapsed = time.perf_counter() - started
         TRANSLATE_SECONDS.observe(elapsed)

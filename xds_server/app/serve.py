@@ -212,6 +212,7 @@ class ControlPlane:
         if self.mesh_ca.state_problem is not None:
             self.failures["ca-state"] = self.mesh_ca.state_problem
         self._last_apply = 0.0
+        self._applied_result: LoadResult | None = None  # what the pipeline serves: the base of the next change
         self._reported: set[str] = set()
         self.debouncer: Debouncer[LoadResult] = Debouncer(
             self.apply, quiet=args.debounce_quiet, max_delay=args.debounce_max
@@ -377,7 +378,10 @@ class ControlPlane:
 
     async def apply(self, result: LoadResult, merged: int) -> None:
         try:
-            applied = self.pipeline.apply(result.resources, result.errors)
+            before = self._applied_result
+            since = (before.resources, result.changes_since(before)) if before is not None else None
+            applied = self.pipeline.apply(result.resources, result.errors, since)
+            self._applied_result = result
         except Exception:
             # Never expected; if it happens, the proxies keep the last config that applied
             # and the next change is tried afresh.

@@ -16,6 +16,7 @@ the caller's job.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import hashlib
 import os
@@ -54,6 +55,45 @@ class LoadResult:
     resources: Mapping[ResourceKey, Resource]
     errors: tuple[ConfigError, ...] = ()
     changed_files: frozenset[str] = frozenset()
+    #: Which results came before this one, and the keys each changed (see ``changes_since``).
+    serial: int = field(default=0, compare=False)
+    log: _ChangeLog | None = field(default=None, compare=False, repr=False)
+
+    def changes_since(self, older: LoadResult) -> frozenset[ResourceKey] | None:
+        """Every key whose resource may differ between ``older`` and this result (a superset);
+        None when that is not known (another source, or too far back)."""
+        if self.log is None or older.log is not self.log:
+            return None
+        return self.log.since(older.serial, self.serial)
+
+
+class _ChangeLog:
+    """The keys each of a source's recent results changed, so applying one costs the size of
+    the change instead of a diff of every key (tens of ms at 10,000 resources)."""
+
+    KEEP = 64
+
+    def __init__(self) -> None:
+        self.serial = 0
+        self._entries: collections.deque[tuple[int, frozenset[ResourceKey]]] = collections.deque(maxlen=self.KEEP)
+
+    def add(self, keys: frozenset[ResourceKey] | None) -> int:
+        """Record the next result; None: it may have changed anything (breaks the chain)."""
+        self.serial += 1
+        if keys is None:
+            self._entries.clear()
+        else:
+            self._entries.append((self.serial, keys))
+        return self.serial
+
+    def since(self, older: int, newer: int) -> frozenset[ResourceKey] | None:
+        if older == newer:
+            return frozenset()
+        wanted = range(older + 1, newer + 1)
+        found = [keys for serial, keys in self._entries if serial in wanted]
+        if len(found) != len(wanted):
+            return None
+        return frozenset().union(*found)
 
 
 @dataclass
@@ -85,6 +125,12 @@ class DirectorySource:
         self._last = LoadResult(MappingProxyType({}))
         self._sorted: list[str] = []  # self._files' keys in load order
         self._sorted_keys: set[str] = set()
+        self._log = _ChangeLog()
+        # The last merge: what each file provided to it, and whether any key came twice.
+        self._merged: dict[ResourceKey, Resource] = {}
+        self._merged_from: dict[str, tuple[ResourceKey, ...]] = {}
+        self._merge_has_duplicates = False
+        self._duplicates: dict[str, list[ConfigError]] = {}  # by the file that came second
 
     # ------------------------------------------------------------ one-shot loading
 
@@ -419,23 +465,60 @@ class DirectorySource:
         return None if len(data) > self.max_file_bytes else data
 
     def _result(self, changed: set[str]) -> LoadResult:
-        resources: dict[ResourceKey, Resource] = {}
-        origin: dict[ResourceKey, str] = {}
-        errors: list[ConfigError] = list(self._dir_errors)
         if self._files.keys() != self._sorted_keys:  # re-sorted when files came or went, not per edit
             self._sorted = sorted(self._files, key=_order)
             self._sorted_keys = set(self._files)
+        keys = self._patch_merge(changed)
+        if keys is None:
+            keys = self._merge(changed)
+        errors: list[ConfigError] = list(self._dir_errors)
         for rel in self._sorted:
-            state = self._files[rel]
-            errors.extend(state.errors)
-            for key, resource in state.provided.items():
+            errors.extend(self._files[rel].errors)
+            errors.extend(self._duplicates.get(rel, ()))
+        serial = self._log.add(keys)
+        self._last = LoadResult(MappingProxyType(dict(self._merged)), tuple(errors), frozenset(changed),
+                                serial, self._log)
+        return self._last
+
+    def _patch_merge(self, changed: set[str]) -> frozenset[ResourceKey] | None:
+        """The common edit: files that still provide the same keys, in a merge without
+        duplicates, get their new objects swapped in (the order of keys holds). None: merge again."""
+        if self._merge_has_duplicates:
+            return None
+        patch = []
+        for rel in changed:
+            state = self._files.get(rel)
+            if state is None or tuple(state.provided) != self._merged_from.get(rel):
+                return None
+            patch.append(state.provided)
+        keys: set[ResourceKey] = set()
+        for provided in patch:
+            self._merged.update(provided)
+            keys.update(provided)
+        return frozenset(keys)
+
+    def _merge(self, changed: set[str]) -> frozenset[ResourceKey]:
+        """Merge every file in load order (the first file to provide a key wins); the keys
+        the ``changed`` files provided before or now."""
+        keys = {k for rel in changed for k in self._merged_from.get(rel, ())}
+        resources: dict[ResourceKey, Resource] = {}
+        origin: dict[ResourceKey, str] = {}
+        merged_from: dict[str, tuple[ResourceKey, ...]] = {}
+        duplicates: dict[str, list[ConfigError]] = {}
+        for rel in self._sorted:
+            provided = self._files[rel].provided
+            merged_from[rel] = tuple(provided)
+            for key, resource in provided.items():
                 if key in resources:
-                    errors.append(_duplicate(rel, key, origin[key]))
+                    duplicates.setdefault(rel, []).append(_duplicate(rel, key, origin[key]))
                     continue
                 resources[key] = resource
                 origin[key] = rel
-        self._last = LoadResult(MappingProxyType(resources), tuple(errors), frozenset(changed))
-        return self._last
+        keys.update(k for rel in changed for k in merged_from.get(rel, ()))
+        self._merged, self._merged_from = resources, merged_from
+        self._merge_has_duplicates = bool(duplicates)
+        self._duplicates = duplicates
+        return frozenset(keys)
 
 
 def _duplicate(rel: str, key: ResourceKey, first: str) -> ConfigError:

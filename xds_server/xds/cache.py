@@ -22,7 +22,7 @@ from typing import Protocol
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from google.protobuf.message import Message
 
-from translators.api import Layer, ProxyResources
+from translators.api import EncodedResources, Layer, ProxyResources
 from translators.model.world import Proxy, World
 
 
@@ -81,6 +81,21 @@ class Resource:
         return length_delimited(2, body)
 
 
+class WireResource(Resource):
+    """A resource made from bytes: its message is parsed only when asked for (debug pages)."""
+
+    __slots__ = ("_message_type",)
+
+    def __init__(self, name: str, type_url: str, data: bytes, message_type: type[Message]):
+        self.name, self.type_url, self.data = name, type_url, data
+        self._message_type = message_type
+        self.version = hashlib.blake2b(data, digest_size=8).hexdigest()
+
+    @property  # type: ignore[override]
+    def message(self) -> Message:
+        return self._message_type.FromString(self.data)
+
+
 _HISTORY = 8
 _NO_SOURCE: Mapping[str, Message] = MappingProxyType({})
 
@@ -117,12 +132,34 @@ class ResourceSet:
         old = previous.resources if previous is not None else {}
         resources: dict[str, Resource] = {}
         changed: set[str] = set()
+        if isinstance(layer.resources, EncodedResources):
+            return cls._build_encoded(layer, layer.resources, type_url, previous)
         for name, msg in layer.resources.items():
             prior = old.get(name)
             if prior is not None and prior.message is msg:
                 resources[name] = prior
                 continue
             res = Resource(name, type_url, msg.SerializeToString(deterministic=True), msg)
+            if prior is not None and prior.version == res.version:
+                res = prior
+            else:
+                changed.add(name)
+            resources[name] = res
+        changed.update(n for n in old if n not in resources)
+        return cls(layer.key, type_url, layer.resources, resources, previous, frozenset(changed))._cut_history()
+
+    @classmethod
+    def _build_encoded(cls, layer: Layer, encoded: EncodedResources, type_url: str,
+                       previous: ResourceSet | None) -> ResourceSet:
+        old = previous.resources if previous is not None else {}
+        resources: dict[str, Resource] = {}
+        changed: set[str] = set()
+        for name, data in encoded.data.items():
+            prior = old.get(name)
+            if prior is not None and prior.data is data:
+                resources[name] = prior
+                continue
+            res: Resource = WireResource(name, type_url, data, encoded.message_type)
             if prior is not None and prior.version == res.version:
                 res = prior
             else:

@@ -24,38 +24,21 @@ costs a scan of the bytes, not a parse; virtual hosts whose bytes did not change
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from envoy.config.core.v3.config_source_pb2 import V3, AggregatedConfigSource, ConfigSource
 from envoy.config.route.v3.route_components_pb2 import VirtualHost
 from envoy.config.route.v3.route_pb2 import RouteConfiguration, Vhds
-from google.protobuf.message import Message
 
 from translators.api import ROUTE, VIRTUAL_HOST
-from xds_server.xds.cache import ProxyView, Resource, ResourceSet, TypeView, length_delimited
+from xds_server.xds.cache import ProxyView, Resource, ResourceSet, TypeView, WireResource, length_delimited
 
 #: RouteConfiguration.vhds (field 9): virtual hosts come over the ADS stream.
 _VHDS_FIELD = length_delimited(9, Vhds(config_source=ConfigSource(
     ads=AggregatedConfigSource(), resource_api_version=V3)).SerializeToString(deterministic=True))
 #: Derived layers not asked for during this many generations are forgotten.
 _KEEP_GENERATIONS = 8
-
-
-class WireResource(Resource):
-    """A resource made from bytes: its message is parsed only when asked for (debug pages)."""
-
-    __slots__ = ("_message_type",)
-
-    def __init__(self, name: str, type_url: str, data: bytes, message_type: type[Message]):
-        self.name, self.type_url, self.data = name, type_url, data
-        self._message_type = message_type
-        self.version = hashlib.blake2b(data, digest_size=8).hexdigest()
-
-    @property  # type: ignore[override]
-    def message(self) -> Message:
-        return self._message_type.FromString(self.data)
 
 
 def _varint(data: bytes, i: int) -> tuple[int, int]:
