@@ -167,6 +167,8 @@ class Translator:
         self._source_conditions: tuple[routes.SourceCondition, ...] = ()
         self._delegating: dict[ResourceKey, tuple[str, ...]] = {}  # roots with delegates -> their hosts
         self._route_table: dict[int, tuple[routes.VirtualHostPart, ...]] = {}
+        self._row_positions: dict[int, dict[str, int]] = {}  # port -> host -> index in its row
+        self._part_errors: list[ConfigError] = []
         self._route_collisions: dict[int, frozenset[str]] = {}
         self._routes_epoch = 0  # bumped when the route table or the exportTo overrides change
         self._vs_restricted: dict[str, list[tuple[VirtualService, tuple[str, ...]]]] = {}
@@ -670,8 +672,11 @@ class Translator:
         services = self._registry.services
         exact = {h for h in touched if not h.startswith("*")}
         wild = [h for h in touched if h.startswith("*")]
+        if not shaped and not rule_hosts and not wild and self._patch_route_table(exact):
+            return
         host_parts: dict[str, tuple[tuple, list[routes.VirtualHostPart], frozenset[str]]] = {}
         table: dict[int, list[routes.VirtualHostPart]] = {}
+        positions: dict[int, dict[str, int]] = {}
         for host, svc in services.items():
             old = self._host_parts.get(host)
             if (old is None or host in exact or (shaped and not shaped.isdisjoint(old[2]))
@@ -680,8 +685,11 @@ class Translator:
                 old = self._host_part(svc, old)
             host_parts[host] = old
             for part in old[1]:
-                table.setdefault(part.port.number, []).append(part)
+                in_row = table.setdefault(part.port.number, [])
+                positions.setdefault(part.port.number, {})[host] = len(in_row)
+                in_row.append(part)
         self._host_parts = host_parts
+        self._row_positions = positions
         new_table = {}
         for number in sorted(table):
             old_row = self._route_table.get(number)
@@ -697,13 +705,54 @@ class Translator:
             }
             self._route_table = new_table
             self._routes_epoch += 1
-        errors = self._virtual_service_errors()
-        errors += [e for _, parts, _ in host_parts.values() for part in parts for e in part.errors]
-        self._rebuild_route_overrides()
-        errors += [e for _, parts, _ in self._vs_overrides.values() for part in parts for e in part.errors]
+        self._part_errors = [e for _, parts, _ in host_parts.values() for part in parts for e in part.errors]
         conditions = {c for _, parts, _ in host_parts.values() for part in parts for c in part.distinct_conditions()}
         self._source_conditions = tuple(sorted(conditions, key=repr))
+        self._route_stage_errors()
+
+    def _route_stage_errors(self) -> None:
+        errors = self._virtual_service_errors() + self._part_errors
+        self._rebuild_route_overrides()
+        errors += [e for _, parts, _ in self._vs_overrides.values() for part in parts for e in part.errors]
         self._stage_errors["virtual-services"] = errors
+
+    def _patch_route_table(self, hosts: set[str]) -> bool:
+        """The common VirtualService edit (no service or rule changed; the hosts it names keep
+        their ports, no source conditions or errors either side): only those hosts' parts are
+        translated again and swapped into their rows, instead of visiting every host (tens
+        of ms at 5000). False: nothing done, rebuild the table."""
+        services = self._registry.services
+        if not self._host_parts or len(services) != len(self._host_parts):
+            return False
+        swaps = []
+        for host in hosts:
+            svc, old = services.get(host), self._host_parts.get(host)
+            if svc is None or old is None:
+                if svc is None and old is None:
+                    continue  # (a VirtualService naming no service: no virtual host)
+                return False
+            new = self._host_part(svc, old)
+            if new is old:
+                continue
+            if [p.port.number for p in new[1]] != [p.port.number for p in old[1]] or any(
+                p.errors or p.source_dependent for p in (*old[1], *new[1])
+            ):
+                return False
+            swaps.append((host, new))
+        host_parts = dict(self._host_parts)  # a new object: Sidecar scopes are memoized on it
+        table = dict(self._route_table)
+        for host, new in swaps:
+            host_parts[host] = new
+            for part in new[1]:
+                row = list(table[part.port.number])
+                row[self._row_positions[part.port.number][host]] = part
+                table[part.port.number] = tuple(row)
+        self._host_parts = host_parts
+        if swaps:
+            self._route_table = table  # (domains are the shape's: the collisions hold)
+            self._routes_epoch += 1
+        self._route_stage_errors()
+        return True
 
     def _host_part(self, svc, old, chosen=None):  # type: ignore[no-untyped-def]
         """(inputs, parts, destination hosts) of one host: its VirtualService (the generic

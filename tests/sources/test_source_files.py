@@ -206,3 +206,46 @@ def test_reload_reads_only_the_given_paths(tmp_path: Path) -> None:
     # a removed directory (not a manifest path) triggers a full scan
     write(tmp_path, "d/x.yaml", vs("ratings", host="ratings"))
     assert RATINGS in source.reload({tmp_path / "d"}).resources
+
+
+def test_changes_since_names_every_key_that_moved_and_matches_a_full_merge(tmp_path: Path) -> None:
+    """Each result says which keys may differ from an earlier one (what World.evolve diffs),
+    and the merge patched per edit equals a fresh load's, through edits, additions,
+    removals and duplicates."""
+    from translators.model.world import World
+
+    a = write(tmp_path, "a.yaml", docs(svc("reviews"), vs("reviews")))
+    b = write(tmp_path, "b.yaml", svc("ratings"))
+    src = DirectorySource(tmp_path)
+    first = src.load()
+    world = World().evolve(first.resources)
+    steps = [
+        (a, docs(svc("reviews"), vs("reviews", weights=(80, 20)))),  # edited in place: the patch path
+        (b, docs(svc("ratings"), vs("ratings"))),  # a key added
+        (a, svc("reviews")),  # a key removed
+        (b, docs(svc("ratings"), svc("reviews"))),  # a duplicate: a.yaml's stays first
+        (a, vs("reviews")),  # the duplicate's first file drops it: b.yaml's is served now
+        (b, svc("ratings")),
+    ]
+    previous = first
+    for path, text in steps:
+        path.write_text(text)
+        result = src.reload([path])
+        since = result.changes_since(previous)
+        assert since is not None
+        evolved = world.evolve(result.resources, since)
+        assert evolved.changed == World(world.version, world.resources).evolve(result.resources).changed
+        fresh = DirectorySource(tmp_path).load()
+        assert dict(result.resources) == dict(fresh.resources)
+        assert list(result.resources) == list(fresh.resources)
+        assert result.errors == fresh.errors
+        world, previous = evolved, result
+    # Across results skipped between (a debounced burst): the union; another source's: unknown.
+    a.write_text(svc("reviews"))
+    mid = src.reload([a])
+    b.write_text(docs(svc("ratings"), vs("ratings")))
+    last = src.reload([b])
+    whole, first_half, second_half = last.changes_since(previous), mid.changes_since(previous), last.changes_since(mid)
+    assert whole is not None and first_half is not None and second_half is not None
+    assert whole == first_half | second_half and SVC in whole and RATINGS in whole
+    assert last.changes_since(DirectorySource(tmp_path).load()) is None

@@ -164,3 +164,39 @@ def test_many_changed_services_read_the_namespace(count: int) -> None:
     fresh = Translator()
     fresh.update(world)
     assert snapshot(follower) == snapshot(fresh)
+
+
+def test_common_edits_patch_instead_of_rebuilding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Pod's address and an in-place VirtualService edit take the patch paths (the registry
+    swaps the service in; the route table swaps the host's part in), and still match a fresh
+    translation: the equality above would hold without them, this says they are used."""
+    from translators.model.registry import Registry
+
+    resources = {r.key: r for r in (parse_resource(d, "mesh.yaml") for d in base())}
+    world = World(1, MappingProxyType(dict(resources)), frozenset(resources))
+    follower = Translator()
+    follower.update(world)
+    full: list[str] = []
+    assemble = Registry._assemble
+    patched: list[bool] = []
+    real_patch = Translator._patch_route_table
+
+    def spy_assemble(self: Registry) -> None:
+        full.append("registry")
+        assemble(self)
+
+    def spy_patch(self: Translator, hosts: set[str]) -> bool:
+        patched.append(real_patch(self, hosts))
+        return patched[-1]
+
+    monkeypatch.setattr(Registry, "_assemble", spy_assemble)
+    monkeypatch.setattr(Translator, "_patch_route_table", spy_patch)
+    for put in (pod("s4-a", "10.1.0.77", {"app": "s4", "tier": "a"}), virtual_service("s2", "s5", name="edited")):
+        r = parse_resource(put, "mesh.yaml")
+        world = world.evolve(MappingProxyType({**world.resources, r.key: r}), [r.key])
+        follower.update(world)
+        fresh = Translator()
+        fresh.update(world)
+        assert snapshot(follower) == snapshot(fresh)
+    assert full == ["registry", "registry"]  # the two fresh translators only
+    assert patched[0] is True  # the follower's VirtualService edit (fresh ones have nothing to patch)

@@ -277,3 +277,16 @@ def test_a_captured_proxys_listeners_follow_tcp_routes_and_addresses_and_keep_wh
     moved = listeners()
     assert "10.96.0.99_3306" in moved and "10.96.0.13_3306" not in moved
     assert moved["virtualInbound"] is before["virtualInbound"] and moved["0.0.0.0_9080"] is before["0.0.0.0_9080"]
+
+
+def test_route_configurations_leave_as_their_deterministic_bytes() -> None:
+    """Route configurations are assembled from encoded virtual hosts, never re-serialized:
+    the bytes must be what deterministic serialization of the message gives (versions,
+    VHDS splitting and Envoy all read them)."""
+    t, _, proxy = _setup()
+    (layer,) = t.for_proxy(proxy)[api.ROUTE]
+    assert isinstance(layer.resources, api.EncodedResources) and layer.resources.data
+    for name, data in layer.resources.data.items():
+        message = layer.resources[name]
+        assert message.name == name and len(message.virtual_hosts) >= 2  # type: ignore[attr-defined]
+        assert message.SerializeToString(deterministic=True) == data
