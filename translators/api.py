@@ -45,11 +45,15 @@ class EncodedResources(Mapping[str, Message]):
     e.g. route configurations assembled from encoded virtual hosts): the cache takes
     ``data`` as it is; a message is parsed only when someone reads one (tests, debug pages)."""
 
-    __slots__ = ("data", "message_type")
+    __slots__ = ("data", "message_type", "pieces")
 
-    def __init__(self, data: Mapping[str, bytes], message_type: type[Message]):
+    def __init__(self, data: Mapping[str, bytes], message_type: type[Message],
+                 pieces: Mapping[str, tuple[bytes, ...]] | None = None):
         self.data = data
         self.message_type = message_type
+        #: name -> the pieces (whole top-level fields) ``data[name]`` is the concatenation of,
+        #: when it was assembled from them: the same piece objects change after change
+        self.pieces = pieces or {}
 
     def __getitem__(self, name: str) -> Message:
         return self.message_type.FromString(self.data[name])

@@ -109,7 +109,7 @@ def _layer(key: object, parts: Iterable[tuple[str, Message]]) -> api.Layer:
 class _NamespaceRoutes:
     epoch: int  # Translator._routes_epoch it was built at
     scope: scope.Scope
-    configs: dict[int, tuple[tuple[bytes, ...], bytes]]  # port -> (encoded virtual hosts, RouteConfiguration's bytes)
+    configs: dict[int, tuple[tuple[bytes, ...], tuple[bytes, ...]]]  # port -> (encoded virtual hosts, config's pieces)
     layer: api.Layer
 
 
@@ -840,7 +840,7 @@ class Translator:
         state = self._ns_routes.get(view)
         if state is not None and state.epoch == self._routes_epoch and state.scope is seen:
             return state.layer
-        configs: dict[int, tuple[tuple[bytes, ...], bytes]] = {}
+        configs: dict[int, tuple[tuple[bytes, ...], tuple[bytes, ...]]] = {}
         overrides = self._overrides_by_ns.get(namespace)
         table = self._scoped_rows(seen) if scoped else self._route_table
         for number, row in table.items():
@@ -854,9 +854,10 @@ class Translator:
             colliding = self._route_collisions.get(number)
             if colliding and scoped:
                 colliding = routes.colliding_domains(row)
+            config: tuple[bytes, ...]
             if colliding:
-                config = routes.route_configuration_deduplicated(
-                    number, row, namespace, colliding, satisfied, seen.mode).SerializeToString(deterministic=True)
+                config = (routes.route_configuration_deduplicated(
+                    number, row, namespace, colliding, satisfied, seen.mode).SerializeToString(deterministic=True),)
             else:
                 config = routes.route_configuration(number, encoded, seen.mode)
             configs[number] = (encoded, config)
@@ -868,8 +869,9 @@ class Translator:
             key: tuple = ("routes", namespace) if not satisfied else ("routes", namespace, satisfied)
             if seen is not scope.UNSCOPED["ALLOW_ANY"]:  # a Sidecar's scope, or another catch-all
                 key = (*key, seen.key)
-            layer = api.Layer(key, api.EncodedResources({str(n): rc for n, (_, rc) in configs.items()},
-                                                        route_pb2.RouteConfiguration))
+            layer = api.Layer(key, api.EncodedResources(
+                {str(n): b"".join(pieces) for n, (_, pieces) in configs.items()}, route_pb2.RouteConfiguration,
+                {str(n): pieces for n, (_, pieces) in configs.items() if len(pieces) > 1}))
         self._ns_routes[view] = _NamespaceRoutes(self._routes_epoch, seen, configs, layer)
         return layer
 

@@ -24,7 +24,7 @@ from tests.xds_server.test_protocol import (
     subsets,
 )
 from translators.api import ROUTE, VIRTUAL_HOST
-from xds_server.xds.cache import Resource
+from xds_server.xds.cache import Resource, WireResource
 from xds_server.xds.server import start_grpc
 from xds_server.xds.vhds import split_route
 
@@ -192,6 +192,14 @@ def test_split_route_puts_the_table_back_together():
     rebuilt.virtual_hosts.extend(stub.virtual_hosts)
     assert rebuilt == whole
     assert first.domains["a.default"] == f"80/{A}"
+    # Split by the pieces translation assembled it from (remembered per piece): the same result.
+    assert isinstance(rc_res, WireResource) and len(rc_res.pieces) > 3
+    pieces: dict = {}
+    for _ in range(2):
+        by_pieces = split_route(rc_res, {}, pieces)
+        assert by_pieces.stub.data == first.stub.data and by_pieces.domains == first.domains
+        assert [h.data for h in by_pieces.hosts] == [h.data for h in first.hosts]
+    assert len(pieces) == len(rc_res.pieces)
 
 
 async def test_a_new_port_brings_a_new_route_config_and_its_virtual_hosts(vmesh):

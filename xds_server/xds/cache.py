@@ -84,11 +84,13 @@ class Resource:
 class WireResource(Resource):
     """A resource made from bytes: its message is parsed only when asked for (debug pages)."""
 
-    __slots__ = ("_message_type",)
+    __slots__ = ("_message_type", "pieces")
 
-    def __init__(self, name: str, type_url: str, data: bytes, message_type: type[Message]):
+    def __init__(self, name: str, type_url: str, data: bytes, message_type: type[Message],
+                 pieces: tuple[bytes, ...] = ()):
         self.name, self.type_url, self.data = name, type_url, data
         self._message_type = message_type
+        self.pieces = pieces  # see EncodedResources.pieces
         self.version = hashlib.blake2b(data, digest_size=8).hexdigest()
 
     @property  # type: ignore[override]
@@ -159,7 +161,7 @@ class ResourceSet:
             if prior is not None and prior.data is data:
                 resources[name] = prior
                 continue
-            res: Resource = WireResource(name, type_url, data, encoded.message_type)
+            res: Resource = WireResource(name, type_url, data, encoded.message_type, encoded.pieces.get(name, ()))
             if prior is not None and prior.version == res.version:
                 res = prior
             else:

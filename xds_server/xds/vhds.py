@@ -87,17 +87,16 @@ class RouteSplit:
     domains: Mapping[str, str]
 
 
-def split_route(rc: Resource, memo: dict[tuple[str, bytes], Resource]) -> RouteSplit:
-    """``rc`` as a stub (its catch-all virtual hosts kept, ``vhds`` added) and its other virtual
-    hosts as resources; ``memo`` (name, encoded virtual host) -> resource keeps those alike shared."""
-    data = rc.data
-    stub: list[bytes] = []
-    hosts: list[Resource] = []
-    sources: list[bytes] = []
-    domains: dict[str, str] = {}
+#: What a piece of a route configuration's bytes splits into: bytes that stay in the stub, or
+#: (virtual host resource, its encoded VirtualHost, its domains).
+_Piece = tuple[bytes | tuple[Resource, bytes, tuple[str, ...]], ...]
+
+
+def _split_piece(route: str, data: bytes, memo: dict[tuple[str, bytes], Resource]) -> _Piece:
+    out: list[bytes | tuple[Resource, bytes, tuple[str, ...]]] = []
     for number, start, value, end in fields(data):
         if number != 2:  # not a virtual host
-            stub.append(data[start:end])
+            out.append(data[start:end])
             continue
         vh = data[value:end]
         names: list[str] = []
@@ -108,17 +107,43 @@ def split_route(rc: Resource, memo: dict[tuple[str, bytes], Resource]) -> RouteS
             elif f == 2:
                 names.append(vh[v:e].decode())
         if not names or "*" in names:  # the catch-all stays in the route configuration
-            stub.append(data[start:end])
+            out.append(data[start:end])
             continue
-        resource_name = f"{rc.name}/{names[0]}"
+        resource_name = f"{route}/{names[0]}"
         res = memo.get((resource_name, vh))
         if res is None:
             body = length_delimited(1, resource_name.encode()) + vh[: name_span[0]] + vh[name_span[1] :]
             res = memo[(resource_name, vh)] = WireResource(resource_name, VIRTUAL_HOST, body, VirtualHost)
-        hosts.append(res)
-        sources.append(vh)
-        for d in names:
-            domains[d] = resource_name
+        out.append((res, vh, tuple(names)))
+    return tuple(out)
+
+
+def split_route(rc: Resource, memo: dict[tuple[str, bytes], Resource],
+                pieces: dict[tuple[str, bytes], _Piece] | None = None) -> RouteSplit:
+    """``rc`` as a stub (its catch-all virtual hosts kept, ``vhds`` added) and its other virtual
+    hosts as resources; ``memo`` (name, encoded virtual host) -> resource keeps those alike shared.
+    A route configuration that translation assembled from pieces (``WireResource.pieces``) is
+    split piece by piece, each remembered in ``pieces``: a change scans only the new ones."""
+    stub: list[bytes] = []
+    hosts: list[Resource] = []
+    sources: list[bytes] = []
+    domains: dict[str, str] = {}
+    chunks = rc.pieces if isinstance(rc, WireResource) and rc.pieces and pieces is not None else (rc.data,)
+    for chunk in chunks:
+        done = pieces.get((rc.name, chunk)) if pieces is not None and len(chunks) > 1 else None
+        if done is None:
+            done = _split_piece(rc.name, chunk, memo)
+            if pieces is not None and len(chunks) > 1:
+                pieces[(rc.name, chunk)] = done
+        for item in done:
+            if isinstance(item, bytes):
+                stub.append(item)
+                continue
+            res, vh, names = item
+            hosts.append(res)
+            sources.append(vh)
+            for d in names:
+                domains[d] = res.name
     if not hosts:  # nothing for VHDS: the route configuration goes whole, with no subscription to wait for
         return RouteSplit(rc, (), (), {})
     stub.append(_VHDS_FIELD)
@@ -151,6 +176,7 @@ class VhdsSplitter:
         self._layers: dict[object, _Layer] = {}
         self._splits: dict[tuple[str, str], RouteSplit] = {}  # (route config, version) -> split
         self._hosts: dict[tuple[str, bytes], Resource] = {}
+        self._pieces: dict[tuple[str, bytes], _Piece] = {}  # (route config, piece of it) -> its split
         self._views: dict[tuple[int, ...], tuple[tuple[ResourceSet, ...], TypeView, TypeView]] = {}
         #: id(ProxyView) -> (it, its VHDS form): a stream asks again for every response and ACK
         self._proxy_views: dict[int, tuple[ProxyView, ProxyView]] = {}
@@ -197,7 +223,7 @@ class VhdsSplitter:
                 continue
             found = self._splits.get((name, res.version))
             if found is None:
-                found = self._splits[(name, res.version)] = split_route(res, self._hosts)
+                found = self._splits[(name, res.version)] = split_route(res, self._hosts, self._pieces)
             splits[name] = found
         stubs = {n: s.stub for n, s in splits.items()}
         hosts = {h.name: h for s in splits.values() for h in s.hosts}
@@ -226,6 +252,8 @@ class VhdsSplitter:
         hosts = sum(len(s.hosts) for s in live)
         if len(self._hosts) > 2 * hosts + 1024:
             self._hosts = {(h.name, src): h for s in live for h, src in zip(s.hosts, s.sources, strict=True)}
+        if len(self._pieces) > 2 * hosts + 1024:  # (pieces are virtual hosts, mostly)
+            self._pieces = {}
 
 
 def resolve(view: TypeView, alias: str) -> Resource | None:
