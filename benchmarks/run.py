@@ -51,7 +51,7 @@ import xds_server.xds.server
 from translators.api import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT_NAMES, VIRTUAL_HOST
 from translators.model import ResourceKey
 from translators.model.world import Proxy, World
-from xds_server.app.pipeline import Pipeline, settle_heap
+from xds_server.app.pipeline import Pipeline, settle_heap, tune_collector
 from xds_server.app.serve import configure_logging
 from xds_server.xds.cache import ProxyView
 from xds_server.xds.server import XdsServer, start_grpc
@@ -126,6 +126,7 @@ class Bench:
         }
         # The same path serve.py applies config through (translate, cache, heap settling).
         self.pipeline = Pipeline()
+        tune_collector()  # as serve does
         self.translator = self.pipeline.translator
         self.cache = self.pipeline.cache
         self.world = World()
@@ -317,12 +318,15 @@ class GcPauses:
         self.total = 0.0
         self.collections = 0
         self._start = 0.0
+        self.by_generation = [0.0, 0.0, 0.0]  # seconds paused in collections of each generation
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._start = time.perf_counter()
         else:
-            self.total += time.perf_counter() - self._start
+            paused = time.perf_counter() - self._start
+            self.total += paused
+            self.by_generation[info["generation"]] += paused
             self.collections += 1
 
     def __enter__(self) -> GcPauses:
@@ -476,7 +480,8 @@ async def push(bench: Bench, profiler: Profiler) -> None:
             note(f"push {rep + 1}/{args.changes}: update {updates[-1] * 1000:.0f} ms, ACKed p50 "
                  f"{report.percentile(ack[-k:], 50) * 1000:.0f} ms, max {max(ack[-k:]) * 1000:.0f} ms; "
                  f"server CPU {server_cpu[-1] * 1000:.0f} ms, GC {pauses.total * 1000:.0f} ms "
-                 f"({pauses.collections} collections)")
+                 f"({pauses.collections} collections; by generation "
+                 f"{'/'.join(f'{g * 1000:.0f}' for g in pauses.by_generation)} ms)")
             await asyncio.sleep(0.5)
         p.update(
             recv_s=report.summary(recv),
