@@ -51,8 +51,9 @@ import xds_server.xds.server
 from translators.api import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT_NAMES, VIRTUAL_HOST
 from translators.model import ResourceKey
 from translators.model.world import Proxy, World
-from xds_server.app.pipeline import Pipeline, settle_heap, tune_collector
+from xds_server.app.pipeline import Pipeline
 from xds_server.app.serve import configure_logging
+from xds_server.heap import settle_heap, tune_collector
 from xds_server.xds.cache import ProxyView
 from xds_server.xds.server import XdsServer, start_grpc
 from xds_server.xds.status import StreamStatus

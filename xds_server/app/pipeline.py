@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from translators.errors import ConfigError
 from translators.model import Resource, ResourceKey
 from translators.model.world import World
 from translators.translate import Translator
+from xds_server.heap import collector_paused, settle_heap
 from xds_server.xds.cache import XdsCache
 from xds_server.xds.convergence import ConvergenceTracker
 from xds_server.xds.secrets import CredentialStore
@@ -46,7 +46,8 @@ class Pipeline:
         started = time.perf_counter()
         candidates = changed[1] if changed is not None and changed[0] is self._applied_from else None
         world = self.world.evolve(resources, candidates)
-        notified = self.cache.update(world)
+        with collector_paused():  # (what translation builds is kept: scanning it is wasted)
+            notified = self.cache.update(world)
         self.credentials.update(world)
         # Before any stream runs: the notified streams answer this generation later.
         self.convergence.begin(world.version, notified, _changed_resources(world))
@@ -63,34 +64,6 @@ class Pipeline:
         # The registry the translator built for this world: the checks read the same services.
         services = self.translator._registry.services
         return self.source_errors + tuple(self.translator.errors) + self.checks.run(self.world, services)
-
-
-def settle_heap() -> None:
-    """Move what exists now (the config just built: large, long-lived, acyclic) out of the
-    cyclic garbage collector's reach. Without this, full collections that rescan it all
-    stall pushes by hundreds of milliseconds on a large mesh. Refcounting still frees it."""
-    gc.freeze()
-
-
-#: Allocations (net) between young collections; Python's default is 700. A push to 2000
-#: streams allocates some 28,000 short-lived objects (views, responses, futures) beside the
-#: streams' own long-lived state, and at 700 that meant ~40 young collections per push, 65-145 ms
-#: of pauses that each rescanned that state (measured with ./dev bench --clients 2000). Nearly
-#: all of it is freed by reference counting; only cycles wait for the collector.
-YOUNG_COLLECTION_THRESHOLD = 20_000
-
-
-def tune_collector() -> None:
-    """For a long-running control plane (``serve``, the benchmark): collect less often."""
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, older, oldest)
-
-
-def full_collection() -> None:
-    """For quiet moments: collect what the frozen generation may hold, then freeze again."""
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
 
 
 #: How many of a change's resources a NACK names (a bulk load changes thousands).

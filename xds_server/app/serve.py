@@ -33,8 +33,9 @@ from xds_server.app.httpd import HttpServer, Reply, json_reply, text_reply
 from xds_server.app.leader import DEFAULT_LEASE, LEASE_DURATION, RETRY_PERIOD, LeaseElector
 from xds_server.app.mesh_ca import MeshCA, server_names
 from xds_server.app.node import proxy_as_dict
-from xds_server.app.pipeline import Pipeline, full_collection, tune_collector
+from xds_server.app.pipeline import Pipeline
 from xds_server.app.verbs.common import client_version
+from xds_server.heap import full_collection, tune_collector
 from xds_server.sources.files import RESCAN_EVERY, DirectorySource, LoadResult
 from xds_server.sources.kubernetes import KubernetesSource, _api_client
 from xds_server.xds.server import XdsServer, start_grpc

@@ -32,6 +32,7 @@ from watchfiles import Change, awatch
 
 from translators.errors import ConfigError
 from translators.model import Resource, ResourceKey
+from xds_server.heap import collector_paused
 from xds_server.sources.parse import MAX_BYTES, parse_text
 
 SUFFIXES = (".yaml", ".yml", ".json")
@@ -136,7 +137,7 @@ class DirectorySource:
 
     def load(self) -> LoadResult:
         """Scan the whole directory; files whose content did not change are not re-parsed."""
-        with self._lock:
+        with self._lock, collector_paused():
             if not self.root.is_dir():
                 # Likely mid-replacement (mv new old): keep serving, say why.
                 why = "config directory does not exist or is not a directory"
