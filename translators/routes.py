@@ -106,7 +106,7 @@ class VirtualHostPart:
 
     def encoded(self, local: bool, satisfied: frozenset[SourceCondition] = frozenset()) -> bytes:
         """The VirtualHost as it sits serialized inside a RouteConfiguration (field and length
-        included): assembling a RouteConfiguration from these is one parse, not a deep copy."""
+        included): a RouteConfiguration's bytes are these joined (see ``route_configuration``)."""
         key = (local and self.shape.kubernetes, satisfied)
         data = self._encoded.get(key)
         if data is None:
