@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from translators.model import Pod, Resource, ResourceKey, WorkloadEntry
+from translators.model import EndpointSlice, Pod, Resource, ResourceKey, WorkloadEntry
 
 _NONE: dict[str, Resource] = {}
 
@@ -21,12 +21,24 @@ def _ips(res: Resource | None) -> list[str]:
     return []
 
 
+def _terms(res: Resource | None) -> list[object]:
+    if isinstance(res, Pod):
+        return list(res.metadata.labels.items())
+    if isinstance(res, EndpointSlice) and res.service_name:
+        return [res.service_name]
+    return []
+
+
 class ResourceIndex:
     def __init__(self) -> None:
         self._kinds: dict[str, dict[str, dict[str, Resource]]] = {}
         # (kind, namespace, ip) -> {name: workload}: which Pod or WorkloadEntry a proxy is,
         # asked once per connecting proxy, so it must not scan every Pod.
         self._by_ip: dict[tuple[str, str, str], dict[str, Resource]] = {}
+        # (kind, namespace, term) -> {name: resource}: the Pods carrying a label (term: the
+        # (key, value) pair) and the EndpointSlices of a Service (term: its name), so a change
+        # to a few Services reads their Pods and slices without scanning the namespace's.
+        self._by_term: dict[tuple[str, str, object], dict[str, Resource]] = {}
 
     def apply(self, resources: Mapping[ResourceKey, Resource], keys: Iterable[ResourceKey]) -> None:
         """Bring the entries for ``keys`` in line with ``resources`` (added, replaced, removed)."""
@@ -35,6 +47,8 @@ class ResourceIndex:
             by_ns = self._kinds.setdefault(key.kind, {})
             if key.kind in (Pod.KIND, WorkloadEntry.KIND):
                 self._index_ips(key, by_ns.get(key.namespace, _NONE).get(key.name), res)
+            if key.kind in (Pod.KIND, EndpointSlice.KIND):
+                self._index_terms(key, by_ns.get(key.namespace, _NONE).get(key.name), res)
             if res is None:
                 names = by_ns.get(key.namespace)
                 if names is not None:
@@ -53,6 +67,24 @@ class ResourceIndex:
                     del self._by_ip[(key.kind, key.namespace, ip)]
         for ip in _ips(new):
             self._by_ip.setdefault((key.kind, key.namespace, ip), {})[key.name] = new  # type: ignore[assignment]
+
+    def _index_terms(self, key: ResourceKey, old: Resource | None, new: Resource | None) -> None:
+        for term in _terms(old):
+            names = self._by_term.get((key.kind, key.namespace, term))
+            if names is not None:
+                names.pop(key.name, None)
+                if not names:
+                    del self._by_term[(key.kind, key.namespace, term)]
+        for term in _terms(new):
+            self._by_term.setdefault((key.kind, key.namespace, term), {})[key.name] = new  # type: ignore[assignment]
+
+    def labelled(self, namespace: str, label: tuple[str, str]) -> dict[str, Resource]:
+        """The Pods of ``namespace`` carrying ``label``, by name."""
+        return self._by_term.get((Pod.KIND, namespace, label), _NONE)
+
+    def slices_of(self, namespace: str, service: str) -> dict[str, Resource]:
+        """The EndpointSlices of Service ``service``, by name."""
+        return self._by_term.get((EndpointSlice.KIND, namespace, service), _NONE)
 
     def workload_at(self, namespace: str, ip: str) -> Pod | WorkloadEntry | None:
         """The Pod with this IP in ``namespace``, else the WorkloadEntry (the first by name if several)."""

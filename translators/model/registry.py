@@ -145,22 +145,28 @@ def _kube_inputs(
 def _service_inputs(index: ResourceIndex, ns: str, services: Sequence[Service] | None,
                     ) -> tuple[dict[str, list[EndpointSlice]], dict[tuple[str, str], list[Resource]]]:
     """What _kube_inputs reads of ``ns`` besides its Pods: each Service's slices (by name) and the
-    Pods carrying each label, in one pass each; ``services``: only what those read (None: all)."""
-    names = None if services is None else {svc.metadata.name for svc in services}
-    labels = None if services is None else {kv for svc in services for kv in (svc.spec.selector or {}).items()}
+    Pods carrying each label; ``services``: only what those read, from the index (None: all,
+    in one pass over the namespace's slices and Pods)."""
     slices: dict[str, list[EndpointSlice]] = {}
+    by_label: dict[tuple[str, str], list[Resource]] = {}
+    if services is not None:  # a few: from the index's terms, in namespace order as below
+        for svc in services:
+            found = [s for s in index.slices_of(ns, svc.metadata.name).values() if isinstance(s, EndpointSlice)]
+            if found:
+                slices[svc.metadata.name] = sorted(found, key=lambda s: s.metadata.name)
+            for kv in (svc.spec.selector or {}).items():
+                if kv not in by_label:
+                    by_label[kv] = list(index.labelled(ns, kv).values())
+        return slices, by_label
     for s in index.in_namespace(EndpointSlice.KIND, ns).values():
         assert isinstance(s, EndpointSlice)
-        if s.service_name and (names is None or s.service_name in names):
+        if s.service_name:
             slices.setdefault(s.service_name, []).append(s)
     for group in slices.values():
         group.sort(key=lambda s: s.metadata.name)
-    by_label: dict[tuple[str, str], list[Resource]] = {}
-    if labels is None or labels:
-        for pod in index.in_namespace(Pod.KIND, ns).values():
-            for kv in pod.metadata.labels.items():
-                if labels is None or kv in labels:
-                    by_label.setdefault(kv, []).append(pod)
+    for pod in index.in_namespace(Pod.KIND, ns).values():
+        for kv in pod.metadata.labels.items():
+            by_label.setdefault(kv, []).append(pod)
     return slices, by_label
 
 
