@@ -81,13 +81,18 @@ class VirtualHostPart:
     conditions: tuple[SourceCondition | None, ...] = ()
     _variants: dict[tuple, rc.VirtualHost] = field(default_factory=dict)
     _encoded: dict[tuple, bytes] = field(default_factory=dict)
+    #: the conditions without repeats (set once: asked of every part whenever the table is rebuilt)
+    _distinct: tuple[SourceCondition, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._distinct = tuple(dict.fromkeys(c for c in self.conditions if c is not None))
 
     @property
     def source_dependent(self) -> bool:
-        return any(c is not None for c in self.conditions)
+        return bool(self._distinct)
 
     def distinct_conditions(self) -> tuple[SourceCondition, ...]:
-        return tuple(dict.fromkeys(c for c in self.conditions if c is not None))
+        return self._distinct
 
     def virtual_host(self, local: bool, satisfied: frozenset[SourceCondition] = frozenset()) -> rc.VirtualHost:
         """``local``: the proxy is in the service's namespace, so the bare name is a domain too;

@@ -681,7 +681,7 @@ class Translator:
             old = self._host_parts.get(host)
             if (old is None or host in exact or (shaped and not shaped.isdisjoint(old[2]))
                     or (rule_hosts and not rule_hosts.isdisjoint(old[2]))
-                    or any(host_matches(w, host) for w in wild)):
+                    or (wild and any(host_matches(w, host) for w in wild))):
                 old = self._host_part(svc, old)
             host_parts[host] = old
             for part in old[1]:
@@ -706,7 +706,8 @@ class Translator:
             self._route_table = new_table
             self._routes_epoch += 1
         self._part_errors = [e for _, parts, _ in host_parts.values() for part in parts for e in part.errors]
-        conditions = {c for _, parts, _ in host_parts.values() for part in parts for c in part.distinct_conditions()}
+        conditions = {c for _, parts, _ in host_parts.values() for part in parts if part.source_dependent
+                      for c in part.distinct_conditions()}
         self._source_conditions = tuple(sorted(conditions, key=repr))
         self._route_stage_errors()
 
