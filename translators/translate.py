@@ -244,7 +244,8 @@ class Translator:
         if not kinds.isdisjoint(peer_auth.KINDS):
             mtls_hosts = self._rebuild_peer_auth()
         if services or rule_hosts or mtls_hosts or DestinationRule.KIND in kinds:  # (also: unused-rule warnings)
-            self._rebuild_clusters_and_endpoints(rule_hosts | mtls_hosts)
+            self._rebuild_clusters_and_endpoints(rule_hosts | mtls_hosts,
+                                                 self._registry.changed_services if services else frozenset())
         touched: set[str] = set()
         if VirtualService.KIND in kinds:
             touched = self._rebuild_virtual_services({k for k in changed if k.kind == VirtualService.KIND})
@@ -377,13 +378,25 @@ class Translator:
         """The rule most proxies see for ``host`` (a service in ``namespace``)."""
         return self._rules.generic(host, namespace)
 
-    def _rebuild_clusters_and_endpoints(self, rule_hosts: set[str]) -> None:
-        """Clusters and endpoints per host, again only for changed services and ``rule_hosts``."""
+    def _rebuild_clusters_and_endpoints(self, rule_hosts: set[str], service_hosts: frozenset[str] | None = None) -> None:
+        """Clusters and endpoints per host, again only for changed services and ``rule_hosts``.
+        ``service_hosts``: the hosts whose service changed, when the registry knows them (then
+        only those and ``rule_hosts`` are visited, not every host)."""
+        services = self._registry.services
         cluster_parts: dict[str, tuple[tuple, list[tuple[str, Message]]]] = {}
         endpoint_parts: dict[str, tuple[tuple, list[tuple[str, Message]]]] = {}
         split: dict[str, dict[str, DestinationPolicy | None]] = {}
+        visit: Iterable[str] = services
+        if service_hosts is not None and self._cluster_parts:
+            visit = sorted(h for h in service_hosts | rule_hosts if h in services)
+            cluster_parts, endpoint_parts, split = dict(self._cluster_parts), dict(self._endpoint_parts), dict(self._split)
+            for host in service_hosts - services.keys():  # removed
+                cluster_parts.pop(host, None)
+                endpoint_parts.pop(host, None)
+                split.pop(host, None)
         split_dirty = False
-        for host, svc in self._registry.services.items():
+        for host in visit:
+            svc = services[host]
             old_c, old_e = self._cluster_parts.get(host), self._endpoint_parts.get(host)
             if host not in rule_hosts and old_c is not None and old_e is not None and old_c[0][0] is svc:
                 cluster_parts[host], endpoint_parts[host] = old_c, old_e  # same service, same rules
@@ -394,10 +407,17 @@ class Translator:
             exceptions = self._rules.exceptions(host, svc.shape.namespace)
             if exceptions or host in self._split:
                 split_dirty = True  # its service or rules changed: the per-namespace layers must follow
+            split.pop(host, None)
             if exceptions:
                 split[host] = exceptions
             cluster_parts[host] = self._host_clusters(svc, policy, old_c)
             endpoint_parts[host] = self._host_endpoints(svc, policy, old_e)
+        if cluster_parts.keys() != services.keys() or list(cluster_parts) != list(services):
+            # (hosts came or went on the targeted path: the layers list hosts in the registry's order)
+            cluster_parts = {h: cluster_parts[h] for h in services}
+            endpoint_parts = {h: endpoint_parts[h] for h in services}
+        if split_dirty or split.keys() != self._split.keys():
+            split = {h: split[h] for h in services if h in split}  # (likewise)
         if _parts_changed(self._cluster_parts, cluster_parts) or split.keys() != self._split.keys():
             fixed = [(n, self._clusters.resources[n]) for n in (BLACKHOLE, PASSTHROUGH)]
             self._clusters = _layer(("clusters", "outbound"), [

@@ -75,6 +75,13 @@ def tcp_virtual_service(to: str) -> dict[str, Any]:
             "spec": {"hosts": ["db"], "tcp": [{"route": [{"destination": {"host": to, "port": {"number": 5432}}}]}]}}
 
 
+def destination_rule(host: str, ns: str = "default", lb: str = "ROUND_ROBIN", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": f"dr-{host}", "namespace": ns},
+            "spec": {"host": f"{host}.default.svc.cluster.local", "trafficPolicy": {"loadBalancer": {"simple": lb}},
+                     **spec}}
+
+
 def base() -> list[dict[str, Any]]:
     docs = [service(f"s{i}", selector={"app": f"s{i}"}) for i in range(6)]
     docs += [pod(f"s{i}-a", f"10.1.0.{i + 1}", {"app": f"s{i}", "tier": "a"}) for i in range(6)]
@@ -83,6 +90,8 @@ def base() -> list[dict[str, Any]]:
              pod("p-10-2-0-1", "10.2.0.1", {"x": "y"}, "sliced")]
     docs += [service_entry("ext", {"vm": "yes"}), workload_entry("vm1", "10.3.0.1", {"vm": "yes"})]
     docs += [tcp_service(), tcp_virtual_service("s1")]
+    # A rule for everyone, and one that only the proxies of namespace "team" see (a split host).
+    docs += [destination_rule("s1"), destination_rule("s3", "team", "LEAST_REQUEST")]
     # Edited in place below (same names and hosts): the translator's swap-in-place path.
     docs += [virtual_service("s2", "s3", name="edited"), virtual_service("s4", "s5", name="local", exportTo=["."]),
              virtual_service("*.example.com", "s2", name="wild"), delegating("s5", "child"),
@@ -93,6 +102,12 @@ def base() -> list[dict[str, Any]]:
 #: One change each, applied in order on top of the last: (what, docs to put, (kind, ns, name) to delete).
 EDITS: list[tuple[str, list[dict[str, Any]], list[tuple[str, str, str]]]] = [
     ("a Service's port", [service("s1", port=81, selector={"app": "s1"})], []),
+    ("a split host's port", [service("s3", port=82, selector={"app": "s3"})], []),
+    ("a split host's Pod", [pod("s3-b", "10.1.0.33", {"app": "s3"})], []),
+    ("a client-namespace rule edited", [destination_rule("s3", "team", "RANDOM")], []),
+    ("a rule deleted", [], [("DestinationRule", "default", "dr-s1")]),
+    ("a split host deleted", [], [("Service", "default", "s3")]),
+    ("a split host back", [service("s3", selector={"app": "s3"})], []),
     ("a Service's selector", [service("s2", selector={"app": "s3"})], []),
     ("a Pod's labels leave one Service for another", [pod("s3-a", "10.1.0.4", {"app": "s4", "tier": "b"})], []),
     ("a Pod's address", [pod("s4-a", "10.1.0.99", {"app": "s4", "tier": "a"})], []),
@@ -117,9 +132,15 @@ EDITS: list[tuple[str, list[dict[str, Any]], list[tuple[str, str, str]]]] = [
 ]
 
 
+#: A client in the namespace whose own DestinationRule splits host s3 off the shared layers.
+TEAM_PROXY = Proxy(id="sidecar~10.0.0.101~client.team", ip="10.0.0.101", namespace="team")
+
+
 def snapshot(t: Translator) -> dict[str, Any]:
     out = t.for_proxy(PROXY)
     rendered: dict[str, Any] = {kind: render(out.get(type_url, [])) for kind, type_url in TYPES.items()}
+    team = t.for_proxy(TEAM_PROXY)
+    rendered["team"] = {kind: render(team.get(type_url, [])) for kind, type_url in TYPES.items()}
     rendered["errors"] = [e.as_dict() for e in t.errors]
     return rendered
 

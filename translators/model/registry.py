@@ -345,6 +345,7 @@ class Registry:
         self._updated: list[ResourceKey] = []  # memo keys the running rebuild updated or forgot
         self.shapes_changed = False  # by the last rebuild: routes and listeners only read shapes
         self.changed_hosts: frozenset[str] = frozenset()  # whose shape the last rebuild changed, added or removed
+        self.changed_services: frozenset[str] = frozenset()  # whose MeshService it changed (shape or endpoints)
         self.errors: list[ConfigError] = []
         # Pod and EndpointSlice key -> the Services whose memoized inputs hold it, so a
         # changed Pod or slice re-reads those Services only.
@@ -506,6 +507,7 @@ class Registry:
             services = {h: services[h] for h in old}  # same hosts: keep the sorted order
         self.changed_hosts = frozenset(changed)
         self.shapes_changed = bool(changed)
+        self.changed_services = frozenset(h for h in services.keys() | old.keys() if old.get(h) is not services.get(h))
         self.services = services
         self.by_namespace = {}
         self._ns_position = {}
@@ -560,6 +562,7 @@ class Registry:
         self.services, self.by_namespace = services, by_namespace
         self.changed_hosts = frozenset(changed)
         self.shapes_changed = bool(changed)
+        self.changed_services = frozenset(new.host for new in swaps)
         return True
 
     def selecting(self, namespace: str, labels: Mapping[str, str]) -> list[MeshService]:
