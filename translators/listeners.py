@@ -142,7 +142,6 @@ def outbound_ports(services: Iterable[MeshService], vs_of: VirtualServiceOf | No
     """What every outbound listener does, by port number; ``vs_of`` gives the tcp/tls
     routes of the TCP and TLS services, whose destinations without a port take the only
     port of their service in ``ports_of`` (default: of ``services``)."""
-    services = list(services)
     by_port: dict[int, list[tuple[MeshService, str]]] = {}
     ports_of = dict(ports_of) if ports_of is not None else {}
     for svc in services:
@@ -152,45 +151,51 @@ def outbound_ports(services: Iterable[MeshService], vs_of: VirtualServiceOf | No
     table: dict[int, OutboundPort] = {}
     errors: list[ConfigError] = []
     for number in sorted(by_port):
-        users = by_port[number]
-        hosts = tuple(s.host for s, _ in users)
-        http = any(carries_http(proto) for _, proto in users)
-        tls = [s for s, proto in users if is_tls(proto)]
-        tcp = [s for s, proto in users if not carries_http(proto) and not is_tls(proto)]
-        auto = [s for s, proto in users if proto == AUTO]
-        if len(tcp) == 1:
-            # An auto service's detected HTTP still reaches it; its other traffic cannot.
-            for s in auto:
-                errors.append(_warn(s.resource, f"port {number} has no protocol (auto): HTTP to it is routed, "
-                                    f"other TCP on the outbound listener goes to {tcp[0].host}, the port's TCP service"))
-        elif not tcp:
-            tcp = auto  # no declared TCP service: an auto one is the TCP target
-        cluster = ""
-        tcp_routes: tuple[l4.Route, ...] = ()
-        if len(tcp) == 1:
-            cluster = outbound_cluster(number, tcp[0].host)
-            tcp_routes = _l4_routes(tcp[0], number, vs_of, ports_of, "tcp", errors)
-        elif len(tcp) > 1:
-            names = ", ".join(x.host for x in tcp)
-            for s in tcp:
-                if s in auto:  # its HTTP is fine: say what is not, and how to say what it is
-                    message = (f"port {number} has no protocol (auto) and {len(tcp)} such services use it ({names}): "
-                               "HTTP to it is detected and routed, other TCP on the outbound listener goes to "
-                               "BlackHoleCluster; name the port (http-..., tcp-...) to say which it is")
-                else:
-                    message = (f"TCP port {number} is used by {len(tcp)} services ({names}); without capture they "
-                               "cannot be told apart, TCP on the outbound listener goes to BlackHoleCluster")
-                errors.append(_warn(s.resource, message))
-            cluster = BLACKHOLE
-        elif len(tls) == 1:  # TLS without a known SNI: the TLS service, by its tcp routes (as istiod)
-            cluster = outbound_cluster(number, tls[0].host)
-            tcp_routes = _l4_routes(tls[0], number, vs_of, ports_of, "tcp", errors)
-        elif tls:
-            cluster = BLACKHOLE
-        tls_routes = tuple(r for s in tls for r in _l4_routes(s, number, vs_of, ports_of, "tls", errors))
-        table[number] = OutboundPort(number, http, cluster, hosts, tcp_routes=tcp_routes, tls_routes=tls_routes,
-                                     tls=tuple((s.host, outbound_cluster(number, s.host)) for s in tls))
+        table[number] = outbound_port(number, by_port[number], vs_of, ports_of, errors)
     return table, errors
+
+
+def outbound_port(number: int, users: Sequence[tuple[MeshService, str]], vs_of: VirtualServiceOf | None,
+                  ports_of: Mapping[str, tuple[int, ...]], errors: list[ConfigError]) -> OutboundPort:
+    """What the outbound listener of port ``number`` does, for the services on it (in host
+    order, with each one's protocol there); problems are added to ``errors``."""
+    hosts = tuple(s.host for s, _ in users)
+    http = any(carries_http(proto) for _, proto in users)
+    tls = [s for s, proto in users if is_tls(proto)]
+    tcp = [s for s, proto in users if not carries_http(proto) and not is_tls(proto)]
+    auto = [s for s, proto in users if proto == AUTO]
+    if len(tcp) == 1:
+        # An auto service's detected HTTP still reaches it; its other traffic cannot.
+        for s in auto:
+            errors.append(_warn(s.resource, f"port {number} has no protocol (auto): HTTP to it is routed, "
+                                f"other TCP on the outbound listener goes to {tcp[0].host}, the port's TCP service"))
+    elif not tcp:
+        tcp = auto  # no declared TCP service: an auto one is the TCP target
+    cluster = ""
+    tcp_routes: tuple[l4.Route, ...] = ()
+    if len(tcp) == 1:
+        cluster = outbound_cluster(number, tcp[0].host)
+        tcp_routes = _l4_routes(tcp[0], number, vs_of, ports_of, "tcp", errors)
+    elif len(tcp) > 1:
+        names = ", ".join(x.host for x in tcp)
+        for s in tcp:
+            if s in auto:  # its HTTP is fine: say what is not, and how to say what it is
+                message = (f"port {number} has no protocol (auto) and {len(tcp)} such services use it ({names}): "
+                           "HTTP to it is detected and routed, other TCP on the outbound listener goes to "
+                           "BlackHoleCluster; name the port (http-..., tcp-...) to say which it is")
+            else:
+                message = (f"TCP port {number} is used by {len(tcp)} services ({names}); without capture they "
+                           "cannot be told apart, TCP on the outbound listener goes to BlackHoleCluster")
+            errors.append(_warn(s.resource, message))
+        cluster = BLACKHOLE
+    elif len(tls) == 1:  # TLS without a known SNI: the TLS service, by its tcp routes (as istiod)
+        cluster = outbound_cluster(number, tls[0].host)
+        tcp_routes = _l4_routes(tls[0], number, vs_of, ports_of, "tcp", errors)
+    elif tls:
+        cluster = BLACKHOLE
+    tls_routes = tuple(r for s in tls for r in _l4_routes(s, number, vs_of, ports_of, "tls", errors))
+    return OutboundPort(number, http, cluster, hosts, tcp_routes=tcp_routes, tls_routes=tls_routes,
+                        tls=tuple((s.host, outbound_cluster(number, s.host)) for s in tls))
 
 
 def _l4_routes(svc: MeshService, number: int, vs_of: VirtualServiceOf | None, ports_of: Mapping[str, tuple[int, ...]],

@@ -184,6 +184,11 @@ class Translator:
         self._scoped_ports: dict[object, tuple[tuple, dict[int, listeners.OutboundPort]]] = {}
         self._filter = scope.LayerFilter()
         self._port_table: dict[int, listeners.OutboundPort] = {}
+        # What it was made of, for a change to a few services: port -> host -> protocol (host
+        # order), host -> its ports, port -> its problems.
+        self._port_users: dict[int, dict[str, str]] = {}
+        self._host_ports: dict[str, tuple[int, ...]] = {}
+        self._port_errors: dict[int, list[ConfigError]] = {}
         self._proxies: dict[tuple, _ProxyState] = {}
         self._security_epoch = 0  # bumped when a security policy, the mesh config or the services change
         self._providers: dict[str, authz.Provider] = {}  # the mesh config's ext_authz providers, resolved
@@ -203,8 +208,8 @@ class Translator:
         # follows the connection's original destination): source layer id -> (source, result).
         self._captured_layers: dict[int, tuple[api.Layer, api.Layer]] = {}
         self._captured_passthrough = clusters.captured_passthrough()
-        # The registry's port numbers by host, and each addressed TCP service's own rows.
-        self._ports_of: tuple[int, dict[str, tuple[int, ...]]] = (-1, {})
+        # Each addressed TCP service's own rows (ports: _host_ports), and the shapes they were made at.
+        self._own_rows_epoch = -1
         self._own_rows: dict[str, tuple[MeshService, VirtualService | None, dict[int, listeners.OutboundPort]]] = {}
         # Bumped when what a captured proxy's <address>_<port> listeners read changes beyond its
         # port table: service addresses and shapes, the VirtualServices' tcp/tls routes.
@@ -251,8 +256,10 @@ class Translator:
             touched = self._rebuild_virtual_services({k for k in changed if k.kind == VirtualService.KIND})
         if shapes or rule_hosts or touched:
             self._rebuild_route_table(self._registry.changed_hosts if shapes else frozenset(), touched, rule_hosts)
-        if shapes or self._l4_touched(touched):  # (tcp and tls routes of VirtualServices)
+        if self._l4_touched(touched):  # (tcp and tls routes of VirtualServices)
             self._rebuild_port_table()
+        elif shapes:
+            self._rebuild_port_table(self._registry.changed_hosts)
         if shapes or not kinds.isdisjoint(security.KINDS):
             self._rebuild_security(kinds, bool(shapes))
         if self._gateways.affected(changed, prev.resources if prev is not None else {}, world.resources, bool(shapes)):
@@ -1008,13 +1015,52 @@ class Translator:
                 return True
         return False
 
-    def _rebuild_port_table(self) -> None:
-        table, errors = self._outbound_ports(self._registry.services.values())
+    def _rebuild_port_table(self, shaped: frozenset[str] | None = None) -> None:
+        """The registry's outbound port table. ``shaped``: the only hosts whose shape changed
+        (None: anything may have): then only their ports, and the ports with tcp/tls routes
+        (which read other services' ports), are worked out again."""
+        services = self._registry.services
         old = self._port_table
-        table = {n: old[n] if n in old and old[n] == p else p for n, p in table.items()}
+        if shaped is None or not old:
+            users: dict[int, dict[str, str]] = {}  # port -> host -> its protocol there, in host order
+            for svc in services.values():
+                for p in svc.shape.ports:
+                    users.setdefault(p.number, {})[svc.host] = p.protocol
+            self._host_ports = {h: tuple(p.number for p in s.shape.ports) for h, s in services.items()}
+            redo, errors, table = set(users), {}, {}
+        else:
+            users, errors, table = dict(self._port_users), dict(self._port_errors), dict(old)
+            redo = {n for n, p in old.items() if p.tcp_routes or p.tls_routes}
+            for host in shaped:
+                found = services.get(host)
+                now = {p.number: p.protocol for p in found.shape.ports} if found is not None else {}
+                for n in self._host_ports.pop(host, ()):
+                    if n not in now:
+                        users[n] = {h: proto for h, proto in users[n].items() if h != host}
+                        redo.add(n)
+                for n, proto in now.items():
+                    mine = users[n] = dict(users.get(n, {}))
+                    if host not in mine:
+                        mine[host] = proto
+                        users[n] = dict(sorted(mine.items()))
+                    mine[host] = proto
+                    redo.add(n)
+                if found is not None:
+                    self._host_ports[host] = tuple(now)
+        for n in redo:
+            if not users.get(n):
+                users.pop(n, None), errors.pop(n, None), table.pop(n, None)
+                continue
+            errors[n] = []
+            port = listeners.outbound_port(n, [(services[h], proto) for h, proto in users[n].items()],
+                                           self._vs_index.lookup, self._host_ports, errors[n])
+            table[n] = old[n] if n in old and old[n] == port else port
+        if list(table) != sorted(table):
+            table = {n: table[n] for n in sorted(table)}
         if table.keys() != old.keys() or any(table[n] is not old[n] for n in table):
             self._port_table = table
-        self._stage_errors["ports"] = errors
+        self._port_users, self._port_errors = users, errors
+        self._stage_errors["ports"] = [e for n in sorted(errors) for e in errors[n]]
 
     def _proxy_state(self, proxy: Proxy, port_table: dict[int, listeners.OutboundPort], mode: scope.Mode,
                      sidecar: Sidecar | None, conflicts: tuple[ConfigError, ...], workload: Pod | WorkloadEntry | None,
@@ -1215,15 +1261,13 @@ class Translator:
     def _own_row(self, svc: MeshService, number: int) -> listeners.OutboundPort:
         """What the ``<address>_<port>`` listener of one TCP/TLS service does: its cluster and
         its VirtualService tcp/tls routes (kept while the service shapes and the VirtualService are)."""
-        if self._ports_of[0] != self._shapes_epoch:  # (endpoints alone change no row)
-            services = self._registry.services
-            self._ports_of = (self._shapes_epoch, {h: tuple(p.number for p in s.shape.ports)
-                                                   for h, s in services.items()})
+        if self._own_rows_epoch != self._shapes_epoch:  # (endpoints alone change no row)
+            self._own_rows_epoch = self._shapes_epoch
             self._own_rows = {}
         vs = self._vs_index.lookup(svc.host, svc.shape.namespace)
         hit = self._own_rows.get(svc.host)
         if hit is None or hit[1] is not vs:
-            table, _ = listeners.outbound_ports([svc], self._vs_index.lookup, self._ports_of[1])  # (errors: the stage's)
+            table, _ = listeners.outbound_ports([svc], self._vs_index.lookup, self._host_ports)  # (errors: the stage's)
             hit = self._own_rows[svc.host] = (svc, vs, table)
         return hit[2][number]
 
