@@ -1,6 +1,6 @@
 """meshpilot side by side with its peers: one real Envoy against each control plane in turn.
 
-    ./dev bench peers [--services 1000 5000] [--changes 5] [--json]
+    ./dev bench peers [--services 1000 5000] [--changes 5] [--systems ... meshpilot-kube] [--json]
 
 For each N, three control planes serve the same shapes to one Envoy (SotW ADS, and for
 meshpilot also delta ADS with VHDS: ``meshpilot-delta``): N EDS
