@@ -1,6 +1,6 @@
 """meshpilot side by side with its peers: one real Envoy against each control plane in turn.
 
-    ./dev bench peers [--services 1000 5000] [--changes 5] [--json]
+    ./dev bench peers [--services 1000 5000] [--changes 5] [--systems ... meshpilot-kube] [--json]
 
 For each N, three control planes serve the same shapes to one Envoy (SotW ADS, and for
 meshpilot also delta ADS with VHDS: ``meshpilot-delta``): N EDS
@@ -22,11 +22,26 @@ file edits: svc-0's Pod IP (endpoint), its VirtualService's response header (rou
 its Service port 80 <-> 81 (cluster, listener and route; set against the peers' route
 change). For meshpilot also parse + translate of the directory before serving, timed in
 this process. The machine's load average is printed: other work on it skews every figure.
+
+``meshpilot-kube`` (not run by default: it needs root and the test cluster of tests/kube,
+built once into ~/.cache/meshpilot/kube): ``meshpilot serve --kubeconfig`` against a real
+etcd + kube-apiserver + kube-controller-manager in a network namespace of its own
+(tests/harness/kube.py). The same N Services, each selector-less with an EndpointSlice of
+one endpoint (svc-0's on an upstream, the others on 10.245.x.y where nothing is), and
+svc-0's VirtualService are created through the API server (one ``kubectl create`` of a
+List) before meshpilot starts; Envoy starts once meshpilot's world holds them all. Envoy,
+meshpilot and svc-0's two upstreams (on 10.244.x.y addresses of that namespace's ``lo``:
+the API server refuses loopback endpoints) run in the namespace, and so does this process's
+thread while it measures. The changes are the same three, each one PATCH (JSON patch) through
+the Python client on a warm connection: svc-0's EndpointSlice address, its VirtualService's
+header, its Service port. Their clock runs from just before the PATCH to a request through
+Envoy showing it: the API server's write, the watch event, meshpilot, Envoy.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import hashlib
 import json
@@ -41,6 +56,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 HERE = Path(__file__).resolve().parent
 from xds_server.app.pipeline import Pipeline  # noqa: E402
@@ -57,9 +74,11 @@ from harness.upstream import UpstreamServer  # noqa: E402
 
 GCP_DIR = HERE / "peers" / "gcp"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "meshpilot" / "peers"
-SYSTEMS = ("python-minimal", "go-control-plane", "meshpilot", "meshpilot-delta")
+SYSTEMS = ("python-minimal", "go-control-plane", "meshpilot", "meshpilot-delta", "meshpilot-kube")
 #: meshpilot-delta: the same meshpilot, its Envoy on delta ADS (routes over VHDS, the default
-#: for delta Envoys); the peers and plain ``meshpilot`` speak SotW.
+#: for delta Envoys); the peers and plain ``meshpilot`` speak SotW. meshpilot-kube: meshpilot
+#: watching a real API server (SotW), only when asked for (``--systems``).
+DEFAULT_SYSTEMS = SYSTEMS[:4]
 # One /24 of loopback for this benchmark: the proxy, and two upstreams "a" and "b".
 PROXY_IP, UPSTREAM_A, UPSTREAM_B = "127.0.77.1", "127.0.77.2", "127.0.77.3"
 UPSTREAM_PORT = 8080
@@ -276,12 +295,122 @@ class Meshpilot:
         return serves("svc-0", port=self.port)
 
 
+KUBE_NAMESPACE = "default"  # the bench proxy's namespace, as in file mode
+#: Where the other services' endpoints are: not loopback (refused), nowhere in the namespace.
+KUBE_NOWHERE = "10.245"
+
+
+class KubeMeshpilot:
+    """``meshpilot serve --kubeconfig`` against the test cluster of tests/kube, with this thread
+    (so Envoy, meshpilot, the upstreams and the requests) inside the cluster's namespace until
+    ``stack`` closes."""
+
+    def __init__(self, n: int, workdir: Path, stack: contextlib.ExitStack) -> None:
+        from harness.kube import REPO_ROOT, KubeCluster, ensure_binaries, kube_meshpilot
+
+        from xds_server.sources.kubernetes import _api_client
+
+        self.n = n
+        self.cluster = KubeCluster(workdir / "kube", binaries=ensure_binaries(note))
+        stack.callback(self.cluster.stop)  # before start: a half-started cluster is cleaned up too
+        self.cluster.start()
+        note(f"meshpilot-kube N={n}: cluster ready in {self.cluster.started_in['ready']:.1f} s")
+        crds = str(REPO_ROOT / "charts" / "meshpilot" / "crds")
+        self.cluster.kubectl("apply", "-f", crds)
+        self.cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", crds)
+        stack.enter_context(self.cluster.entered())
+        self.a, self.b = self.cluster.pod_ip(), self.cluster.pod_ip()
+        for ip, version in ((self.a, "a"), (self.b, "b")):
+            stack.callback(UpstreamServer(ip, UPSTREAM_PORT, service="svc-0", version=version).start().stop)
+        started = time.monotonic()
+        # create, not apply: no read of each object first and no last-applied annotation.
+        self.cluster.kubectl("create", "-f", "-", input=json.dumps(self.manifests()), timeout=TIMEOUT)
+        note(f"meshpilot-kube N={n}: kubectl create of the List took {time.monotonic() - started:.1f} s")
+        self.server = kube_meshpilot(self.cluster.kubeconfig, workdir=workdir,
+                                     extra_args=("--log-level", "warning"))
+        self.child = self.server._child
+        self.xds = self.server.xds_port
+        self.api = _api_client(self.cluster.kubeconfig, None)
+        self.ip, self.port, self.vs = self.a, 80, 1
+
+    def manifests(self) -> dict[str, Any]:
+        """The file mode's mesh as API objects: selector-less Services with one EndpointSlice each."""
+        items: list[dict[str, Any]] = []
+        for i in range(self.n):
+            name = f"svc-{i}"
+            ip = self.a if i == 0 else f"{KUBE_NOWHERE}.{i // 250}.{i % 250 + 1}"
+            items.append({"apiVersion": "v1", "kind": "Service",
+                          "metadata": {"name": name, "namespace": KUBE_NAMESPACE},
+                          "spec": {"ports": [{"name": "http", "port": 80, "targetPort": UPSTREAM_PORT}]}})
+            items.append({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": f"{name}-1", "namespace": KUBE_NAMESPACE,
+                             "labels": {"kubernetes.io/service-name": name}},
+                "addressType": "IPv4", "ports": [{"name": "http", "port": UPSTREAM_PORT, "protocol": "TCP"}],
+                "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}],
+            })
+        vs = yaml.safe_load(virtual_service(1))
+        return {"apiVersion": "v1", "kind": "List", "items": [*items, vs]}
+
+    def start(self) -> None:
+        began = time.monotonic()
+        self.server.start(timeout=TIMEOUT)
+        want = {f"Service {KUBE_NAMESPACE}/svc-{self.n - 1}", f"EndpointSlice {KUBE_NAMESPACE}/svc-{self.n - 1}-1",
+                f"VirtualService {KUBE_NAMESPACE}/svc-0"}
+        wait_for("meshpilot-kube: the world holds every object",
+                 lambda: want <= set(self.server.get("/debug/world", timeout=30)[1]["resources"]), every=0.1)
+        note(f"meshpilot-kube N={self.n}: meshpilot start -> all listed and translated: "
+             f"{time.monotonic() - began:.2f} s")
+        # Each PATCH once as a dry run (nothing changes): otherwise the first change of each kind
+        # pays for the client's TLS handshake and first-use imports (it measured 60-100 ms more).
+        for kind, path, value in (("endpoint", "/endpoints/0/addresses/0", self.ip),
+                                  ("route", "/spec/http/0/headers/response/set/x-peer-version", str(self.vs)),
+                                  ("port", "/spec/ports/0/port", self.port)):
+            self._patch(kind, path, value, dry_run=True)
+
+    def _patch(self, kind: str, path: str, value: object, dry_run: bool = False) -> None:
+        from kubernetes import client
+
+        body = [{"op": "replace", "path": path, "value": value}]
+        kw: dict[str, Any] = {"_content_type": "application/json-patch+json", "_request_timeout": 10,
+                              "dry_run": "All" if dry_run else None}
+        if kind == "endpoint":
+            client.DiscoveryV1Api(self.api).patch_namespaced_endpoint_slice("svc-0-1", KUBE_NAMESPACE, body, **kw)
+        elif kind == "route":
+            client.CustomObjectsApi(self.api).patch_namespaced_custom_object(
+                "networking.istio.io", "v1", KUBE_NAMESPACE, "virtualservices", "svc-0", body, **kw)
+        else:
+            client.CoreV1Api(self.api).patch_namespaced_service("svc-0", KUBE_NAMESPACE, body, **kw)
+
+    def change(self, kind: str) -> Callable[[], bool]:
+        if kind == "endpoint":
+            self.ip = self.b if self.ip == self.a else self.a
+            self._patch(kind, "/endpoints/0/addresses/0", self.ip)
+            return serves("svc-0", "b" if self.ip == self.b else "a", port=self.port)
+        if kind == "route":
+            self.vs += 1
+            self._patch(kind, "/spec/http/0/headers/response/set/x-peer-version", str(self.vs))
+            return serves("svc-0", header=str(self.vs), port=self.port)
+        assert kind == "port"
+        self.port = 81 if self.port == 80 else 80
+        self._patch(kind, "/spec/ports/0/port", self.port)
+        return serves("svc-0", port=self.port)
+
+
 def run_one(system: str, n: int, changes: int, envoy_binary: str, root: Path) -> Result:
+    with contextlib.ExitStack() as stack:
+        return _run_one(system, n, changes, envoy_binary, root, stack)
+
+
+def _run_one(system: str, n: int, changes: int, envoy_binary: str, root: Path, stack: contextlib.ExitStack
+             ) -> Result:
     workdir = root / f"{system}-{n}"
     workdir.mkdir()
     result = Result(system, n)
-    cp: Peer | Meshpilot
-    if system.startswith("meshpilot"):
+    cp: Peer | Meshpilot | KubeMeshpilot
+    if system == "meshpilot-kube":
+        cp = KubeMeshpilot(n, workdir, stack)
+    elif system.startswith("meshpilot"):
         cp = Meshpilot(n, workdir)
         result.parse_s, result.translate_s = cp.parse_translate()
         note(f"{system} N={n}: parse {result.parse_s:.2f} s, translate {result.translate_s:.2f} s")
@@ -347,15 +476,19 @@ MEASURES: list[tuple[str, Callable[[Result], float | None], str]] = [
 def table(results: list[Result]) -> str:
     """The peers' endpoint change faces meshpilot's Pod IP edit, their route change its
     VirtualService and Service port edits."""
+    kube = any(r.system == "meshpilot-kube" for r in results)  # its columns only when it ran
     out = ["| N | measure | minimal Python ADS | go-control-plane | meshpilot | meshpilot / go-control-plane "
-           "| meshpilot, delta + VHDS | that / go-control-plane |", "|---|---|---|---|---|---|---|---|"]
+           "| meshpilot, delta + VHDS | that / go-control-plane |"
+           + (" meshpilot, Kubernetes | that / go-control-plane |" if kube else ""),
+           "|---|---|---|---|---|---|---|---|" + ("---|---|" if kube else "")]
     for n in sorted({r.services for r in results}):
         by = {r.system: r for r in results if r.services == n}
         for measure, get, fmt in MEASURES:
             vals = [get(by[s]) if s in by else None for s in SYSTEMS]
             cells = [fmt.format(v) if v is not None else "-" for v in vals]
             out.append(f"| {n} | {measure} | {' | '.join(cells[:3])} | {ratio(vals[2], vals[1])} "
-                       f"| {cells[3]} | {ratio(vals[3], vals[1])} |")
+                       f"| {cells[3]} | {ratio(vals[3], vals[1])} |"
+                       + (f" {cells[4]} | {ratio(vals[4], vals[1])} |" if kube else ""))
     return "\n".join(out)
 
 
@@ -363,7 +496,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--services", type=int, nargs="+", default=[1000, 5000], help="mesh sizes (default 1000 5000)")
     p.add_argument("--changes", type=int, default=5, help="repetitions of each change (default 5)")
-    p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(DEFAULT_SYSTEMS),
+                   help=f"control planes to run, in this order (default: {' '.join(DEFAULT_SYSTEMS)}; "
+                   "meshpilot-kube needs root and starts a test cluster per N)")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = p.parse_args(argv)
     envoy_binary = os.environ.get("MESHPILOT_ENVOY") or find_envoy()

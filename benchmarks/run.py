@@ -2,7 +2,7 @@
 
     python benchmarks/run.py [--services 1000] [--clients 1000] [--changes 5] [--scoped-proxies 1000]
                              [--kube-inject-pods 1000] [--json]
-    python benchmarks/run.py peers [--services 1000 5000] [--changes 5] [--json]   (bench_peers.py)
+    python benchmarks/run.py peers [--services 1000 5000] [--changes 5] [--systems ...] [--json]   (bench_peers.py)
 
 1. N services written as a user would (Service, 2 Pods, VirtualService, DestinationRule),
    parsed by ``xds_server.sources.parse.parse_text`` into a World.
