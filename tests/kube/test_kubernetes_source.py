@@ -204,6 +204,17 @@ class Results:
     def _recovered(self) -> None:
         self.recoveries += 1
 
+    async def quiet(self, seconds: float = 1.0, timeout: float = 30.0) -> LoadResult:
+        """The last result once none has come for ``seconds``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            seen = len(self.items)
+            await asyncio.sleep(seconds)
+            if len(self.items) == seen and self.items:
+                return self.items[-1]
+        raise AssertionError(f"results still coming after {timeout} s")
+
     async def until(self, check: Callable[[LoadResult], bool], timeout: float = 20.0) -> LoadResult:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
@@ -281,6 +292,34 @@ async def test_a_watch_the_server_ends_resumes_from_its_resource_version(
     assert stats["watches"] >= 3, stats
     assert (stats["lists"], stats["gone"], stats["failures"]) == (1, 0, 0), stats  # resumed, never relisted
     assert not results.failures
+
+
+async def test_an_edit_is_merged_in_place_and_says_which_keys_changed(
+    kube_cluster: KubeCluster, kube_namespace: str, running: Callable[..., Results]
+) -> None:
+    """An object edited in place is swapped into the last merge, and the result names its key
+    (what World.evolve diffs instead of every key); an added or deleted object merges afresh
+    (the chain of hints breaks: the next result's changes are unknown, so the pipeline diffs).
+    Each result holds what a fresh merge of the source's stores would."""
+    ns = kube_namespace
+    results = running(kinds=(Kind("Service", "services"),))
+    await asyncio.to_thread(kube_cluster.apply, _service(ns, "a"))
+    await asyncio.to_thread(kube_cluster.apply, _service(ns, "b"))
+    key_a, key_b = ResourceKey("Service", ns, "a"), ResourceKey("Service", ns, "b")
+    await results.until(lambda r: {key_a, key_b} <= r.resources.keys())
+    before = await results.quiet()  # (earlier tests' namespaces may still be going away)
+    edited = _service(ns, "a")
+    edited["spec"]["ports"][0]["port"] = 81
+    await asyncio.to_thread(kube_cluster.apply, edited)
+    after = await results.until(lambda r: r.resources[key_a].spec.ports[0].port == 81)  # type: ignore[attr-defined]
+    assert after.changes_since(before) == frozenset({key_a})
+    assert after.resources[key_b] is before.resources[key_b]
+    await asyncio.to_thread(kube_cluster.apply, _service(ns, "c"))
+    added = await results.until(lambda r: ResourceKey("Service", ns, "c") in r.resources)
+    assert added.changes_since(after) is None
+    source = results.source
+    source._merge()  # a fresh merge of the same stores
+    assert dict(added.resources) == source._merged
 
 
 async def test_an_api_server_restart_makes_it_relist_and_nothing_is_lost(

@@ -36,7 +36,7 @@ from typing import Any
 from translators.errors import ConfigError
 from translators.model import KINDS, Resource, ResourceKey
 from xds_server.sources.crds import group_of, istio_kinds, plural
-from xds_server.sources.files import LoadResult
+from xds_server.sources.files import ChangeLog, LoadResult
 from xds_server.sources.parse import parse_object
 
 SOURCE = "kubernetes"
@@ -155,6 +155,15 @@ class KubernetesSource:
         self._on_failure: Callable[[str, float], None] | None = None
         self._on_recovery: Callable[[], None] | None = None
         self._last = LoadResult(MappingProxyType({}))
+        # The last merge of the stores, and what changed in them since: (kind, "ns/name") of
+        # upserts and deletes; None after a relist (anything may have).
+        self._log = ChangeLog()
+        self._pending: set[tuple[str, str]] | None = None
+        self._merged: dict[ResourceKey, Resource] = {}
+        self._key_of: dict[tuple[str, str], ResourceKey] = {}
+        self._noisy: set[tuple[str, str]] = set()  # entries that reported problems
+        self._errors: tuple[ConfigError, ...] = ()
+        self._modelled = {k.kind for k in kinds if k.modelled}
 
     @property
     def current(self) -> LoadResult:
@@ -200,8 +209,8 @@ class KubernetesSource:
                 self._dirty.clear()
                 if len(self._synced) < len(self.kinds):
                     continue  # publish nothing partial: a missing kind would look deleted
-                result = self._result()
-                if last is None or _differs(result, last):
+                result, changed = self._result()
+                if last is None or (changed if changed is not None else _differs(result, last)):
                     last = self._last = result
                     yield result
         finally:
@@ -217,6 +226,11 @@ class KubernetesSource:
 
     def _deliver(self, kind: str, update: tuple[Any, ...]) -> None:
         store = self._store[kind]
+        if update[0] in ("upsert", "delete"):
+            if self._pending is not None:
+                self._pending.add((kind, update[1]))
+        else:
+            self._pending = None
         if update[0] == "replace":
             self._store[kind] = update[1]
             self._synced.add(kind)
@@ -241,19 +255,56 @@ class KubernetesSource:
         if self._failing.pop(kind, None) is not None and not self._failing and self._on_recovery:
             self._on_recovery()
 
-    def _result(self) -> LoadResult:
+    def _result(self) -> tuple[LoadResult, bool | None]:
+        """The merged stores, and whether they changed since the last result (None: compare)."""
+        pending, self._pending = self._pending, set()
+        keys = self._patch(pending) if pending is not None and self._key_of else None
+        changed: bool | None = bool(keys)
+        if keys is None:
+            changed = None
+            self._merge()
+        result = LoadResult(MappingProxyType(dict(self._merged)), self._errors, serial=self._log.add(keys),
+                            log=self._log)
+        return result, changed
+
+    def _patch(self, pending: set[tuple[str, str]]) -> frozenset[ResourceKey] | None:
+        """The common event (objects updated in place, valid before and after, nothing to
+        report): their new versions swapped into the last merge instead of merging and
+        sorting every object again. None: merge afresh."""
+        updates = []
+        for kind, name in pending:
+            if kind not in self._modelled:
+                continue
+            entry = self._store[kind].get(name)
+            key = self._key_of.get((kind, name))
+            if (entry is None or entry.resource is None or key is None or entry.resource.key != key
+                    or entry.errors or (kind, name) in self._noisy):
+                return None
+            updates.append((key, entry.resource))
+        keys = set()
+        for key, resource in updates:
+            if self._merged[key] is not resource:
+                self._merged[key] = resource
+                keys.add(key)
+        return frozenset(keys)
+
+    def _merge(self) -> None:
         resources: dict[ResourceKey, Resource] = {}
         errors: list[ConfigError] = [
             ConfigError(SOURCE, "", "", why, "warning") for _, why in sorted(self._missing.items())
         ]
+        self._key_of, self._noisy = {}, set()
         for kind in self.kinds:
             if not kind.modelled:
                 continue
-            for entry in sorted(self._store[kind.kind].values(), key=lambda e: e.order):
+            for name, entry in sorted(self._store[kind.kind].items(), key=lambda e: e[1].order):
                 if entry.resource is not None:
                     resources[entry.resource.key] = entry.resource
+                    self._key_of[(kind.kind, name)] = entry.resource.key
+                if entry.errors:
+                    self._noisy.add((kind.kind, name))
                 errors.extend(entry.errors)
-        return LoadResult(MappingProxyType(resources), tuple(errors))
+        self._merged, self._errors = resources, tuple(errors)
 
 
 class _Informer:
