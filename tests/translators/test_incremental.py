@@ -206,18 +206,36 @@ def test_common_edits_patch_instead_of_rebuilding(monkeypatch: pytest.MonkeyPatc
         full.append("registry")
         assemble(self)
 
-    def spy_patch(self: Translator, hosts: set[str]) -> bool:
-        patched.append(real_patch(self, hosts))
-        return patched[-1]
+    def spy_patch(self: Translator, hosts: set[str], shaped: frozenset[str] = frozenset()) -> bool:
+        done = real_patch(self, hosts, shaped)
+        if self is follower:
+            patched.append(done)
+        return done
 
     monkeypatch.setattr(Registry, "_assemble", spy_assemble)
     monkeypatch.setattr(Translator, "_patch_route_table", spy_patch)
-    for put in (pod("s4-a", "10.1.0.77", {"app": "s4", "tier": "a"}), virtual_service("s2", "s5", name="edited")):
-        r = parse_resource(put, "mesh.yaml")
-        world = world.evolve(MappingProxyType({**world.resources, r.key: r}), [r.key])
+    edits: list[tuple[dict[str, Any] | None, tuple[str, str] | None]] = [
+        (pod("s4-a", "10.1.0.77", {"app": "s4", "tier": "a"}), None),  # the registry's swap; no route change
+        (virtual_service("s2", "s5", name="edited"), None),  # a host's part swapped in its row
+        (service("s5", port=85, selector={"app": "s5"}), None),  # a shape: its rows, and s2, which routes to it
+        (service("n1", selector={"app": "s1"}), None),  # a host added
+        (None, ("Service", "n1")),  # and removed
+    ]
+    for put, delete in edits:
+        resources = dict(world.resources)
+        if put is not None:
+            r = parse_resource(put, "mesh.yaml")
+            resources[r.key] = r
+            keys = [r.key]
+        else:
+            assert delete is not None
+            (key,) = [k for k in resources if (k.kind, k.name) == delete]
+            del resources[key]
+            keys = [key]
+        world = world.evolve(MappingProxyType(resources), keys)
         follower.update(world)
         fresh = Translator()
         fresh.update(world)
         assert snapshot(follower) == snapshot(fresh)
-    assert full == ["registry", "registry"]  # the two fresh translators only
-    assert patched[0] is True  # the follower's VirtualService edit (fresh ones have nothing to patch)
+    assert full.count("registry") == len(edits) + 2  # the fresh translators, and the host added and removed
+    assert patched == [True, True, True, True]  # every route change of the follower was a patch
