@@ -3,6 +3,7 @@
     python benchmarks/run.py [--services 1000] [--clients 1000] [--changes 5] [--scoped-proxies 1000]
                              [--kube-inject-pods 1000] [--json]
     python benchmarks/run.py peers [--services 1000 5000] [--changes 5] [--systems ...] [--json]   (bench_peers.py)
+    python benchmarks/run.py edits [--services 1000 5000] [--changes 7] [--profile KIND]   (bench_edits.py)
 
 1. N services written as a user would (Service, 2 Pods, VirtualService, DestinationRule),
    parsed by ``xds_server.sources.parse.parse_text`` into a World.
@@ -539,6 +540,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["peers"]:  # ./dev bench peers ...: the side-by-side run with real Envoy
         import bench_peers
         return bench_peers.main(argv[1:])
+    if argv[:1] == ["edits"]:  # ./dev bench edits ...: one edit's stages inside meshpilot
+        import bench_edits
+        return bench_edits.main(argv[1:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--services", type=int, default=1000, help="services in the mesh (default 1000)")
     p.add_argument("--clients", type=int, default=1000, help="delta ADS clients for the push test; 0 skips it")

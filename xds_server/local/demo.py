@@ -20,6 +20,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -290,6 +291,12 @@ class DemoMesh:
                 wait_for(functools.partial(self._answers, w.ip, ADMIN_PORT, "/ready", None),
                          timeout=self.startup_timeout, what=f"{w.name}'s sidecar to be LIVE",
                          check=self._check_children)
+        # Every app, not just one per service: a reviews-v1 still starting would only have its
+        # requests retried on v2 and v3 (the default retry policy), and look absent.
+        for w in self.workloads:
+            for port in w.app_ports:
+                wait_for(functools.partial(self._listening, w.app_address, port), timeout=self.startup_timeout,
+                         what=f"the app of {w.name} to listen on {w.app_address}:{port}", check=self._check_children)
         for svc in self.services:
             for port, _, _ in svc.ports:
                 wait_for(functools.partial(self._answers, self.client.ip, port, "/", svc.name),
@@ -307,6 +314,14 @@ class DemoMesh:
         for port in w.app_ports:
             argv += ["--listen", f"{w.app_address}:{port}"]
         return argv
+
+    @staticmethod
+    def _listening(ip: str, port: int) -> bool:
+        try:
+            socket.create_connection((ip, port), timeout=0.5).close()
+        except OSError:
+            return False
+        return True
 
     @staticmethod
     def _answers(ip: str, port: int, path: str, host: str | None) -> bool:
