@@ -92,7 +92,8 @@ class ChangeLog:
         if older == newer:
             return frozenset()
         wanted = range(older + 1, newer + 1)
-        found = [keys for serial, keys in self._entries if serial in wanted]
+        # (a copy first, in one step: the directory source adds from its reading thread)
+        found = [keys for serial, keys in tuple(self._entries) if serial in wanted]
         if len(found) != len(wanted):
             return None
         return frozenset().union(*found)
