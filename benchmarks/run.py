@@ -54,7 +54,7 @@ from translators.model import ResourceKey
 from translators.model.world import Proxy, World
 from xds_server.app.pipeline import Pipeline
 from xds_server.app.serve import configure_logging
-from xds_server.heap import settle_heap, tune_collector
+from xds_server.heap import release_free_memory, settle_heap, tune_collector
 from xds_server.xds.cache import ProxyView
 from xds_server.xds.server import XdsServer, start_grpc
 from xds_server.xds.status import StreamStatus
@@ -432,6 +432,7 @@ async def push(bench: Bench, profiler: Profiler) -> None:
         r["rss"]["clients_kb"], r["rss"]["clients_hwm_kb"] = synced["VmRSS"], synced["VmHWM"]
         note(f"{k} clients synced in {p['sync_s']:.1f} s; {len(xds.streams)} streams open")
         await asyncio.sleep(1.0)  # let the last ACKs in
+        release_free_memory()  # what serve does every 30 s
         vm = vm_status()
         r["rss"]["connected_kb"], r["rss"]["connected_hwm_kb"] = vm["VmRSS"], vm["VmHWM"]
         p["streams"] = len(xds.streams)

@@ -63,7 +63,7 @@ class Resource:
             return None
         return msg.eds_cluster_config.service_name or msg.name
 
-    @cached_property
+    @property  # not kept: the entries below hold it, and a copy per resource is MBs at scale
     def any_bytes(self) -> bytes:
         """google.protobuf.Any{type_url, value}."""
         return length_delimited(1, self.type_url.encode()) + length_delimited(2, self.data)
