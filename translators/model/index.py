@@ -7,6 +7,7 @@ so the Translator keeps this index and patches it with ``world.changed`` only.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from translators.model import EndpointSlice, Pod, Resource, ResourceKey, WorkloadEntry
 
@@ -19,6 +20,20 @@ def _ips(res: Resource | None) -> list[str]:
     if isinstance(res, WorkloadEntry) and res.spec.address:
         return [res.spec.address]
     return []
+
+
+def _move(table: dict[tuple[str, str, Any], dict[str, Resource]], key: ResourceKey, old: list[Any],
+          new: list[Any], res: Resource | None) -> None:
+    """Take ``key`` out of ``table``'s entries (kind, namespace, term) for its ``old`` terms and
+    put ``res`` in for its ``new`` ones."""
+    for term in old:
+        names = table.get((key.kind, key.namespace, term))
+        if names is not None:
+            names.pop(key.name, None)
+            if not names:
+                del table[(key.kind, key.namespace, term)]
+    for term in new:
+        table.setdefault((key.kind, key.namespace, term), {})[key.name] = res  # type: ignore[assignment]
 
 
 def _terms(res: Resource | None) -> list[object]:
@@ -38,7 +53,7 @@ class ResourceIndex:
         # (kind, namespace, term) -> {name: resource}: the Pods carrying a label (term: the
         # (key, value) pair) and the EndpointSlices of a Service (term: its name), so a change
         # to a few Services reads their Pods and slices without scanning the namespace's.
-        self._by_term: dict[tuple[str, str, object], dict[str, Resource]] = {}
+        self._by_term: dict[tuple[str, str, Any], dict[str, Resource]] = {}
 
     def apply(self, resources: Mapping[ResourceKey, Resource], keys: Iterable[ResourceKey]) -> None:
         """Bring the entries for ``keys`` in line with ``resources`` (added, replaced, removed)."""
@@ -59,24 +74,10 @@ class ResourceIndex:
                 by_ns.setdefault(key.namespace, {})[key.name] = res
 
     def _index_ips(self, key: ResourceKey, old: Resource | None, new: Resource | None) -> None:
-        for ip in _ips(old):
-            names = self._by_ip.get((key.kind, key.namespace, ip))
-            if names is not None:
-                names.pop(key.name, None)
-                if not names:
-                    del self._by_ip[(key.kind, key.namespace, ip)]
-        for ip in _ips(new):
-            self._by_ip.setdefault((key.kind, key.namespace, ip), {})[key.name] = new  # type: ignore[assignment]
+        _move(self._by_ip, key, _ips(old), _ips(new), new)
 
     def _index_terms(self, key: ResourceKey, old: Resource | None, new: Resource | None) -> None:
-        for term in _terms(old):
-            names = self._by_term.get((key.kind, key.namespace, term))
-            if names is not None:
-                names.pop(key.name, None)
-                if not names:
-                    del self._by_term[(key.kind, key.namespace, term)]
-        for term in _terms(new):
-            self._by_term.setdefault((key.kind, key.namespace, term), {})[key.name] = new  # type: ignore[assignment]
+        _move(self._by_term, key, _terms(old), _terms(new), new)
 
     def labelled(self, namespace: str, label: tuple[str, str]) -> dict[str, Resource]:
         """The Pods of ``namespace`` carrying ``label``, by name."""

@@ -13,11 +13,11 @@ finds what to send in the size of the change, not the size of the mesh.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from google.protobuf.message import Message
@@ -134,34 +134,18 @@ class ResourceSet:
         old = previous.resources if previous is not None else {}
         resources: dict[str, Resource] = {}
         changed: set[str] = set()
-        if isinstance(layer.resources, EncodedResources):
-            return cls._build_encoded(layer, layer.resources, type_url, previous)
-        for name, msg in layer.resources.items():
+        # Messages are serialized here; a layer translation already encoded is taken as bytes.
+        encoded = layer.resources if isinstance(layer.resources, EncodedResources) else None
+        items: Iterable[tuple[str, Any]] = encoded.data.items() if encoded is not None else layer.resources.items()
+        for name, src in items:
             prior = old.get(name)
-            if prior is not None and prior.message is msg:
+            if prior is not None and (prior.data if encoded is not None else prior.message) is src:
                 resources[name] = prior
                 continue
-            res = Resource(name, type_url, msg.SerializeToString(deterministic=True), msg)
-            if prior is not None and prior.version == res.version:
-                res = prior
+            if encoded is not None:
+                res: Resource = WireResource(name, type_url, src, encoded.message_type, encoded.pieces.get(name, ()))
             else:
-                changed.add(name)
-            resources[name] = res
-        changed.update(n for n in old if n not in resources)
-        return cls(layer.key, type_url, layer.resources, resources, previous, frozenset(changed))._cut_history()
-
-    @classmethod
-    def _build_encoded(cls, layer: Layer, encoded: EncodedResources, type_url: str,
-                       previous: ResourceSet | None) -> ResourceSet:
-        old = previous.resources if previous is not None else {}
-        resources: dict[str, Resource] = {}
-        changed: set[str] = set()
-        for name, data in encoded.data.items():
-            prior = old.get(name)
-            if prior is not None and prior.data is data:
-                resources[name] = prior
-                continue
-            res: Resource = WireResource(name, type_url, data, encoded.message_type, encoded.pieces.get(name, ()))
+                res = Resource(name, type_url, src.SerializeToString(deterministic=True), src)
             if prior is not None and prior.version == res.version:
                 res = prior
             else:
