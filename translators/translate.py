@@ -395,11 +395,13 @@ class Translator:
         endpoint_parts: dict[str, tuple[tuple, list[tuple[str, Message]]]] = {}
         split: dict[str, dict[str, DestinationPolicy | None]] = {}
         visit: Iterable[str] = services
+        came_or_went = False  # on the targeted path: then the dicts are put back in the registry's order
         if service_hosts is not None and self._cluster_parts:
             visit = sorted(h for h in service_hosts | rule_hosts if h in services)
             cluster_parts, endpoint_parts, split = dict(self._cluster_parts), dict(self._endpoint_parts), dict(self._split)
+            came_or_went = any(h not in cluster_parts for h in visit)
             for host in service_hosts - services.keys():  # removed
-                cluster_parts.pop(host, None)
+                came_or_went |= cluster_parts.pop(host, None) is not None
                 endpoint_parts.pop(host, None)
                 split.pop(host, None)
         split_dirty = False
@@ -420,12 +422,11 @@ class Translator:
                 split[host] = exceptions
             cluster_parts[host] = self._host_clusters(svc, policy, old_c)
             endpoint_parts[host] = self._host_endpoints(svc, policy, old_e)
-        if cluster_parts.keys() != services.keys() or list(cluster_parts) != list(services):
-            # (hosts came or went on the targeted path: the layers list hosts in the registry's order)
+        if came_or_went:  # (the layers list hosts in the registry's order)
             cluster_parts = {h: cluster_parts[h] for h in services}
             endpoint_parts = {h: endpoint_parts[h] for h in services}
-        if split_dirty or split.keys() != self._split.keys():
-            split = {h: split[h] for h in services if h in split}  # (likewise)
+        if visit is not services and (split_dirty or split.keys() != self._split.keys()):
+            split = {h: split[h] for h in services if h in split}  # (likewise: re-added hosts went last)
         if _parts_changed(self._cluster_parts, cluster_parts) or split.keys() != self._split.keys():
             fixed = [(n, self._clusters.resources[n]) for n in (BLACKHOLE, PASSTHROUGH)]
             self._clusters = _layer(("clusters", "outbound"), [
@@ -1083,11 +1084,10 @@ class Translator:
                         users[n] = {h: proto for h, proto in users[n].items() if h != host}
                         redo.add(n)
                 for n, proto in now.items():
-                    mine = users[n] = dict(users.get(n, {}))
-                    if host not in mine:
-                        mine[host] = proto
-                        users[n] = dict(sorted(mine.items()))
+                    mine = dict(users.get(n, {}))
+                    added = host not in mine
                     mine[host] = proto
+                    users[n] = dict(sorted(mine.items())) if added else mine  # (host order)
                     redo.add(n)
                 if found is not None:
                     self._host_ports[host] = tuple(now)

@@ -537,32 +537,28 @@ class Registry:
             _inputs, svcs, errs = self._memo[key]
             if errs or tuple(s.host for s in svcs) != self._hosts_of.get(key):
                 return False
-            swaps.extend(svcs)
+            for new in svcs:
+                old = self.services[new.host]
+                if old is new:
+                    continue
+                if old.shape.namespace != new.shape.namespace or old.shape.selector != new.shape.selector:
+                    return False  # (the selector index would move: rare enough to assemble)
+                swaps.append(new)
+        self.changed_hosts = frozenset(s.host for s in swaps if self.services[s.host].shape is not s.shape)
+        self.shapes_changed = bool(self.changed_hosts)
+        self.changed_services = frozenset(s.host for s in swaps)
         services = dict(self.services)
         by_namespace = dict(self.by_namespace)
-        changed: set[str] = set()
+        for ns in {s.shape.namespace for s in swaps}:
+            by_namespace[ns] = list(by_namespace[ns])
         for new in swaps:
-            old = services[new.host]
-            if old is new:
-                continue
-            if old.shape.namespace != new.shape.namespace or old.shape.selector != new.shape.selector:
-                return False  # (the selector index would move: rare enough to assemble)
-            services[new.host] = new
-            if old.shape is not new.shape:
-                changed.add(new.host)
-            ns = new.shape.namespace
-            in_ns = by_namespace[ns] = list(by_namespace[ns]) if by_namespace[ns] is self.by_namespace[ns] \
-                else by_namespace[ns]
-            pos = self._ns_position[new.host]
-            in_ns[pos] = new
+            ns, pos = new.shape.namespace, self._ns_position[new.host]
+            services[new.host] = by_namespace[ns][pos] = new
             if new.shape.selector:
                 buckets = self._by_selector[ns]
-                bucket = buckets[new.shape.selector[0]]
-                buckets[new.shape.selector[0]] = [(p, new) if p == pos else (p, s) for p, s in bucket]
+                first = new.shape.selector[0]
+                buckets[first] = [(p, new) if p == pos else (p, s) for p, s in buckets[first]]
         self.services, self.by_namespace = services, by_namespace
-        self.changed_hosts = frozenset(changed)
-        self.shapes_changed = bool(changed)
-        self.changed_services = frozenset(new.host for new in swaps)
         return True
 
     def selecting(self, namespace: str, labels: Mapping[str, str]) -> list[MeshService]:

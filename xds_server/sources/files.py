@@ -129,11 +129,11 @@ class DirectorySource:
         self._sorted: list[str] = []  # self._files' keys in load order
         self._sorted_keys: set[str] = set()
         self._log = ChangeLog()
-        # The last merge: what each file provided to it, and whether any key came twice.
+        # The last merge: what each file provided to it, and the keys that came twice (by the
+        # file that came second).
         self._merged: dict[ResourceKey, Resource] = {}
         self._merged_from: dict[str, tuple[ResourceKey, ...]] = {}
-        self._merge_has_duplicates = False
-        self._duplicates: dict[str, list[ConfigError]] = {}  # by the file that came second
+        self._duplicates: dict[str, list[ConfigError]] = {}
 
     # ------------------------------------------------------------ one-shot loading
 
@@ -486,7 +486,7 @@ class DirectorySource:
     def _patch_merge(self, changed: set[str]) -> frozenset[ResourceKey] | None:
         """The common edit: files that still provide the same keys, in a merge without
         duplicates, get their new objects swapped in (the order of keys holds). None: merge again."""
-        if self._merge_has_duplicates:
+        if self._duplicates:
             return None
         patch = []
         for rel in changed:
@@ -518,9 +518,7 @@ class DirectorySource:
                 resources[key] = resource
                 origin[key] = rel
         keys.update(k for rel in changed for k in merged_from.get(rel, ()))
-        self._merged, self._merged_from = resources, merged_from
-        self._merge_has_duplicates = bool(duplicates)
-        self._duplicates = duplicates
+        self._merged, self._merged_from, self._duplicates = resources, merged_from, duplicates
         return frozenset(keys)
 
 

@@ -128,13 +128,16 @@ def split_route(rc: Resource, memo: dict[tuple[str, bytes], Resource],
     hosts: list[Resource] = []
     sources: list[bytes] = []
     domains: dict[str, str] = {}
-    chunks = rc.pieces if isinstance(rc, WireResource) and rc.pieces and pieces is not None else (rc.data,)
+    chunks: tuple[bytes, ...] = (rc.data,)
+    keep = None  # where pieces are remembered: only for a configuration made of them
+    if pieces is not None and isinstance(rc, WireResource) and len(rc.pieces) > 1:
+        chunks, keep = rc.pieces, pieces
     for chunk in chunks:
-        done = pieces.get((rc.name, chunk)) if pieces is not None and len(chunks) > 1 else None
+        done = keep.get((rc.name, chunk)) if keep is not None else None
         if done is None:
             done = _split_piece(rc.name, chunk, memo)
-            if pieces is not None and len(chunks) > 1:
-                pieces[(rc.name, chunk)] = done
+            if keep is not None:
+                keep[(rc.name, chunk)] = done
         for item in done:
             if isinstance(item, bytes):
                 stub.append(item)
