@@ -477,13 +477,21 @@ class KubeCluster:
         """``kubectl get ... -o json``, decoded."""
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
 
-    def create_namespace(self, name: str, timeout: float = 30.0) -> None:
-        """A namespace whose ``default`` ServiceAccount exists (Pods are refused until it does)."""
+    def create_namespace(self, name: str, timeout: float = 30.0, controller_wait: float = 5.0) -> None:
+        """A namespace whose ``default`` ServiceAccount exists (Pods are refused until it does).
+        The controller manager makes it within a second, except after a test restarted the API
+        server: its watches then took up to two minutes to come back (a run's kcm log), so past
+        ``controller_wait`` the ServiceAccount is created here, as that controller would."""
         self.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        created = False
         while self.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode != 0:
-            if time.monotonic() > deadline:
+            waited = time.monotonic() - start
+            if waited > timeout:
                 raise KubeClusterError(f"no default ServiceAccount in namespace {name} after {timeout} s")
+            if waited > controller_wait and not created:
+                created = True  # (AlreadyExists if the controller got there first: fine)
+                self.kubectl("create", "serviceaccount", "default", "-n", name, check=False)
             time.sleep(0.1)
 
     def pod_ip(self) -> str:
