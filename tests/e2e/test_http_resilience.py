@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from harness import LoopbackAllocator, UpstreamServer, eventually
 from harness.http_mesh import HttpMesh, http_mesh, track_logs
+from harness.traffic import assert_share
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +152,7 @@ def test_fault_delay_and_abort_percentage(mesh: HttpMesh) -> None:
     n = 1000
     statuses = collections.Counter(mesh.request("/abort").status for _ in range(n))
     assert set(statuses) == {200, 418}, statuses
-    assert abs(100 * statuses[418] / n - 30) <= 5, statuses
+    assert_share(statuses[418], n, 30, statuses)
     assert mesh.v1.requests == statuses[200]  # aborted requests never left the sidecar
 
     # An injected 503 is the answer: the router's retries do not see it.

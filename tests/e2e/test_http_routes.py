@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from harness import LoopbackAllocator
 from harness.http_mesh import HttpMesh, Response, http_mesh, track_logs
+from harness.traffic import assert_share
 
 
 @pytest.fixture(scope="module")
@@ -120,11 +121,11 @@ def test_match_headers_query_parameters_method_and_uri_case(mesh: HttpMesh) -> N
 
 def test_three_way_split_50_30_20(mesh: HttpMesh) -> None:
     mesh.apply([{"route": [to("v1", weight=50), to("v2", weight=30), to("v3", weight=20)]}])
-    n = 1000  # at ±5 points: more than three standard deviations for each share
+    n = 1000
     counts = collections.Counter(mesh.request("/split").seen["version"] for _ in range(n))
     assert sum(counts.values()) == n
     for version, share in (("v1", 50), ("v2", 30), ("v3", 20)):
-        assert abs(100 * counts[version] / n - share) <= 5, counts
+        assert_share(counts[version], n, share, counts)
         assert mesh.pods[version].requests == counts[version]  # each pod served exactly its share
 
 

@@ -31,6 +31,7 @@ from harness import ConfigDir, EnvoyProcess, LoopbackAllocator, MeshpilotServer,
 from harness.http_mesh import track_logs
 from harness.tcp_echo import TcpEcho, tcp_call, tls_call
 from harness.tls_upstream import TestPki, TlsUpstream
+from harness.traffic import assert_share
 
 from xds_server.local.bootstrap import build_bootstrap, xds_tls_for
 
@@ -190,11 +191,10 @@ def test_http_service_on_unnamed_port_keeps_its_routes(mesh: L4Mesh) -> None:
 
 def test_tcp_weighted_split_80_20(mesh: L4Mesh) -> None:
     eventually(lambda: tcp_call(mesh.client_ip, 9200).startswith("split-"), timeout=20)
-    n = 200  # ±8 points: about three standard deviations of a share of 20 at n = 200
+    n = 400
     counts = collections.Counter(tcp_call(mesh.client_ip, 9200, f"c{i}").split(":")[0] for i in range(n))
     assert sum(counts.values()) == n and set(counts) <= {"split-a", "split-b"}, counts
-    assert abs(100 * counts["split-a"] / n - 80) <= 8, counts
-    assert abs(100 * counts["split-b"] / n - 20) <= 8, counts
+    assert_share(counts["split-a"], n, 80, counts)
 
 
 def test_tcp_routes_follow_virtual_service_changes(mesh: L4Mesh) -> None:

@@ -20,6 +20,7 @@ import grpc
 import pytest
 from harness import ConfigDir, EnvoyProcess, LoopbackAllocator, MeshpilotServer, eventually
 from harness.grpc_apps import METHOD, GreeterServer, GrpcClient
+from harness.traffic import assert_share
 
 from tests.conftest import _track
 from xds_server.app.cli import main as meshpilot_cli
@@ -213,7 +214,7 @@ def test_split_80_20_between_subsets_over_500_calls(mesh: GrpcMesh) -> None:
     n = 500
     counts = mesh.spread(n)
     assert counts["greeter-v1"] + counts["greeter-v2"] == n, counts  # no call failed
-    assert abs(100 * counts["greeter-v1"] / n - 80) <= 6, counts
+    assert_share(counts["greeter-v1"], n, 80, counts)
     no_nacks(mesh.syncz())
 
 
