@@ -23,7 +23,8 @@ its Service port 80 <-> 81 (cluster, listener and route; set against the peers' 
 change). For meshpilot also parse + translate of the directory before serving, timed in
 this process. The machine's load average is printed: other work on it skews every figure.
 
-``meshpilot-kube`` (not run by default: it needs root and the test cluster of tests/kube,
+``meshpilot-kube`` and ``meshpilot-kube-delta`` (its Envoy on delta ADS, as injected sidecars
+are by default; not run by default: they need root and the test cluster of tests/kube,
 built once into ~/.cache/meshpilot/kube): ``meshpilot serve --kubeconfig`` against a real
 etcd + kube-apiserver + kube-controller-manager in a network namespace of its own
 (tests/harness/kube.py). The same N Services, each selector-less with an EndpointSlice of
@@ -74,10 +75,14 @@ from harness.upstream import UpstreamServer  # noqa: E402
 
 GCP_DIR = HERE / "peers" / "gcp"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "meshpilot" / "peers"
-SYSTEMS = ("python-minimal", "go-control-plane", "meshpilot", "meshpilot-delta", "meshpilot-kube")
+SYSTEMS = ("python-minimal", "go-control-plane", "meshpilot", "meshpilot-delta", "meshpilot-kube",
+           "meshpilot-kube-delta")
 #: meshpilot-delta: the same meshpilot, its Envoy on delta ADS (routes over VHDS, the default
 #: for delta Envoys); the peers and plain ``meshpilot`` speak SotW. meshpilot-kube: meshpilot
-#: watching a real API server (SotW), only when asked for (``--systems``).
+#: watching a real API server (SotW), and meshpilot-kube-delta the same with its Envoy on
+#: delta ADS (as injected sidecars are by default), only when asked for (``--systems``).
+KUBE_SYSTEMS = {"meshpilot-kube": "meshpilot, Kubernetes", "meshpilot-kube-delta": "meshpilot, Kubernetes, delta + VHDS"}
+DELTA_SYSTEMS = ("meshpilot-delta", "meshpilot-kube-delta")
 DEFAULT_SYSTEMS = SYSTEMS[:4]
 # One /24 of loopback for this benchmark: the proxy, and two upstreams "a" and "b".
 PROXY_IP, UPSTREAM_A, UPSTREAM_B = "127.0.77.1", "127.0.77.2", "127.0.77.3"
@@ -408,7 +413,7 @@ def _run_one(system: str, n: int, changes: int, envoy_binary: str, root: Path, s
     workdir.mkdir()
     result = Result(system, n)
     cp: Peer | Meshpilot | KubeMeshpilot
-    if system == "meshpilot-kube":
+    if system in KUBE_SYSTEMS:
         cp = KubeMeshpilot(n, workdir, stack)
     elif system.startswith("meshpilot"):
         cp = Meshpilot(n, workdir)
@@ -418,7 +423,7 @@ def _run_one(system: str, n: int, changes: int, envoy_binary: str, root: Path, s
         cp = Peer(system, n, workdir)
     cp.start()
     envoy = EnvoyProcess(build_bootstrap(xds_address=f"127.0.0.1:{cp.xds}", proxy_ip=PROXY_IP, pod="bench",
-                                         delta=system == "meshpilot-delta"),
+                                         delta=system in DELTA_SYSTEMS),
                          binary=envoy_binary, workdir=workdir, name="envoy", log_level="warning")
     try:
         def cold_ready() -> bool:
@@ -476,11 +481,11 @@ MEASURES: list[tuple[str, Callable[[Result], float | None], str]] = [
 def table(results: list[Result]) -> str:
     """The peers' endpoint change faces meshpilot's Pod IP edit, their route change its
     VirtualService and Service port edits."""
-    kube = any(r.system == "meshpilot-kube" for r in results)  # its columns only when it ran
+    kube = [s for s in KUBE_SYSTEMS if any(r.system == s for r in results)]  # their columns only when they ran
     out = ["| N | measure | minimal Python ADS | go-control-plane | meshpilot | meshpilot / go-control-plane "
            "| meshpilot, delta + VHDS | that / go-control-plane |"
-           + (" meshpilot, Kubernetes | that / go-control-plane |" if kube else ""),
-           "|---|---|---|---|---|---|---|---|" + ("---|---|" if kube else "")]
+           + "".join(f" {KUBE_SYSTEMS[s]} | that / go-control-plane |" for s in kube),
+           "|---|---|---|---|---|---|---|---|" + "---|---|" * len(kube)]
     for n in sorted({r.services for r in results}):
         by = {r.system: r for r in results if r.services == n}
         for measure, get, fmt in MEASURES:
@@ -488,7 +493,8 @@ def table(results: list[Result]) -> str:
             cells = [fmt.format(v) if v is not None else "-" for v in vals]
             out.append(f"| {n} | {measure} | {' | '.join(cells[:3])} | {ratio(vals[2], vals[1])} "
                        f"| {cells[3]} | {ratio(vals[3], vals[1])} |"
-                       + (f" {cells[4]} | {ratio(vals[4], vals[1])} |" if kube else ""))
+                       + "".join(f" {cells[SYSTEMS.index(s)]} | {ratio(vals[SYSTEMS.index(s)], vals[1])} |"
+                                 for s in kube))
     return "\n".join(out)
 
 
@@ -498,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--changes", type=int, default=5, help="repetitions of each change (default 5)")
     p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(DEFAULT_SYSTEMS),
                    help=f"control planes to run, in this order (default: {' '.join(DEFAULT_SYSTEMS)}; "
-                   "meshpilot-kube needs root and starts a test cluster per N)")
+                   "meshpilot-kube and meshpilot-kube-delta need root and start a test cluster per N)")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = p.parse_args(argv)
     envoy_binary = os.environ.get("MESHPILOT_ENVOY") or find_envoy()

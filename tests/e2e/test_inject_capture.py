@@ -15,6 +15,8 @@ script of the injector's ``istio-init`` container runs in the pod's namespace wi
   pass the sidecar, and the excluded ports bypass it; Envoy's stats count what went through.
 * ``test_two_captured_sidecars_...``: both namespaces are injected pods; a call between them
   is mutual TLS from one's 15001 to the other's 15006 (STRICT), and plaintext is refused.
+  The client speaks Delta xDS (the injector's default) and the server SotW (its
+  ``proxy.istio.io/config`` says ``ISTIO_DELTA_XDS: "false"``).
 """
 
 from __future__ import annotations
@@ -393,9 +395,15 @@ def test_two_captured_sidecars_talk_mutual_tls_and_strict_refuses_plaintext(
         return captured_sidecar(request, ns, server, pod_ip=pod_ip, app=app, annotations=annotations,
                                 envoy_binary=envoy_binary, shared=shared_dir, workdir=tmp_path, monkeypatch=monkeypatch)
 
+    # reviews opts out of Delta xDS as an Istio pod would; productpage takes the default (delta).
     server_side = sidecar(peer_ns, PEER, "reviews", {
-        inject.EXCLUDE_INBOUND: ",".join(str(p) for p in (server.xds_port, server.tls_port, server.http_port))})
+        inject.EXCLUDE_INBOUND: ",".join(str(p) for p in (server.xds_port, server.tls_port, server.http_port)),
+        inject.PROXY_CONFIG: 'proxyMetadata:\n  ISTIO_DELTA_XDS: "false"\n'})
     client_side = sidecar(pod_ns, POD, "productpage", {})
+    with peer_ns.entered():  # meshpilot listens in the peer's namespace
+        streams = server.get("/debug/syncz")[1]
+    assert {s["proxy"].split("~")[2]: s["protocol"] for s in streams} == {
+        "reviews-1.default": "sotw", "productpage-1.default": "delta"}
     with peer_ns.entered():  # both have their certificates
         eventually(lambda: json.loads(server_side.admin_get("/certs"))["certificates"], timeout=20)
     mtls_in = "http.inbound_0.0.0.0_9080.downstream_rq_total"
@@ -404,6 +412,9 @@ def test_two_captured_sidecars_talk_mutual_tls_and_strict_refuses_plaintext(
     answer = eventually(lambda: curl(pod_ns, "http://reviews:9080/"), timeout=20)
     assert answer["service"] == "reviews" and answer["client"] == "127.0.0.1"
     assert "URI=spiffe://cluster.local/ns/default/sa/productpage" in answer["headers"]["x-forwarded-client-cert"]
+    with peer_ns.entered():  # over delta, productpage's routes came as virtual hosts (VHDS)
+        types = {s["protocol"]: set(s["types"]) for s in server.get("/debug/syncz")[1]}
+    assert "vhds" in types["delta"] and "vhds" not in types["sotw"], types
     assert stats(pod_ns, client_side, "cluster.outbound|9080||reviews.default.svc.cluster.local.ssl.handshake")[
         "cluster.outbound|9080||reviews.default.svc.cluster.local.ssl.handshake"] >= 1
 

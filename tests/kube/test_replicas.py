@@ -136,15 +136,17 @@ def _mesh_objects(ns: str, web_ip: str, app_ip: str) -> list[dict[str, Any]]:
 
 
 def _sidecar(r: Replicas, start_envoy: Callable[..., EnvoyProcess], name: str, sa: str, ip: str,
-             labels: dict[str, str]) -> EnvoyProcess:
-    """A sidecar on the TLS port of both replicas, proving ``sa`` with a projected-style token."""
+             labels: dict[str, str], *, delta: bool = False) -> EnvoyProcess:
+    """A sidecar on the TLS port of both replicas, proving ``sa`` with a projected-style token;
+    SotW ADS, or Delta (the injector's default) with ``delta``."""
     token = r.cluster.kubectl("create", "token", sa, "-n", r.ns, "--audience", "istio-ca",
                               "--duration", "1h").stdout.strip()
     r.tokens.append(token)
     bundle = _root_pem((r.servers[0].ca_state / "root-ca.pem").read_bytes())
     a, b = (s.xds_tls_address for s in r.servers)
     bootstrap = build_bootstrap(xds_address=a, xds_replicas=[b], proxy_ip=ip, namespace=r.ns, pod=name,
-                                service_account=sa, labels=labels, xds_tls=XdsTls(bundle, token, XDS_NAME))
+                                service_account=sa, labels=labels, xds_tls=XdsTls(bundle, token, XDS_NAME),
+                                delta=delta)
     return start_envoy(bootstrap, wait="live", name=name)
 
 
@@ -241,7 +243,8 @@ def test_proxies_fail_over_to_the_other_replica_without_a_failed_request(
 
     web = _sidecar(r, start_envoy, "web-1", "web", web_ip, {"app": "web"})
     client_ip = r.loopback.allocate()
-    client = _sidecar(r, start_envoy, "client-1", "client", client_ip, {"app": "client"})
+    # The client (the proxy that moves) on Delta xDS, as injected pods are; web on SotW.
+    client = _sidecar(r, start_envoy, "client-1", "client", client_ip, {"app": "client"}, delta=True)
     host = f"web.{ns}.svc.cluster.local"
 
     def mtls_answer() -> dict[str, Any]:
@@ -268,6 +271,8 @@ def test_proxies_fail_over_to_the_other_replica_without_a_failed_request(
         victim.kill()
         eventually(lambda: _fully_synced(survivor, proxies), timeout=60, interval=0.2,
                    message="every proxy resynced with the survivor")
+        protocols = {st["proxy"]: st["protocol"] for st in survivor.get("/debug/syncz")[1]}
+        assert protocols[f"sidecar~{client_ip}~client-1.{ns}~{ns}.svc.cluster.local"] == "delta", protocols
         # Traffic after the resync too, on the survivor's certificates.
         settled = traffic.ok
         eventually(lambda: traffic.ok >= settled + 50, timeout=60, message="traffic after the resync")

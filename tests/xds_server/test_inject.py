@@ -131,7 +131,32 @@ def test_annotations_set_resources_capture_and_holding_the_application() -> None
     assert "ISTIO_OUTPUT -j ISTIO_REDIRECT" not in script  # only the included ranges
 
 
+def _speaks_delta(out: dict[str, Any]) -> bool:
+    boot = next(c for c in out["spec"]["initContainers"] if c["name"] == inject.BOOTSTRAP_CONTAINER)
+    return "--delta" in boot["args"]
+
+
+@pytest.mark.parametrize(("proxy_config", "default", "expected"), [
+    (None, True, True),  # istiod's default since 1.22: ISTIO_DELTA_XDS=true
+    (None, False, False),  # serve --inject-xds-api sotw
+    ('proxyMetadata:\n  ISTIO_DELTA_XDS: "false"\n', True, False),
+    ('proxyMetadata:\n  ISTIO_DELTA_XDS: "true"\n', False, True),
+    ("proxyMetadata:\n  ISTIO_DELTA_XDS: false\n", True, False),  # unquoted: a YAML boolean
+    ('proxyMetadata:\n  ISTIO_DELTA_XDS: "0"\n', True, False),  # as Go's strconv.ParseBool
+    ('proxyMetadata:\n  OTHER: "x"\n', False, False),
+    ("holdApplicationUntilProxyStarts: true\n", True, True),
+])
+def test_the_xds_protocol_is_delta_unless_the_pod_or_the_server_says_sotw(
+    proxy_config: str | None, default: bool, expected: bool
+) -> None:
+    annotations = {inject.PROXY_CONFIG: proxy_config} if proxy_config else {}
+    config = InjectConfig(xds_address=CONFIG.xds_address, root_pem=ROOT, delta=default)
+    assert _speaks_delta(inject_pod(pod(annotations=annotations), config)) is expected
+
+
 @pytest.mark.parametrize(("key", "value"), [
+    (inject.PROXY_CONFIG, 'proxyMetadata:\n  ISTIO_DELTA_XDS: "sometimes"\n'),
+    (inject.PROXY_CONFIG, "proxyMetadata: [ISTIO_DELTA_XDS]\n"),
     (inject.EXCLUDE_OUTBOUND, "5432;rm -rf /"),
     (inject.EXCLUDE_INBOUND, "70000"),
     (inject.INCLUDE_OUTBOUND_RANGES, "10.0.0.0/8 && reboot"),
@@ -243,6 +268,12 @@ def test_kube_inject_injects_every_pod_template_and_is_idempotent(tmp_path: Path
     # The root the proxies trust is the CA state's.
     env = {e["name"]: e.get("value") for e in by_name["p"]["spec"]["initContainers"][1]["env"]}
     assert env[inject.ROOT_ENV].encode() == CertificateAuthority.load_or_create(state).trust_bundle()
+
+    assert _speaks_delta(by_name["p"])
+    assert main(["kube-inject", "-f", str(source), "--ca-state", str(state), "--xds-api", "sotw",
+                 "-o", str(tmp_path / "sotw.yaml")]) == 0
+    assert not _speaks_delta(next(d for d in yaml.safe_load_all((tmp_path / "sotw.yaml").read_text())
+                                  if d["metadata"]["name"] == "p"))
 
     # Again, on its own output, to stdout: the same text.
     assert main(["kube-inject", "-f", str(tmp_path / "out.yaml"), "--ca-state", str(state)]) == 0

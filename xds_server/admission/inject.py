@@ -13,7 +13,8 @@ What an injected Pod gains (names as Istio's where tools look for them):
   service account; labels from a downwardAPI volume) and its projected service-account
   token (audience ``istio-ca``), which meshpilot checks with a TokenReview before it serves
   the pod a certificate; ``--capture`` tells meshpilot to give it the 15001/15006
-  listeners the iptables rules need;
+  listeners the iptables rules need; ``--delta``: Delta xDS, as Istio's proxies since 1.22
+  (``ISTIO_DELTA_XDS``; a pod's ``proxy.istio.io/config`` ``proxyMetadata`` may turn it off);
 * container ``istio-proxy``: the official Envoy image, uid 1337, readiness on the
   bootstrap's health listener (``:15021/healthz/ready``, the admin's ``/ready``);
 * annotations ``prometheus.io/scrape``, ``/port`` (15090) and ``/path`` (``/stats/prometheus``):
@@ -55,6 +56,8 @@ EXCLUDE_OUTBOUND = "traffic.sidecar.istio.io/excludeOutboundPorts"
 INCLUDE_OUTBOUND_RANGES = "traffic.sidecar.istio.io/includeOutboundIPRanges"
 EXCLUDE_OUTBOUND_RANGES = "traffic.sidecar.istio.io/excludeOutboundIPRanges"
 PROXY_CONFIG = "proxy.istio.io/config"
+#: The ``proxyMetadata`` key of a pod's ProxyConfig that picks Delta (true) or SotW xDS.
+DELTA_XDS = "ISTIO_DELTA_XDS"
 
 PROXY_CONTAINER = "istio-proxy"
 IPTABLES_CONTAINER = "istio-init"
@@ -102,6 +105,9 @@ class InjectConfig:
     #: Lifetime asked of the projected token. The bootstrap embeds the token when the pod
     #: starts (Envoy cannot re-read it), so it must outlive the pod's xDS reconnects.
     token_seconds: int = 86400
+    #: Delta xDS unless a pod's ProxyConfig says otherwise: istiod's default since Istio 1.22.
+    #: Over delta a change sends only what changed (and routes over VHDS), not every cluster.
+    delta: bool = True
     default_resources: Mapping[str, Mapping[str, str]] = field(
         default_factory=lambda: {"requests": {"cpu": "100m", "memory": "128Mi"}}
     )
@@ -193,20 +199,50 @@ def _ranges(annotations: Mapping[str, str], key: str, default: str = "") -> list
     return out
 
 
-def _hold_application(annotations: Mapping[str, str]) -> bool:
+def _proxy_config(annotations: Mapping[str, str]) -> dict[str, Any]:
+    """The pod's ``proxy.istio.io/config`` (a ProxyConfig in YAML); ``{}`` when it has none."""
     raw = annotations.get(PROXY_CONFIG)
     if not raw:
-        return False
+        return {}
     try:
         config = yaml.safe_load(raw)
     except yaml.YAMLError as e:
         raise InjectionError(f"metadata.annotations[{PROXY_CONFIG}]: not YAML: {e}") from None
+    if config is None:
+        return {}
     if not isinstance(config, dict):
         raise InjectionError(f"metadata.annotations[{PROXY_CONFIG}]: must be a ProxyConfig object")
+    return config
+
+
+def _hold_application(config: Mapping[str, Any]) -> bool:
     value = config.get("holdApplicationUntilProxyStarts", False)
     if not isinstance(value, bool):
         raise InjectionError(f"metadata.annotations[{PROXY_CONFIG}].holdApplicationUntilProxyStarts: must be a boolean")
     return value
+
+
+#: What Go's strconv.ParseBool (Istio's reading of a boolean proxyMetadata value) accepts.
+_TRUE, _FALSE = {"1", "t", "T", "TRUE", "true", "True"}, {"0", "f", "F", "FALSE", "false", "False"}
+
+
+def _delta(config: Mapping[str, Any], default: bool) -> bool:
+    metadata = config.get("proxyMetadata")
+    if metadata is None:
+        return default
+    where = f"metadata.annotations[{PROXY_CONFIG}].proxyMetadata"
+    if not isinstance(metadata, dict):
+        raise InjectionError(f"{where}: must be a map of strings")
+    value = metadata.get(DELTA_XDS)
+    if value is None:
+        return default
+    if isinstance(value, bool):  # unquoted in the YAML: the intent is plain
+        return value
+    if str(value) in _TRUE:
+        return True
+    if str(value) in _FALSE:
+        return False
+    raise InjectionError(f"{where}.{DELTA_XDS}: {value!r} is not a boolean (\"true\" or \"false\")")
 
 
 _QUANTITY_CHARS = set("0123456789.eEkKmMgGtTpPi")
@@ -300,7 +336,7 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
-def _bootstrap_container(config: InjectConfig) -> dict[str, Any]:
+def _bootstrap_container(config: InjectConfig, delta: bool) -> dict[str, Any]:
     argv = [
         "meshpilot", "bootstrap",
         "--xds-tls-address", config.xds_address,
@@ -316,6 +352,7 @@ def _bootstrap_container(config: InjectConfig) -> dict[str, Any]:
         "--no-bind-source",
         # The istio-init rules send the pod's traffic to 15001/15006: Istio's virtual listeners.
         "--capture",
+        *(["--delta"] if delta else []),
         "--output", BOOTSTRAP_FILE,
     ]
     return {
@@ -402,11 +439,12 @@ def inject_pod(pod: Mapping[str, Any], config: InjectConfig) -> dict[str, Any]:
     annotations = dict(meta.get("annotations") or {})
     if STATUS in annotations or any(c.get("name") == PROXY_CONTAINER for c in spec.get("containers") or ()):
         return out
-    hold = _hold_application(annotations)
+    proxy_config = _proxy_config(annotations)
+    hold, delta = _hold_application(proxy_config), _delta(proxy_config, config.delta)
     iptables = _iptables_container(config, annotations)
     proxy = _proxy_container(config, annotations, hold)
     volumes = _volumes(config)
-    spec["initContainers"] = [iptables, _bootstrap_container(config), *(spec.get("initContainers") or [])]
+    spec["initContainers"] = [iptables, _bootstrap_container(config, delta), *(spec.get("initContainers") or [])]
     containers = list(spec.get("containers") or [])
     # Held: the kubelet starts containers in order and runs each postStart before the next.
     spec["containers"] = [proxy, *containers] if hold else [*containers, proxy]

@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the mesh trust bundle (PEM) instead of --ca-state/--cacerts")
     p.add_argument("--proxy-image", default=DEFAULT_PROXY_IMAGE)
     p.add_argument("--init-image", default=DEFAULT_INIT_IMAGE, help="an image with meshpilot and iptables")
+    p.add_argument("--xds-api", choices=("delta", "sotw"), default="delta",
+                   help="the xDS protocol the proxies speak (default delta, as Istio's; a pod's "
+                   "proxy.istio.io/config proxyMetadata ISTIO_DELTA_XDS overrides it)")
 
 
 class _Dumper(yaml.SafeDumper):
@@ -65,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
         config = InjectConfig(xds_address=args.xds_address, root_pem=root_pem(args),
-                              proxy_image=args.proxy_image, init_image=args.init_image)
+                              proxy_image=args.proxy_image, init_image=args.init_image,
+                              delta=args.xds_api == "delta")
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
         out = yaml.dump_all([inject_object(d, config) for d in docs], Dumper=_Dumper, sort_keys=False)
     except (OSError, CAError, yaml.YAMLError, InjectionError) as e:

@@ -96,6 +96,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inject-proxy-image", default=inject.DEFAULT_PROXY_IMAGE, help="the injected sidecar's image")
     p.add_argument("--inject-init-image", default=inject.DEFAULT_INIT_IMAGE,
                    help="the injected init containers' image (meshpilot and iptables)")
+    p.add_argument("--inject-xds-api", choices=("delta", "sotw"), default="delta",
+                   help="the xDS protocol injected proxies speak (default delta, as Istio's; a pod's "
+                   "proxy.istio.io/config proxyMetadata ISTIO_DELTA_XDS overrides it)")
     p.add_argument("--token-review-ttl", type=float, default=10.0, metavar="SECONDS",
                    help="Kubernetes mode: how long a TokenReview's answer is reused for the same token (a deleted "
                    "pod's token keeps working for new streams at most this long)")
@@ -307,7 +310,8 @@ class ControlPlane:
             split_address(inject_address)  # exits on a malformed address
             config = inject.InjectConfig(
                 xds_address=inject_address, root_pem=self.mesh_ca.ca.trust_bundle(),
-                proxy_image=self.args.inject_proxy_image, init_image=self.args.inject_init_image)
+                proxy_image=self.args.inject_proxy_image, init_image=self.args.inject_init_image,
+                delta=self.args.inject_xds_api == "delta")
 
             def inject_review(body: Any) -> dict[str, Any]:
                 # The roots of now: during a root rotation, new pods trust the old and the new.
