@@ -239,3 +239,46 @@ def test_common_edits_patch_instead_of_rebuilding(monkeypatch: pytest.MonkeyPatc
         assert snapshot(follower) == snapshot(fresh)
     assert full.count("registry") == len(edits) + 2  # the fresh translators, and the host added and removed
     assert patched == [True, True, True, True]  # every route change of the follower was a patch
+
+
+def test_a_host_defined_twice_elsewhere_does_not_stop_the_registry_swap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A warning about other services (a ServiceEntry redefining s0's host) leaves the
+    registry's swap to the edits it does not involve; an edit to either side of the duplicate
+    assembles afresh. Every step matches a fresh translation, the warning included."""
+    from translators.model.registry import Registry
+
+    twin = {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": "twin", "namespace": "default"},
+            "spec": {"hosts": ["s0.default.svc.cluster.local"], "resolution": "STATIC",
+                     "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+                     "endpoints": [{"address": "10.5.0.1"}]}}
+    resources = {r.key: r for r in (parse_resource(d, "mesh.yaml") for d in [*base(), twin])}
+    world = World(1, MappingProxyType(dict(resources)), frozenset(resources))
+    follower = Translator()
+    follower.update(world)
+    assert any("is already defined by" in e.message for e in follower.errors)
+    assembled: list[Registry] = []
+    assemble = Registry._assemble
+
+    def spy_assemble(self: Registry) -> None:
+        assembled.append(self)
+        assemble(self)
+
+    monkeypatch.setattr(Registry, "_assemble", spy_assemble)
+    edits: list[tuple[dict[str, Any], bool]] = [
+        (pod("s4-a", "10.1.0.77", {"app": "s4", "tier": "a"}), False),  # not involved: swapped in
+        (service("s0", port=81, selector={"app": "s0"}), True),  # the Service that wins s0's host
+        ({**twin, "spec": {**twin["spec"], "endpoints": [{"address": "10.5.0.2"}]}}, True),  # the one ignored
+        (pod("s5-a", "10.1.0.78", {"app": "s5", "tier": "a"}), False),
+    ]
+    for put, assembles in edits:
+        resources = dict(world.resources)
+        r = parse_resource(put, "mesh.yaml")
+        resources[r.key] = r
+        world = world.evolve(MappingProxyType(resources), [r.key])
+        assembled.clear()
+        follower.update(world)
+        assert (follower._registry in assembled) is assembles, put["metadata"]["name"]
+        fresh = Translator()
+        fresh.update(world)
+        assert snapshot(follower) == snapshot(fresh), put["metadata"]["name"]

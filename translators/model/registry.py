@@ -340,7 +340,9 @@ class Registry:
         self._by_selector: dict[str, dict[tuple[str, str], list[tuple[int, MeshService]]]] = {}
         self._order: dict[ResourceKey, None] = {}  # memo keys in precedence order
         self._hosts_of: dict[ResourceKey, tuple[str, ...]] = {}  # memo key -> its hosts, as assembled
-        self._assembled_plainly = False
+        # Memo keys the assembled errors name or depend on (their own problems, or a host
+        # defined twice, either side): editing one of them means assembling afresh.
+        self._error_keys: set[ResourceKey] = set()
         self._ns_position: dict[str, int] = {}  # host -> its index in by_namespace[its namespace]
         self._updated: list[ResourceKey] = []  # memo keys the running rebuild updated or forgot
         self.shapes_changed = False  # by the last rebuild: routes and listeners only read shapes
@@ -485,19 +487,25 @@ class Registry:
             self._order = dict.fromkeys(order)
         services: dict[str, MeshService] = {}
         errors: list[ConfigError] = []
+        error_keys: set[ResourceKey] = set()
         self._hosts_of = {}
+        first_key: dict[str, ResourceKey] = {}
         for key in self._order:
             _inputs, svcs, errs = self._memo[key]
-            errors.extend(errs)
+            if errs:
+                errors.extend(errs)
+                error_keys.add(key)
             self._hosts_of[key] = tuple(s.host for s in svcs)
             for s in svcs:
                 first = services.get(s.host)
                 if first is None:
                     services[s.host] = s
+                    first_key[s.host] = key
                 else:
                     errors.append(
                         _error(s.resource, "spec.hosts", f"host {s.host} is already defined by {first.resource.key}; ignored", "warning")
                     )
+                    error_keys.update((key, first_key[s.host]))
         old = self.services
         changed = {h for h, s in services.items() if h not in old or old[h].shape is not s.shape}
         if old.keys() != services.keys():
@@ -524,18 +532,20 @@ class Registry:
                 if s.shape.selector:
                     buckets.setdefault(s.shape.selector[0], []).append((pos, s))
         self.errors = errors
-        self._assembled_plainly = not errors  # (no host defined twice, no problems to re-list)
+        self._error_keys = error_keys
 
     def _patch(self, updated: list[ResourceKey]) -> bool:
-        """The common change (Services edited in place: same hosts, nothing reported before
-        or now): their services are swapped into the assembled tables instead of assembling
-        every host again (tens of ms at 5000). False: assemble afresh."""
-        if not self.services or not self._assembled_plainly or self._order.keys() != self._memo.keys():
+        """The common change (Services edited in place: same hosts, nothing reported of them
+        before or now): their services are swapped into the assembled tables instead of
+        assembling every host again (tens of ms at 5000). Problems reported of other
+        Services stay as they were: the same hosts mean no host newly defined twice.
+        False: assemble afresh."""
+        if not self.services or self._order.keys() != self._memo.keys():
             return False
         swaps: list[MeshService] = []
         for key in updated:
             _inputs, svcs, errs = self._memo[key]
-            if errs or tuple(s.host for s in svcs) != self._hosts_of.get(key):
+            if errs or key in self._error_keys or tuple(s.host for s in svcs) != self._hosts_of.get(key):
                 return False
             for new in svcs:
                 old = self.services[new.host]
