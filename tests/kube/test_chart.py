@@ -68,7 +68,7 @@ def test_rendered_chart_matches_the_golden_file(helm: Any) -> None:
         GOLDEN.write_text(text)
     assert text == GOLDEN.read_text(), "helm template output changed (UPDATE_GOLDEN=1 regenerates the golden file)"
     assert set(documents(text)) == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
-                                    "Service", "Deployment", "ConfigMap"}
+                                    "Service", "Deployment", "ConfigMap", "PodDisruptionBudget"}
 
 
 def test_the_grafana_dashboard_ships_as_a_configmap_grafanas_sidecar_loads(helm: Any) -> None:
@@ -160,6 +160,15 @@ def test_replicas_share_the_root_secret_and_elect_with_a_lease_in_their_namespac
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": role["metadata"]["name"]}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "meshpilot", "namespace": "istio-system"}]
+
+
+def test_replicas_get_a_disruption_budget_and_one_replica_none(helm: Any) -> None:
+    docs = documents(render(helm))
+    pdb = docs["PodDisruptionBudget"]
+    assert pdb["metadata"]["namespace"] == "istio-system" and pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"] == docs["Deployment"]["spec"]["selector"]
+    assert "PodDisruptionBudget" not in documents(render(helm, "--set", "replicas=1"))
+    assert "PodDisruptionBudget" not in documents(render(helm, "--set", "podDisruptionBudget.enabled=false"))
 
 
 def test_the_crds_are_those_of_the_istio_kinds_watched() -> None:

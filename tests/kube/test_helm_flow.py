@@ -147,6 +147,11 @@ def test_helm_install_creates_the_chart(installed: KubeCluster) -> None:
     assert cluster.get("serviceaccount", SA, "-n", NS)["metadata"]["name"] == SA
     service = cluster.get("service", "meshpilot", "-n", NS)
     assert sorted(p["port"] for p in service["spec"]["ports"]) == [15010, 15012, 15014, 15017]
+    # The disruption budget covers the Deployment's pods (the API server counts them for it).
+    pdb = cluster.get("poddisruptionbudget", "meshpilot", "-n", NS)
+    assert pdb["spec"]["minAvailable"] == 1
+    assert eventually(lambda: cluster.get("poddisruptionbudget", "meshpilot", "-n", NS)["status"].get(
+        "expectedPods"), timeout=30, message="the budget counts the Deployment's pods") == 2
 
     # The controllers take the Deployment to a Pod running as the ServiceAccount (no kubelet starts it).
     pod = eventually(lambda: the_pod(cluster), timeout=30, message="the Deployment's pod is created")
