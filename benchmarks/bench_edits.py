@@ -9,6 +9,8 @@ runs it: the source re-reads the file and merges (reload), World.evolve diffs wh
 source says may have changed (evolve), the translator rebuilds what the change touches
 (translate), the cache re-views the watching proxy and serializes what changed (cache).
 Medians in ms. ``--profile KIND`` prints cProfile's top lines for that kind at the last N.
+``--with-warning`` adds a ServiceEntry that defines svc-1's host again (a registry warning
+elsewhere in the mesh, as real meshes often carry).
 """
 
 from __future__ import annotations
@@ -34,13 +36,28 @@ KINDS = ("endpoint", "route", "port")
 STAGES = ("reload", "evolve", "translate", "cache")
 
 
+#: svc-1's host defined a second time: the registry warns and ignores this one.
+TWIN = """\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: svc-1-twin, namespace: default}
+spec:
+  hosts: [svc-1.default.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 10.9.9.9}]
+"""
+
+
 class Mesh:
-    def __init__(self, n: int, root: Path) -> None:
+    def __init__(self, n: int, root: Path, with_warning: bool = False) -> None:
         self.dir = root / f"mesh-{n}"
         self.dir.mkdir()
         for i in range(n):
             (self.dir / f"svc-{i}.yaml").write_text(peers.service_file(i, peers.pod_ip(i)))
         (self.dir / "svc-0-vs.yaml").write_text(peers.virtual_service(1))
+        if with_warning:
+            (self.dir / "svc-1-twin.yaml").write_text(TWIN)
         self.source = DirectorySource(self.dir)
         started = time.perf_counter()
         self.last: LoadResult = self.source.load()
@@ -48,6 +65,7 @@ class Mesh:
         self.pipeline.apply(self.last.resources, self.last.errors)
         self.cold_s = time.perf_counter() - started
         assert not [e for e in self.pipeline.errors if e.severity == "error"], self.pipeline.errors[:3]
+        assert with_warning == any("already defined" in e.message for e in self.pipeline.errors)
         self.proxy = Proxy(id="sidecar~127.0.0.2~app.default~default.svc.cluster.local", ip="127.0.0.2")
         self.pipeline.cache.watch(self.proxy, lambda _view: None)
         self.pipeline.cache.view(self.proxy)
@@ -86,13 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--services", type=int, nargs="+", default=[1000, 5000])
     p.add_argument("--changes", type=int, default=7, help="edits of each kind (default 7; two more warm up)")
     p.add_argument("--profile", choices=KINDS, help="cProfile this kind of edit at the last size")
+    p.add_argument("--with-warning", action="store_true", help="a host defined twice elsewhere in the mesh")
     args = p.parse_args(argv)
     tune_collector()  # as serve does
     print("| N | edit | " + " | ".join(STAGES) + " | total |")
     print("|---|---|" + "---|" * (len(STAGES) + 1))
     with tempfile.TemporaryDirectory(prefix="meshpilot-edits-") as tmp:
         for n in args.services:
-            mesh = Mesh(n, Path(tmp))
+            mesh = Mesh(n, Path(tmp), args.with_warning)
             print(f"# N={n}: cold load and apply {mesh.cold_s:.2f} s", file=sys.stderr)
             for kind in KINDS:
                 for _ in range(2):
