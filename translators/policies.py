@@ -7,7 +7,7 @@ subsets, and warnings for the fields not (fully) applied.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -17,6 +17,8 @@ from translators.model import DestinationRule, TrafficPolicy
 from translators.model.names import host_matches, resolve_host
 
 T = TypeVar("T")
+#: A DestinationRule's workloadSelector: its matchLabels as sorted pairs.
+Selector = tuple[tuple[str, str], ...]
 
 
 
@@ -71,6 +73,22 @@ class HostIndex(Generic[T]):
     def all_matching(self, host: str) -> list[T]:
         return [i for _, i in self._exact.get(host, ())] + [i for p, _, i in self._wild if host_matches(p, host)]
 
+    def most_specific(self, host: str) -> list[T]:
+        """The rules of the most specific pattern that matches ``host`` (the host itself, else
+        the longest wildcard), in order; [] when none does."""
+        exact = self._exact.get(host)
+        if exact:
+            return [i for _, i in exact]
+        level: list[T] = []
+        first: str | None = None
+        for pattern, _, item in self._wild:  # longest first
+            if first is not None and len(pattern) < len(first):
+                break
+            if (first is None and host_matches(pattern, host)) or pattern == first:
+                first = pattern
+                level.append(item)
+        return level
+
 
 @dataclass(frozen=True, slots=True)
 class SubsetPolicy:
@@ -92,6 +110,13 @@ class DestinationPolicy:
     def subset(self, name: str) -> SubsetPolicy | None:
         return next((s for s in self.subsets if s.name == name), None)
 
+    @property
+    def selector(self) -> Selector | None:
+        """The client workloads it is narrowed to (``workloadSelector.matchLabels``), sorted;
+        None: every client that sees it. (Rules merge only with rules of the same selector.)"""
+        ws = self.resource.spec.workloadSelector
+        return tuple(sorted(ws.matchLabels.items())) if ws is not None else None
+
     def cluster_policy(self, port: int, subset: str = "") -> ClusterPolicy:
         """The effective policy of ``outbound|port|subset|host`` (see features.traffic_policy)."""
         s = self.subset(subset) if subset else None
@@ -111,8 +136,6 @@ def destination_policy(dr: DestinationRule) -> DestinationPolicy:
     _check(dr.spec.trafficPolicy, "spec.trafficPolicy", warn)
     for i, s in enumerate(dr.spec.subsets):
         _check(s.trafficPolicy, f"spec.subsets[{i}].trafficPolicy", warn)
-    if dr.spec.workloadSelector is not None:
-        warn("spec.workloadSelector", "not supported yet (it narrows the rule to the selected client workloads); the selector is ignored, so the rule applies as if it had none")
     subsets = tuple(SubsetPolicy(s.name, tuple(sorted(s.labels.items())), s.trafficPolicy) for s in dr.spec.subsets)
     host = resolve_host(dr.spec.host, dr.metadata.namespace)
     return DestinationPolicy(dr, host, dr.spec.trafficPolicy, subsets, tuple(errors))
@@ -151,46 +174,86 @@ def exported_to(export_to: Iterable[str], own: str, client: str) -> bool:
     return (client == own and "." in names) or client in names
 
 
+#: A key of :meth:`RuleIndex.exceptions`: a namespace's proxies, or those of its workloads a
+#: selector group of its rules selects.
+Viewers = str | tuple[str, Selector]
+
+
 class RuleIndex:
     """DestinationRules by namespace and host, looked up the way istiod does for a proxy in
     namespace C and a service in namespace S: the most specific rule in C, else in S if
     exported to C, else in the root namespace if exported to C. Rules elsewhere do not apply.
 
+    A rule with a ``workloadSelector`` stays in its namespace and narrows itself to the
+    workloads it selects (istiod's SidecarScope.DestinationRule): among C's rules of the
+    most specific host, a selected proxy gets the first whose selector it satisfies, every
+    other proxy the one without a selector, or none (not the rule of S or the root).
+
     Most proxies see the *generic* choice (their namespace has no rule for the host and no
-    exportTo names it); ``exceptions`` lists the namespaces that see another one.
+    exportTo names it); ``exceptions`` lists the namespaces, and the selected workloads,
+    that see another one.
     """
 
     def __init__(self, policies: Iterable[DestinationPolicy], root: str = ROOT_NAMESPACE) -> None:
         self.root = root
+        policies = list(policies)
         by_ns: dict[str, list[tuple[str, str, DestinationPolicy]]] = {}
+        #: namespace -> the selectors of its rules, in the rules' order (the order they win in)
+        self._selectors: dict[str, list[Selector]] = {}
         for p in policies:  # in namespace/name order
-            by_ns.setdefault(p.resource.metadata.namespace, []).append((p.host, p.resource.metadata.name, p))
+            ns = p.resource.metadata.namespace
+            by_ns.setdefault(ns, []).append((p.host, p.resource.metadata.name, p))
+            sel = p.selector
+            if sel is not None and sel not in self._selectors.setdefault(ns, []):
+                self._selectors[ns].append(sel)
+        self._selectors = {ns: sels for ns, sels in self._selectors.items() if sels}
         self._by_ns = {ns: HostIndex((h, ns, p) for h, _, p in rules) for ns, rules in by_ns.items()}
         self._all = HostIndex((p.host, p.resource.metadata.namespace, p) for p in policies)
+        self._rank = {id(p): i for i, p in enumerate(policies)}
 
-    def _in(self, ns: str, host: str, client: str) -> DestinationPolicy | None:
+    def _local(self, host: str, client: str, selected: Selector | None) -> tuple[bool, DestinationPolicy | None]:
+        """(whether the client's namespace has a rule for ``host``, the one its proxy gets)."""
+        index = self._by_ns.get(client)
+        level = index.most_specific(host) if index is not None else []
+        if not level:
+            return False, None
+        catch_all = None
+        for p in level:
+            sel = p.selector
+            if sel is None:
+                if catch_all is None:
+                    catch_all = p
+            elif sel == selected:
+                return True, p
+        return True, catch_all
+
+    def _exported(self, ns: str, host: str, client: str) -> DestinationPolicy | None:
         index = self._by_ns.get(ns)
         if index is None:
             return None
         for p in index.all_matching(host):  # exact first, then the most specific wildcard
-            if ns == client or exported_to(p.resource.spec.exportTo, ns, client):
+            if p.selector is None and exported_to(p.resource.spec.exportTo, ns, client):
                 return p
         return None
 
-    def lookup(self, host: str, service_ns: str, client: str) -> DestinationPolicy | None:
-        found = self._in(client, host, client)  # for the root namespace, its own rules first too
+    def lookup(self, host: str, service_ns: str, client: str,
+               selected: Selector | None = None) -> DestinationPolicy | None:
+        """The rule of ``host`` for a proxy in ``client`` (that one of its selectors selects)."""
+        found_local, found = self._local(host, client, selected)  # for the root namespace, its own rules first too
+        if found_local:
+            return found
+        found = self._exported(service_ns, host, client)
         if found is None:
-            found = self._in(service_ns, host, client)
-        if found is None:
-            found = self._in(self.root, host, client)
+            found = self._exported(self.root, host, client)
         return found
 
     def generic(self, host: str, service_ns: str) -> DestinationPolicy | None:
         """What a proxy in a namespace with no rules of its own, named by no exportTo, sees."""
         return self.lookup(host, service_ns, "\0")
 
-    def exceptions(self, host: str, service_ns: str) -> dict[str, DestinationPolicy | None]:
-        """Namespaces whose proxies see another rule than the generic one, and that rule."""
+    def exceptions(self, host: str, service_ns: str) -> dict[Viewers, DestinationPolicy | None]:
+        """Namespaces whose proxies see another rule than the generic one, and (ns, selector)
+        for the selected proxies that see another rule than their namespace: with that rule."""
         rules = self._all.all_matching(host)
         if not rules:
             return {}
@@ -198,12 +261,28 @@ class RuleIndex:
         candidates |= {ns for p in rules for ns in p.resource.spec.exportTo if ns not in (".", "*", "~")}
         candidates |= {service_ns, self.root}
         generic = self.generic(host, service_ns)
-        out = {}
+        out: dict[Viewers, DestinationPolicy | None] = {}
         for ns in sorted(candidates):
             seen = self.lookup(host, service_ns, ns)
             if seen is not generic:
                 out[ns] = seen
+            for sel in self._selectors.get(ns, ()):
+                selected = self.lookup(host, service_ns, ns, sel)
+                if selected is not seen:
+                    out[(ns, sel)] = selected
         return out
+
+    def selectors_matching(self, namespace: str, labels: Mapping[str, str]) -> tuple[Selector, ...]:
+        """The selectors of ``namespace``'s rules that ``labels`` satisfy, the winning first."""
+        sels = self._selectors.get(namespace)
+        if not sels:
+            return ()
+        return tuple(sel for sel in sels if all(labels.get(k) == v for k, v in sel))
+
+    def first(self, selected: Iterable[DestinationPolicy]) -> DestinationPolicy:
+        """Of the rules several selectors of a proxy give it for one host, the one istiod
+        picks: the first in order (the rules of one host are kept in this order)."""
+        return min(selected, key=lambda p: self._rank[id(p)])
 
     def all_matching(self, host: str) -> list[DestinationPolicy]:
         return self._all.all_matching(host)

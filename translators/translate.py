@@ -33,7 +33,7 @@ proto in it) is replaced only when one of its parts is, so the cache can share b
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
@@ -81,6 +81,7 @@ from translators.policies import (
     DestinationPolicy,
     HostIndex,
     RuleIndex,
+    Viewers,
     destination_policy,
     merge_policies,
 )
@@ -147,7 +148,7 @@ class Translator:
         self._ns_epoch: dict[str, int] = {}  # bumped when a registry kind changes in a namespace
         self._policies: dict[ResourceKey, DestinationPolicy] = {}
         self._rules = RuleIndex((), root_namespace)
-        self._split: dict[str, dict[str, DestinationPolicy | None]] = {}  # host -> namespace -> rule
+        self._split: dict[str, dict[Viewers, DestinationPolicy | None]] = {}  # host -> namespace (, selector) -> rule
         self._split_layers: dict[tuple, tuple[api.Layer, api.Layer]] = {}
         self._split_parts: dict[tuple[str, int], tuple[tuple, tuple]] = {}
         self._localized_layers: dict[tuple, tuple[api.Layer, api.Layer]] = {}
@@ -303,7 +304,9 @@ class Translator:
             api.CLUSTER: [self._clusters],
             api.ENDPOINT: [self._endpoints],
         }
-        split = self._split_for(proxy.namespace)
+        workload = self._index.workload_at(proxy.namespace, proxy.ip)
+        labels = listeners.workload_labels(workload, proxy.labels)
+        split = self._split_for(proxy.namespace, labels)
         if split is not None:
             out[api.CLUSTER].append(split[0])
             out[api.ENDPOINT].append(split[1])
@@ -312,13 +315,10 @@ class Translator:
         if not proxy.identity:  # no certificate to do mTLS with: plaintext to every peer
             out[api.CLUSTER] = [self._plaintext(layer) for layer in out[api.CLUSTER]]
         if proxy.role == "gateway":  # listeners and routes from the Gateways that select it
-            labels = listeners.workload_labels(self._index.workload_at(proxy.namespace, proxy.ip), proxy.labels)
             gateway_listeners, gateway_routes = self._gateways.for_proxy(proxy, labels)
             out[api.LISTENER] = [gateway_listeners]
             out[api.ROUTE] = [gateway_routes]
             return out
-        workload = self._index.workload_at(proxy.namespace, proxy.ip)
-        labels = listeners.workload_labels(workload, proxy.labels)
         sidecar, conflicts = self._sidecars.select(proxy.namespace, labels)
         seen = self._scope_for(sidecar, proxy.namespace)
         if seen.hosts is not None:  # what its Sidecar imports, picked from the shared layers
@@ -362,11 +362,13 @@ class Translator:
         return hosts
 
     def _merged(self, policies: dict[ResourceKey, DestinationPolicy]) -> list[DestinationPolicy]:
-        """One policy per (namespace, host, exportTo): rules sharing them are merged (memoized
-        on the identity of the group, so an unrelated change keeps the merged object)."""
+        """One policy per (namespace, host, exportTo, workloadSelector): rules sharing them are
+        merged (memoized on the identity of the group, so an unrelated change keeps the merged
+        object). A rule with a selector merges only with rules of the same selector, as istiod."""
         groups: dict[tuple, list[DestinationPolicy]] = {}
         for key, p in policies.items():
-            groups.setdefault((key.namespace, p.host, tuple(sorted(p.resource.spec.exportTo))), []).append(p)
+            export_to = tuple(sorted(p.resource.spec.exportTo)) if p.selector is None else (".",)
+            groups.setdefault((key.namespace, p.host, export_to, p.selector), []).append(p)
         out, memo, into = [], {}, {}
         for group in groups.values():
             if len(group) == 1:
@@ -393,7 +395,7 @@ class Translator:
         services = self._registry.services
         cluster_parts: dict[str, tuple[tuple, list[tuple[str, Message]]]] = {}
         endpoint_parts: dict[str, tuple[tuple, list[tuple[str, Message]]]] = {}
-        split: dict[str, dict[str, DestinationPolicy | None]] = {}
+        split: dict[str, dict[Viewers, DestinationPolicy | None]] = {}
         visit: Iterable[str] = services
         came_or_went = False  # on the targeted path: then the dicts are put back in the registry's order
         if service_hosts is not None and self._cluster_parts:
@@ -470,15 +472,24 @@ class Translator:
             return old
         return inputs, endpoints.service_assignments(svc, policy)
 
-    def _split_for(self, namespace: str) -> tuple[api.Layer, api.Layer] | None:
+    def _split_for(self, namespace: str, labels: Mapping[str, str]) -> tuple[api.Layer, api.Layer] | None:
         """Clusters and endpoints of the hosts whose DestinationRule depends on the client's
-        namespace (a rule in it, or an exportTo naming it), as proxies in ``namespace`` see
-        them. Namespaces that see the same rules share the same layers."""
+        namespace (a rule in it, or an exportTo naming it) or workload (a workloadSelector), as
+        proxies in ``namespace`` with ``labels`` see them. Clients that see the same rules
+        share the same layers."""
         if not self._split:
             return None
         services = self._registry.services
-        seen = tuple((h, ex[namespace] if namespace in ex else self._policy(h, services[h].shape.namespace))
-                     for h, ex in self._split.items())
+        selectors = self._rules.selectors_matching(namespace, labels)
+
+        def rule(host: str, ex: dict[Viewers, DestinationPolicy | None]) -> DestinationPolicy | None:
+            if selectors:
+                selected = [p for sel in selectors if (p := ex.get((namespace, sel))) is not None]
+                if selected:
+                    return self._rules.first(selected)
+            return ex[namespace] if namespace in ex else self._policy(host, services[host].shape.namespace)
+
+        seen = tuple((h, rule(h, ex)) for h, ex in self._split.items())
         key = tuple((h, id(p)) for h, p in seen)
         layers = self._split_layers.get(key)
         if layers is None:

@@ -82,6 +82,13 @@ def destination_rule(host: str, ns: str = "default", lb: str = "ROUND_ROBIN", **
                      **spec}}
 
 
+def selected_rule(host: str, lb: str, selector: dict[str, str]) -> dict[str, Any]:
+    """A rule narrowed by workloadSelector to the client workloads it selects (PROXY's app=client)."""
+    doc = destination_rule(host, lb=lb, workloadSelector={"matchLabels": selector})
+    doc["metadata"]["name"] = f"selected-{host}"
+    return doc
+
+
 def base() -> list[dict[str, Any]]:
     docs = [service(f"s{i}", selector={"app": f"s{i}"}) for i in range(6)]
     docs += [pod(f"s{i}-a", f"10.1.0.{i + 1}", {"app": f"s{i}", "tier": "a"}) for i in range(6)]
@@ -92,6 +99,8 @@ def base() -> list[dict[str, Any]]:
     docs += [tcp_service(), tcp_virtual_service("s1")]
     # A rule for everyone, and one that only the proxies of namespace "team" see (a split host).
     docs += [destination_rule("s1"), destination_rule("s3", "team", "LEAST_REQUEST")]
+    # And one only the client workloads labelled app=client see (PROXY is one).
+    docs += [selected_rule("s1", "RANDOM", {"app": "client"})]
     # Edited in place below (same names and hosts): the translator's swap-in-place path.
     docs += [virtual_service("s2", "s3", name="edited"), virtual_service("s4", "s5", name="local", exportTo=["."]),
              virtual_service("*.example.com", "s2", name="wild"), delegating("s5", "child"),
@@ -105,6 +114,9 @@ EDITS: list[tuple[str, list[dict[str, Any]], list[tuple[str, str, str]]]] = [
     ("a split host's port", [service("s3", port=82, selector={"app": "s3"})], []),
     ("a split host's Pod", [pod("s3-b", "10.1.0.33", {"app": "s3"})], []),
     ("a client-namespace rule edited", [destination_rule("s3", "team", "RANDOM")], []),
+    ("a selected rule edited", [selected_rule("s1", "LEAST_REQUEST", {"app": "client"})], []),
+    ("a selected rule no longer selects the client", [selected_rule("s1", "LEAST_REQUEST", {"app": "nobody"})], []),
+    ("a second selected rule, for another host", [selected_rule("s2", "RANDOM", {"app": "client"})], []),
     ("a rule deleted", [], [("DestinationRule", "default", "dr-s1")]),
     ("a split host deleted", [], [("Service", "default", "s3")]),
     ("a split host back", [service("s3", selector={"app": "s3"})], []),
