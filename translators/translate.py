@@ -218,6 +218,8 @@ class Translator:
         self._capture_epoch = 0
         # Telemetry (features/telemetry.py): answers per workload, compared by identity in proxy states.
         self._telemetry = telemetry.TelemetryIndex((), root_namespace, None, {})
+        #: gateway listener layer key -> (its listeners, the telemetry side, both applied, last asked at)
+        self._observed_gateways: dict[object, tuple[api.Layer, object, api.Layer, int]] = {}
 
     # ------------------------------------------------------------ the contract
 
@@ -276,6 +278,8 @@ class Translator:
         self._proxies = {
             k: s for k, s in self._proxies.items() if s.generation > self._generation - PROXY_MEMO_UPDATES
         }
+        self._observed_gateways = {k: v for k, v in self._observed_gateways.items()
+                                   if v[3] > self._generation - PROXY_MEMO_UPDATES}
         if len(self._scopes) > 2 * len(self._proxies) + 8:  # scopes of Sidecars no proxy asks for any more
             self._scopes = {k: v for k, v in self._scopes.items() if v[0][2] > self._generation - PROXY_MEMO_UPDATES}
             self._filter.forget(set(self._scopes))
@@ -316,7 +320,7 @@ class Translator:
             out[api.CLUSTER] = [self._plaintext(layer) for layer in out[api.CLUSTER]]
         if proxy.role == "gateway":  # listeners and routes from the Gateways that select it
             gateway_listeners, gateway_routes = self._gateways.for_proxy(proxy, labels)
-            out[api.LISTENER] = [gateway_listeners]
+            out[api.LISTENER] = [self._observed_gateway(gateway_listeners, proxy, labels)]
             out[api.ROUTE] = [gateway_routes]
             return out
         sidecar, conflicts = self._sidecars.select(proxy.namespace, labels)
@@ -334,6 +338,23 @@ class Translator:
         out[api.LISTENER] = [state.listeners]
         out[api.ROUTE] = [self._routes_for(proxy, seen, labels)]
         return out
+
+    def _observed_gateway(self, layer: api.Layer, proxy: Proxy, labels: Mapping[str, str]) -> api.Layer:
+        """A gateway's listeners with the access logs and tracing its Telemetry asks for: the
+        client side's, as istiod classes gateway listeners. The same object while the
+        listeners and the side are (applying copies and re-encodes every listener)."""
+        side = self._telemetry.for_workload(proxy.namespace, labels).client
+        if side.empty:
+            return layer
+        hit = self._observed_gateways.get(layer.key)
+        if hit is not None and hit[0] is layer and hit[1] is side:
+            self._observed_gateways[layer.key] = (*hit[:3], self._generation)
+            return hit[2]
+        service_name = f"{labels.get('app') or proxy.pod_name or proxy.ip}.{proxy.namespace}"
+        observed = _layer(("observed", layer.key), ((name, telemetry.apply(lst, side, service_name))
+                                                    for name, lst in layer.resources.items()))
+        self._observed_gateways[layer.key] = (layer, side, observed, self._generation)
+        return observed
 
     # ------------------------------------------------------------ clusters and endpoints
 

@@ -17,6 +17,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,8 +208,10 @@ def mesh(envoy_binary: str, loopback: LoopbackAllocator, tmp_path_factory: pytes
         started.append(server)
         server.start()
         gateway_ip = loopback.allocate()
+        # Access-log lines reach its output within 0.2 s (Envoy's default flushes every 10 s).
         gateway = EnvoyProcess(_gateway_bootstrap(server, gateway_ip, workdir / "gateway.json"), binary=envoy_binary,
-                               workdir=workdir / "envoy", name="gateway")
+                               workdir=workdir / "envoy", name="gateway",
+                               extra_args=("--file-flush-interval-msec", "200"))
         started.append(gateway)
         gateway.start(wait="live", timeout=30)
         client_ip = loopback.allocate()
@@ -335,3 +338,31 @@ def _pem_body(pem: bytes) -> str:
     """The base64 lines of a PEM block, as one string (what would leak if a key were printed)."""
     lines = pem.decode().strip().splitlines()
     return "".join(lines[1:-1])[:48]
+
+
+def test_the_mesh_configs_access_log_reaches_the_gateway(mesh: GatewayMesh) -> None:
+    """meshConfig.accessLogFile (the most common way to turn access logs on) logs at the
+    gateway too, as the client side of the mesh (istiod's class for gateway listeners)."""
+    def logged(path: str) -> list[str]:
+        return [line for line in mesh.gateway.log_path.read_text(errors="replace").splitlines()
+                if f'"GET {path} HTTP/1.1"' in line]
+
+    mesh.config.write("mesh-config.yaml", {
+        "apiVersion": "meshpilot.io/v1alpha1", "kind": "MeshConfig", "metadata": {"name": "mesh", "namespace": GW_NS},
+        "spec": {"accessLogFile": "/dev/stdout"}})
+    try:
+        eventually(lambda: "envoy.access_loggers.file" in json.dumps(mesh.gateway.listeners()), timeout=20,
+                   message="the gateway's listeners log")
+        for _ in range(3):
+            assert mesh.get(HTTP, "web.example.com", "/gw-logged")[0] == 200
+        lines = eventually(lambda: (found := logged("/gw-logged")) and len(found) == 3 and found, timeout=10,
+                           message="three lines for three requests")
+        assert all(" 200 " in line and '"web.example.com"' in line for line in lines), lines
+    finally:
+        mesh.config.remove("mesh-config.yaml")
+    eventually(lambda: "access_log" not in json.dumps(mesh.gateway.listeners()), timeout=20,
+               message="and stop logging without it")
+    assert mesh.get(HTTP, "web.example.com", "/gw-quiet")[0] == 200
+    assert mesh.get(HTTP, "web.example.com", "/gw-marker")[0] == 200
+    time.sleep(1)  # five flush intervals: a line would be in the file by now
+    assert logged("/gw-quiet") == [] and logged("/gw-marker") == []

@@ -232,3 +232,37 @@ def test_a_rebuilt_proxy_keeps_the_listeners_whose_telemetry_did_not_change() ->
     assert after["inbound|10.0.0.2_8080"] is not before["inbound|10.0.0.2_8080"]
     assert after["10.0.0.2_5432"] is before["10.0.0.2_5432"]
     assert hcm(json_format.MessageToDict(after["inbound|10.0.0.2_8080"], preserving_proto_field_name=True))["access_log"]
+
+
+def test_gateways_log_and_trace_as_the_client_side() -> None:
+    """istiod classes gateway listeners as CLIENT: a provider for SERVER only leaves them alone."""
+    gateway = {"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+               "metadata": {"name": "public", "namespace": "istio-system"},
+               "spec": {"selector": {"istio": "ingressgateway"},
+                        "servers": [{"port": {"number": 8080, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}}
+    routes = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+              "metadata": {"name": "web-in", "namespace": "default"},
+              "spec": {"hosts": ["web.example.com"], "gateways": ["istio-system/public"],
+                       "http": [{"route": [{"destination": {"host": "web"}}]}]}}
+    proxy = Proxy(id="router~10.0.0.9~gw-1.istio-system~istio-system.svc.cluster.local", ip="10.0.0.9",
+                  namespace="istio-system", labels={"istio": "ingressgateway", "app": "istio-ingressgateway"},
+                  role="gateway")
+
+    def gateway_hcm(*docs: dict[str, Any]) -> dict[str, Any]:
+        t = Translator()
+        t.update(world_of([parse_resource(d, "t.yaml") for d in [*_base(), gateway, routes, *docs]]))
+        layers = t.for_proxy(proxy)[api.LISTENER]
+        (listener,) = [json_format.MessageToDict(m, preserving_proto_field_name=True)
+                       for layer in layers for m in layer.resources.values()]
+        assert t.for_proxy(proxy)[api.LISTENER][0] is layers[0]  # kept while nothing changes
+        return hcm(listener)
+
+    assert "access_log" not in gateway_hcm(mesh()) and "tracing" not in gateway_hcm(mesh())
+    observed = gateway_hcm(mesh(accessLogFile="/dev/stdout", defaultProviders={"tracing": ["zipkin"]}))
+    (log,) = observed["access_log"]
+    assert log["typed_config"]["log_format"]["text_format_source"]["inline_string"] == tel.TEXT_FORMAT
+    zipkin = observed["tracing"]["provider"]["typed_config"]
+    assert zipkin["collector_cluster"] == "outbound|9411||zipkin.tracing.test"
+    server_only = gateway_hcm(mesh(), telemetry("mesh", "istio-system", accessLogging=[
+        {"providers": [{"name": "envoy"}], "match": {"mode": "SERVER"}}]))
+    assert "access_log" not in server_only
