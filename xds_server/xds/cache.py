@@ -299,21 +299,27 @@ class XdsCache:
         cached = self._views.get(proxy.key)
         if cached is not None:
             return cached
+        # (Runs for every watched proxy on every update: written for speed, a dict lookup per layer.)
+        before_types = previous.types if previous is not None else {}
+        known = self._sets
         types: dict[str, TypeView] = {}
         changed = previous is None
         for type_url, layers in self.translator.for_proxy(proxy).items():
             sets = []
             for layer in layers:
-                sets.append(self._set_for(layer, type_url))
+                key = (type_url, layer.key)
+                current = known.get(key)
+                if current is None or current.source is not layer.resources:
+                    current = known[key] = ResourceSet.build(layer, type_url, current)
+                sets.append(current)
                 if used is not None:
-                    used.add((type_url, layer.key))
-            before = previous.types.get(type_url) if previous is not None else None
-            if before is not None and len(before.layers) == len(sets) and all(
-                a is b for a, b in zip(before.layers, sets, strict=True)
-            ):
+                    used.add(key)
+            as_tuple = tuple(sets)
+            before = before_types.get(type_url)
+            if before is not None and before.layers == as_tuple:  # (ResourceSets compare by identity)
                 types[type_url] = before
             else:
-                types[type_url] = TypeView(type_url, tuple(sets))
+                types[type_url] = TypeView(type_url, as_tuple)
                 changed = True
         if previous is not None and not changed and types.keys() == previous.types.keys():
             view = previous
@@ -321,15 +327,6 @@ class XdsCache:
             view = ProxyView(self.generation, types)
         self._views[proxy.key] = view
         return view
-
-    def _set_for(self, layer: Layer, type_url: str) -> ResourceSet:
-        key = (type_url, layer.key)
-        current = self._sets.get(key)
-        if current is not None and current.source is layer.resources:
-            return current
-        built = ResourceSet.build(layer, type_url, current)
-        self._sets[key] = built
-        return built
 
     def watch(self, proxy: Proxy, listener: ViewListener) -> Callable[[], None]:
         """Call ``listener`` with each new view of ``proxy``; returns the function that stops it."""
