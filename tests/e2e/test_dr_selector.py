@@ -15,6 +15,7 @@ from typing import Any
 
 from harness import ConfigDir, EnvoyProcess, MeshpilotServer, UpstreamServer, eventually, request
 
+from xds_server.app.verbs.describe import render_service
 from xds_server.local.bootstrap import build_bootstrap
 
 PORT, TARGET, NS = 9080, 8080, "default"
@@ -64,6 +65,12 @@ def test_a_selected_client_gets_its_rule_and_the_others_do_not(
     assert pods["v2"].requests - before == 5 and pods["v1"].requests == 0
     errors = server.get("/debug/errors")[1]
     assert not [e for e in errors if e["field"] == "spec.workloadSelector"], errors
+    # describe says whom each rule is for.
+    described = server.get("/debug/describe?kind=service&name=web&namespace=default")[1]
+    assert {d["name"]: d["workload_selector"] for d in described["destination_rules"]} == {
+        "default/web": None, "default/web-canary": {"app": "canary"}}
+    text = "\n".join(render_service(described))
+    assert "For clients: the workloads of default with app=canary" in text, text
 
     # The rule now selects the other client: the answers swap.
     config_dir.write("canary.yaml", canary_rule({"app": "other"}))

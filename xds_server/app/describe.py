@@ -104,6 +104,8 @@ def _service_view(pipeline: Pipeline, svc: MeshService, client_namespace: str) -
         drs.append({
             "name": f"{dr.metadata.namespace}/{dr.metadata.name}",
             "host": dr.spec.host,
+            # Only the client workloads of its namespace with these labels see it (None: every client).
+            "workload_selector": dr.spec.workloadSelector.matchLabels if dr.spec.workloadSelector else None,
             "traffic_policy": policy_summary(dr.spec.trafficPolicy),
             "subsets": [{"name": s.name, "labels": s.labels, "endpoints": _count(svc, s.labels),
                          "traffic_policy": policy_summary(s.trafficPolicy)} for s in dr.spec.subsets],

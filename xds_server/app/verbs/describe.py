@@ -85,6 +85,10 @@ def render_service(d: dict[str, Any]) -> list[str]:
                      f"{p['ready_endpoints']} ready endpoint{'' if p['ready_endpoints'] == 1 else 's'}")
     for dr in d["destination_rules"]:
         lines.append(f"DestinationRule: {dr['name']} for \"{dr['host']}\"")
+        selector = dr.get("workload_selector")
+        if selector is not None:
+            labels = ", ".join(f"{k}={v}" for k, v in sorted(selector.items())) or "any labels"
+            lines.append(f"   For clients: the workloads of {dr['name'].split('/')[0]} with {labels}")
         if dr["traffic_policy"]:
             lines.append(f"   Traffic policy: {dr['traffic_policy']}")
         for s in dr["subsets"]:
