@@ -517,11 +517,9 @@ class GatewayGenerator:
             flat, found, _ = delegate.flatten(vs, t._delegate)
             entries = [routes.OwnedRoute(v, f, h) for v, f, h in flat]
             problems = [ConfigError(vs.source, str(vs.key), f, m, "warning") for f, m in found]
-        services = t._registry.services
         dests: routes.Destinations = {}
         for h in routes.destination_hosts(vs, entries):
-            svc = services.get(h)
-            dests[h] = (svc.shape, t._policy(h, svc.shape.namespace)) if svc else (None, None)
+            dests[h] = t._destination(h)
         errors = list(problems)
         built = routes.build_routes(entries if entries is not None else routes.owned_routes(vs),
                                     MeshPort(port, "", "HTTP"), dests, errors, context=gateway_name)

@@ -194,8 +194,11 @@ class RuleIndex:
     that see another one.
     """
 
-    def __init__(self, policies: Iterable[DestinationPolicy], root: str = ROOT_NAMESPACE) -> None:
+    def __init__(self, policies: Iterable[DestinationPolicy], root: str = ROOT_NAMESPACE,
+                 interned: dict[frozenset[str], frozenset[str]] | None = None) -> None:
         self.root = root
+        #: equal subset sets as one object, across indexes (route memos compare them by identity)
+        self.interned = interned if interned is not None else {}
         policies = list(policies)
         by_ns: dict[str, list[tuple[str, str, DestinationPolicy]]] = {}
         #: namespace -> the selectors of its rules, in the rules' order (the order they win in)
@@ -210,6 +213,7 @@ class RuleIndex:
         self._by_ns = {ns: HostIndex((h, ns, p) for h, _, p in rules) for ns, rules in by_ns.items()}
         self._all = HostIndex((p.host, p.resource.metadata.namespace, p) for p in policies)
         self._rank = {id(p): i for i, p in enumerate(policies)}
+        self._subsets: dict[tuple[str, str], frozenset[str]] = {}
 
     def _local(self, host: str, client: str, selected: Selector | None) -> tuple[bool, DestinationPolicy | None]:
         """(whether the client's namespace has a rule for ``host``, the one its proxy gets)."""
@@ -278,6 +282,17 @@ class RuleIndex:
         if not sels:
             return ()
         return tuple(sel for sel in sels if all(labels.get(k) == v for k, v in sel))
+
+    def subsets_seen(self, host: str, service_ns: str) -> frozenset[str]:
+        """The subset names of ``host`` that some client has a cluster for: those of the rules
+        some namespace or selected workload sees. Equal sets are one object."""
+        key = (host, service_ns)
+        hit = self._subsets.get(key)
+        if hit is None:
+            seen = [self.generic(host, service_ns), *self.exceptions(host, service_ns).values()]
+            names = frozenset(s.name for p in seen if p is not None for s in p.subsets)
+            hit = self._subsets[key] = self.interned.setdefault(names, names)
+        return hit
 
     def first(self, selected: Iterable[DestinationPolicy]) -> DestinationPolicy:
         """Of the rules several selectors of a proxy give it for one host, the one istiod

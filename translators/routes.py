@@ -36,7 +36,9 @@ from translators.model.registry import MeshPort, ServiceShape
 from translators.policies import DestinationPolicy
 
 #: host -> (its service shape or None, its DestinationPolicy or None)
-Destinations = dict[str, tuple[ServiceShape | None, DestinationPolicy | None]]
+#: host -> (its service, the rule most clients see, the subsets some client has a cluster for)
+Destinations = dict[str, tuple[ServiceShape | None, DestinationPolicy | None, frozenset[str]]]
+NO_DESTINATION: tuple[None, None, frozenset[str]] = (None, None, frozenset())
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +339,7 @@ def _destinations(route: rc.Route, action: rc.RouteAction, entry: OwnedRoute, po
 
 def _add_hash(action: rc.RouteAction, d: Destination, entry: OwnedRoute, port: MeshPort, dests: Destinations) -> bool:
     host = resolve_host(d.host, entry.vs.metadata.namespace)
-    _, policy = dests.get(host, (None, None))
+    _, policy, _ = dests.get(host, NO_DESTINATION)
     if policy is None:
         return False
     number = d.port.number if d.port else port.number
@@ -355,7 +357,7 @@ def _cluster_name(entry: OwnedRoute, d: Destination, listener: MeshPort, dests: 
     (non-existent) cluster name, as Istio does: Envoy then answers 503 for that route
     alone, which makes the mistake visible, and the ConfigError says why."""
     host = resolve_host(d.host, entry.vs.metadata.namespace)
-    shape, policy = dests.get(host, (None, None))
+    shape, _, subsets = dests.get(host, NO_DESTINATION)
     number = d.port.number if d.port else None
     if shape is None:
         errors.append(entry.error(f"{f}.host", f"host {host} is not in the service registry"))
@@ -367,7 +369,7 @@ def _cluster_name(entry: OwnedRoute, d: Destination, listener: MeshPort, dests: 
     elif all(p.number != listener.number for p in shape.ports):
         errors.append(entry.error(f"{f}.port", f"service {host} has several ports and none is {listener.number}; "
                                   "set destination.port"))
-    if d.subset and (policy is None or policy.subset(d.subset) is None):
+    if d.subset and d.subset not in subsets:
         errors.append(entry.error(f"{f}.subset", f"subset {d.subset!r} is not defined by any DestinationRule for "
                                   f"host {host}; requests on this route get 503"))
     return outbound_cluster(number or listener.number, host, d.subset)

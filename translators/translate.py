@@ -369,7 +369,7 @@ class Translator:
             policies[dr.key] = old if old is not None and old.resource is dr else destination_policy(dr)
         patterns |= {policies[k].host for k in changed if k in policies}
         self._policies = policies
-        self._rules = RuleIndex(self._merged(policies), self._root_namespace)
+        self._rules = RuleIndex(self._merged(policies), self._root_namespace, self._rules.interned)
         self._failover_priority = frozenset(
             entry.partition("=")[0] for p in policies.values() for tp in _traffic_policies(p)
             for lb in (tp.loadBalancer, *(s.loadBalancer for s in tp.portLevelSettings))
@@ -404,6 +404,15 @@ class Translator:
             into.update({p.resource.key: merged[1] for p in group})
         self._merge_memo, self._merged_into = memo, into
         return out
+
+    def _destination(self, host: str) -> tuple[ServiceShape | None, DestinationPolicy | None, frozenset[str]]:
+        """What a route to ``host`` reads: its service, the rule most clients see (hash
+        policy) and the subsets some client has a cluster for (else: a warning)."""
+        d = self._registry.services.get(host)
+        if d is None:
+            return routes.NO_DESTINATION
+        ns = d.shape.namespace
+        return d.shape, self._policy(host, ns), self._rules.subsets_seen(host, ns)
 
     def _policy(self, host: str, namespace: str) -> DestinationPolicy | None:
         """The rule most proxies see for ``host`` (a service in ``namespace``)."""
@@ -863,7 +872,6 @@ class Translator:
         """(inputs, parts, destination hosts) of one host: its VirtualService (the generic
         choice, or ``chosen``) with its delegates merged in, and the services and rules its
         destinations name."""
-        services = self._registry.services
         vs = chosen if chosen is not None else self._vs_index.lookup(svc.host, svc.shape.namespace)
         entries: list[routes.OwnedRoute] | None = None
         delegates: tuple = ()
@@ -876,8 +884,7 @@ class Translator:
         dests: routes.Destinations = {}
         if vs is not None:
             for h in routes.destination_hosts(vs, entries):
-                d = services.get(h)
-                dests[h] = (d.shape, self._policy(h, d.shape.namespace)) if d else (None, None)
+                dests[h] = self._destination(h)
         own = self._policy(svc.host, svc.shape.namespace) if vs is None else None  # its default route's hash key
         inputs = (svc.shape, vs, own, *delegates, *(x for pair in dests.values() for x in pair))
         if old is not None and _same(old[0], inputs):

@@ -28,16 +28,19 @@ def dr(name: str, ns: str, lb: str, subsets: list[str], selector: dict[str, str]
             "metadata": {"name": name, "namespace": ns}, "spec": spec}
 
 
-def mesh(*rules: dict[str, Any]) -> Translator:
-    docs: list[dict[str, Any]] = [
+def base_docs() -> list[dict[str, Any]]:
+    return [
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
          "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}},
         *({"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": f"web-{v}", "namespace": "default", "labels": {"app": "web", "version": v}},
            "spec": {"containers": [{"name": "web"}]}, "status": {"phase": "Running", "podIP": f"10.0.0.{i}"}}
           for i, v in enumerate(("v1", "v2"), start=1)),
-        *rules,
     ]
+
+
+def mesh(*rules: dict[str, Any]) -> Translator:
+    docs = [*base_docs(), *rules]
     resources = {r.key: r for r in (parse_resource(d, "mesh.yaml") for d in docs)}
     t = Translator()
     t.update(World(1, MappingProxyType(resources), frozenset(resources)))
@@ -104,3 +107,41 @@ def test_selected_proxies_of_one_namespace_share_layers() -> None:
 
     assert layers("10.9.0.1", app="canary", pod="1") == layers("10.9.0.2", app="canary", pod="2")
     assert layers("10.9.0.1", app="canary") != layers("10.9.0.3", app="other")
+
+
+def test_a_subset_some_client_has_is_not_reported_missing_and_the_memo_holds(monkeypatch: Any) -> None:
+    """The route check asks whether any client has the subset's cluster: a subset only a
+    selector rule defines is fine, one no rule defines is reported. An edit of the selector
+    rule that keeps its subsets leaves web's routes as they were (the subset sets are interned)."""
+    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+          "metadata": {"name": "web", "namespace": "default"},
+          "spec": {"hosts": ["web"], "http": [
+              {"match": [{"headers": {"x": {"exact": "2"}}}], "route": [{"destination": {"host": "web", "subset": "v2"}}]},
+              {"route": [{"destination": {"host": "web", "subset": "v9"}}]}]}}
+    other = dr("other", "default", "RANDOM", [], host="other.default.svc.cluster.local")
+    docs = [*base_docs(), dr("web", "default", "ROUND_ROBIN", ["v1"]),
+            dr("web-canary", "default", "RANDOM", ["v2"], {"app": "canary"}), vs, other]
+    resources = {r.key: r for r in (parse_resource(d, "mesh.yaml") for d in docs)}
+    world = World(1, MappingProxyType(resources), frozenset(resources))
+    t = Translator()
+    t.update(world)
+    missing = [e.message for e in t.errors if "is not defined by any DestinationRule" in e.message]
+    assert len(missing) == 1 and "'v9'" in missing[0], missing
+
+    import translators.translate as translate_module
+    from translators import routes
+
+    built: list[str] = []
+    real = routes.virtual_host_part
+
+    def counting(shape: Any, *args: Any, **kwargs: Any) -> Any:
+        built.append(shape.host)
+        return real(shape, *args, **kwargs)
+
+    monkeypatch.setattr(translate_module.routes, "virtual_host_part", counting)
+    # The selector rule's load balancer changes, not its subsets: web is looked at again (its
+    # rules changed) and finds every input of its routes the same object.
+    r = parse_resource(dr("web-canary", "default", "LEAST_REQUEST", ["v2"], {"app": "canary"}), "mesh.yaml")
+    t.update(world.evolve(MappingProxyType({**resources, r.key: r}), [r.key]))
+    assert built == [], built
+    assert clusters(t, "default", app="canary")[PLAIN].lb_policy == Cluster.LEAST_REQUEST  # (the edit took)
