@@ -20,6 +20,7 @@ from harness import (
 )
 
 from tests.e2e.test_traffic import HOST, PORT, TARGET, reviews_service, routing
+from xds_server.app.verbs import proxy_status
 from xds_server.local.bootstrap import build_bootstrap
 
 #: Services on the same port as reviews, so its route table is big enough for its size to show.
@@ -107,6 +108,12 @@ def test_delta_envoy_routes_by_vhds_and_an_edit_sends_one_virtual_host(
     before = eventually(settled, timeout=20)
     assert set(before["delta"]) == {"cds", "eds", "lds", "rds", "vhds"}, before["delta"]
     assert "vhds" not in before["sotw"]
+    # proxy-status shows the virtual hosts of delta streams in a column of their own.
+    lines = proxy_status.report(f"{server.host}:{server.http_port}").splitlines()
+    assert lines[0].split()[:7] == ["NAME", "CDS", "LDS", "EDS", "RDS", "SDS", "VHDS"], lines[0]
+    at = lines[0].index("VHDS")  # (columns are aligned; "NOT SENT" has a space in it)
+    vhds = {line.split()[0].split("~")[2].split(".")[0]: line[at:].split()[0] for line in lines[1:] if "~" in line}
+    assert vhds == {"delta": "SYNCED", "sotw": "-", "scoped": "SYNCED"}, lines
 
     config_dir.write("reviews-routing.yaml", routing(0, 100))
     for ip in (delta_ip, sotw_ip):

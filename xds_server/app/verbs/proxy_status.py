@@ -6,6 +6,9 @@ Per type, from ``/debug/syncz``:
 * NACKED: it rejected the last response sent (Envoy's message is shown; it keeps its last good config);
 * STALE: a response was sent and not answered yet;
 * NOT SENT: nothing of this type was sent on this stream (the proxy did not ask, or there is nothing).
+
+A VHDS column (virtual hosts, delta streams' routes) is shown when some stream subscribed to
+them; SotW streams, which never do, show ``-`` there.
 """
 
 from __future__ import annotations
@@ -90,8 +93,16 @@ def text(result: list[dict[str, Any]], http_address: str, version: str | None) -
     if not result:
         return f"no proxies connected to meshpilot at {http_address}"
     instance = f"meshpilot {version} @ {http_address}"
-    rows = [[r["proxy"], *(r["types"][t]["status"] for t in TYPES), r["protocol"], instance] for r in result]
-    lines = [table(["NAME", "CDS", "LDS", "EDS", "RDS", "SDS", "XDS", "CONTROL PLANE"], rows)]
+    shown = [*TYPES, *(["vhds"] if any("vhds" in r["types"] for r in result) else [])]
+
+    def cell(r: dict[str, Any], t: str) -> str:
+        if t == "vhds" and r["protocol"] != "delta":
+            return "-"
+        entry = r["types"].get(t)
+        return entry["status"] if entry else "NOT SENT"
+
+    rows = [[r["proxy"], *(cell(r, t) for t in shown), r["protocol"], instance] for r in result]
+    lines = [table(["NAME", *(t.upper() for t in shown), "XDS", "CONTROL PLANE"], rows)]
     nacks = [(r["proxy"], t, e["message"]) for r in result for t, e in r["types"].items() if e["status"] == "NACKED"]
     lines += [f"\n{t.upper()} NACKED by {proxy}: {message}" for proxy, t, message in nacks]
     return "\n".join(lines)
