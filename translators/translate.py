@@ -886,7 +886,7 @@ class Translator:
             for h in routes.destination_hosts(vs, entries):
                 dests[h] = self._destination(h)
         own = self._policy(svc.host, svc.shape.namespace) if vs is None else None  # its default route's hash key
-        inputs = (svc.shape, vs, own, *delegates, *(x for pair in dests.values() for x in pair))
+        inputs = (svc.shape, vs, own, *delegates, *(x for dest in dests.values() for x in dest))
         if old is not None and _same(old[0], inputs):
             return old
         http_ports = [p for p in svc.shape.ports if carries_http(p.protocol)]
