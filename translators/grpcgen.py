@@ -396,8 +396,7 @@ class GrpcGenerator:
         t = self._t
         clusters: list[api.Layer] = [t._clusters]
         endpoints: list[api.Layer] = [t._endpoints]
-        labels = listeners.workload_labels(t._index.workload_at(proxy.namespace, proxy.ip), proxy.labels)
-        split = t._split_for(proxy.namespace, labels)
+        split = t._split_for(proxy)
         if split is not None:
             clusters.append(split[0])
             endpoints.append(split[1])

@@ -207,9 +207,10 @@ class RuleIndex:
             ns = p.resource.metadata.namespace
             by_ns.setdefault(ns, []).append((p.host, p.resource.metadata.name, p))
             sel = p.selector
-            if sel is not None and sel not in self._selectors.setdefault(ns, []):
-                self._selectors[ns].append(sel)
-        self._selectors = {ns: sels for ns, sels in self._selectors.items() if sels}
+            if sel is not None:
+                sels = self._selectors.setdefault(ns, [])
+                if sel not in sels:
+                    sels.append(sel)
         self._by_ns = {ns: HostIndex((h, ns, p) for h, _, p in rules) for ns, rules in by_ns.items()}
         self._all = HostIndex((p.host, p.resource.metadata.namespace, p) for p in policies)
         self._rank = {id(p): i for i, p in enumerate(policies)}
@@ -276,12 +277,13 @@ class RuleIndex:
                     out[(ns, sel)] = selected
         return out
 
+    def selects_in(self, namespace: str) -> bool:
+        """Whether some rule of ``namespace`` has a workloadSelector (else labels do not matter)."""
+        return namespace in self._selectors
+
     def selectors_matching(self, namespace: str, labels: Mapping[str, str]) -> tuple[Selector, ...]:
         """The selectors of ``namespace``'s rules that ``labels`` satisfy, the winning first."""
-        sels = self._selectors.get(namespace)
-        if not sels:
-            return ()
-        return tuple(sel for sel in sels if all(labels.get(k) == v for k, v in sel))
+        return tuple(sel for sel in self._selectors.get(namespace, ()) if all(labels.get(k) == v for k, v in sel))
 
     def subsets_seen(self, host: str, service_ns: str) -> frozenset[str]:
         """The subset names of ``host`` that some client has a cluster for: those of the rules

@@ -310,7 +310,7 @@ class Translator:
         }
         workload = self._index.workload_at(proxy.namespace, proxy.ip)
         labels = listeners.workload_labels(workload, proxy.labels)
-        split = self._split_for(proxy.namespace, labels)
+        split = self._split_for(proxy, labels)
         if split is not None:
             out[api.CLUSTER].append(split[0])
             out[api.ENDPOINT].append(split[1])
@@ -502,15 +502,20 @@ class Translator:
             return old
         return inputs, endpoints.service_assignments(svc, policy)
 
-    def _split_for(self, namespace: str, labels: Mapping[str, str]) -> tuple[api.Layer, api.Layer] | None:
+    def _split_for(self, proxy: Proxy, labels: Mapping[str, str] | None = None) -> tuple[api.Layer, api.Layer] | None:
         """Clusters and endpoints of the hosts whose DestinationRule depends on the client's
         namespace (a rule in it, or an exportTo naming it) or workload (a workloadSelector), as
-        proxies in ``namespace`` with ``labels`` see them. Clients that see the same rules
-        share the same layers."""
+        ``proxy`` (its workload ``labels``, looked up when needed and not given) sees them.
+        Clients that see the same rules share the same layers."""
         if not self._split:
             return None
         services = self._registry.services
-        selectors = self._rules.selectors_matching(namespace, labels)
+        namespace = proxy.namespace
+        selectors: tuple = ()
+        if self._rules.selects_in(namespace):
+            if labels is None:
+                labels = listeners.workload_labels(self._index.workload_at(namespace, proxy.ip), proxy.labels)
+            selectors = self._rules.selectors_matching(namespace, labels)
 
         def rule(host: str, ex: dict[Viewers, DestinationPolicy | None]) -> DestinationPolicy | None:
             if selectors:
